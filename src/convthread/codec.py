@@ -1,0 +1,134 @@
+"""Encoding: msgspec MessagePack for storage, JSON for export, one reusable codec per type.
+
+Stores hold MessagePack bytes. Export (snapshots, ``show --json``) is JSON. Both use the
+same msgspec structs, so the JSON Schema of the structs (:func:`json_schema`) describes
+the exported data exactly.
+
+User objects in ``metadata`` or attributes: msgspec structs, dataclasses and attrs
+classes encode natively; pydantic models encode through their ``model_dump``. They come
+back as plain JSON-compatible values; :func:`read_as` converts one back into the user's
+type (``read_as(content.metadata["order"], Order)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, TypeVar
+
+import msgspec
+
+from convthread.domain.events import CustomerEvent, ThreadEvent
+from convthread.domain.model import Inbound
+from convthread.domain.thread import CustomerState, ThreadState
+from convthread.errors import ValidationError
+
+__all__ = [
+    "decode_customer_event",
+    "decode_event",
+    "encode",
+    "fingerprint",
+    "fingerprint_outbound",
+    "json_schema",
+    "read_as",
+    "to_builtins",
+    "to_json",
+]
+
+T = TypeVar("T")
+
+
+def _enc_hook(obj: Any) -> Any:
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):  # pydantic v2
+        return dump(mode="json")
+    dump_v1 = getattr(obj, "dict", None)
+    if callable(dump_v1) and hasattr(obj, "__fields__"):  # pydantic v1
+        return msgspec.to_builtins(dump_v1())
+    raise TypeError(f"cannot encode {type(obj).__name__}; use JSON-compatible values")
+
+
+_mp_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+_json_encoder = msgspec.json.Encoder(enc_hook=_enc_hook, order="deterministic")
+_event_decoder: msgspec.msgpack.Decoder[ThreadEvent] = msgspec.msgpack.Decoder(ThreadEvent)
+_customer_event_decoder: msgspec.msgpack.Decoder[CustomerEvent] = msgspec.msgpack.Decoder(
+    CustomerEvent
+)
+_thread_state_decoder = msgspec.msgpack.Decoder(ThreadState)
+_customer_state_decoder = msgspec.msgpack.Decoder(CustomerState)
+
+
+def encode(obj: Any) -> bytes:
+    """MessagePack bytes for storage."""
+    return _mp_encoder.encode(obj)
+
+
+def decode_event(data: bytes) -> ThreadEvent:
+    return _event_decoder.decode(data)
+
+
+def decode_customer_event(data: bytes) -> CustomerEvent:
+    return _customer_event_decoder.decode(data)
+
+
+def decode_thread_state(data: bytes) -> ThreadState:
+    return _thread_state_decoder.decode(data)
+
+
+def decode_customer_state(data: bytes) -> CustomerState:
+    return _customer_state_decoder.decode(data)
+
+
+def to_json(obj: Any) -> bytes:
+    """Deterministic JSON (sorted keys): the same value gives the same bytes."""
+    return _json_encoder.encode(obj)
+
+
+def to_builtins(obj: Any) -> Any:
+    """Plain dicts, lists, strings and numbers."""
+    return msgspec.to_builtins(obj, enc_hook=_enc_hook)
+
+
+def read_as(value: Any, type_: type[T]) -> T:
+    """Convert a stored metadata or attribute value back into ``type_``.
+
+    Works for msgspec structs, dataclasses, attrs classes, TypedDicts and pydantic models.
+    """
+    validate = getattr(type_, "model_validate", None)
+    if callable(validate):
+        result: T = validate(value)
+        return result
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"cannot read value as {type_.__name__}: {exc}") from None
+
+
+_inbound_fp_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook, order="deterministic")
+
+
+def fingerprint(inbound: Inbound) -> str:
+    """A digest of everything in ``inbound`` except its idempotency key.
+
+    Two deliveries of the same payload have the same fingerprint; a key reused with a
+    different payload does not.
+    """
+    payload = msgspec.structs.replace(inbound, idempotency_key=None)
+    return hashlib.blake2b(_inbound_fp_encoder.encode(payload), digest_size=16).hexdigest()
+
+
+def fingerprint_outbound(
+    thread_id: str,
+    content: Any,
+    sender: Any,
+    channel: str | None,
+    provider_message_id: str | None,
+) -> str:
+    """A digest of an outbound message, to tell an idempotent retry from key misuse."""
+    data = _inbound_fp_encoder.encode((thread_id, content, sender, channel, provider_message_id))
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def json_schema(type_: Any) -> dict[str, Any]:
+    """The JSON Schema (2020-12) of a convthread type as exported to JSON."""
+    schema: dict[str, Any] = msgspec.json.schema(type_)
+    return schema

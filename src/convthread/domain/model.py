@@ -1,0 +1,370 @@
+"""The shared vocabulary: identifiers, trust, parties, channels, content, inbound messages.
+
+Everything here is a frozen :class:`msgspec.Struct` (a value) or an enum. Nothing reads
+a clock or does I/O. Validation happens on construction, so an invalid value cannot
+exist; the errors are the library's own (:mod:`convthread.errors`).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any, Final
+
+import msgspec
+
+from convthread.errors import ContentTooLarge, ValidationError
+
+__all__ = [
+    "MAX_ATTACHMENTS",
+    "MAX_IDENTIFIERS",
+    "MAX_METADATA_BYTES",
+    "MAX_PROVIDER_ID",
+    "MAX_TEXT",
+    "Attachment",
+    "Channel",
+    "Content",
+    "DeliveryStatus",
+    "Identifier",
+    "IdentifierKind",
+    "Inbound",
+    "Party",
+    "PartyKind",
+    "SenderIdentifier",
+    "Trust",
+    "ensure_utc",
+]
+
+#: Longest message text accepted, in characters (a long e-mail body fits; a file does not).
+MAX_TEXT: Final = 100_000
+#: Largest metadata mapping accepted, in bytes of its JSON encoding.
+MAX_METADATA_BYTES: Final = 64 * 1024
+#: Longest provider message id, reference or idempotency key accepted, in characters.
+MAX_PROVIDER_ID: Final = 512
+#: Most sender identifiers one inbound message may carry.
+MAX_IDENTIFIERS: Final = 32
+#: Most attachments one message may carry.
+MAX_ATTACHMENTS: Final = 64
+
+_CHANNEL_RE: Final = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
+_UTC: Final = timezone.utc
+_ZERO: Final = timedelta(0)
+
+
+def ensure_utc(value: datetime, what: str = "timestamp") -> datetime:
+    """Return ``value`` converted to UTC; reject naive datetimes with a typed error."""
+    if not isinstance(value, datetime):
+        raise ValidationError(f"{what} must be a datetime, not {type(value).__name__}")
+    offset = value.utcoffset()
+    if offset is None:
+        raise ValidationError(
+            f"{what} {value.isoformat()} is naive; pass a timezone-aware datetime"
+        )
+    if offset == _ZERO and value.tzinfo is _UTC:
+        return value
+    return value.astimezone(_UTC)
+
+
+def _set(obj: msgspec.Struct, name: str, value: object) -> None:
+    msgspec.structs.force_setattr(obj, name, value)
+
+
+class Trust(str, enum.Enum):
+    """How far an identifier is to be believed.
+
+    * ``claimed``: typed by the person (an e-mail address in a web form, a From header).
+    * ``asserted``: vouched for by the channel (a carrier's caller id, WhatsApp's wa_id).
+    * ``verified``: proven (a login, a one-time code, a signed token).
+
+    Trust levels are ordered: ``Trust.CLAIMED < Trust.ASSERTED < Trust.VERIFIED``.
+    """
+
+    CLAIMED = "claimed"
+    ASSERTED = "asserted"
+    VERIFIED = "verified"
+
+    @property
+    def rank(self) -> int:
+        return _TRUST_RANK[self]
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Trust):
+            return NotImplemented
+        return _TRUST_RANK[self] < _TRUST_RANK[other]
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, Trust):
+            return NotImplemented
+        return _TRUST_RANK[self] <= _TRUST_RANK[other]
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, Trust):
+            return NotImplemented
+        return _TRUST_RANK[self] > _TRUST_RANK[other]
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, Trust):
+            return NotImplemented
+        return _TRUST_RANK[self] >= _TRUST_RANK[other]
+
+
+_TRUST_RANK: Final = {Trust.CLAIMED: 0, Trust.ASSERTED: 1, Trust.VERIFIED: 2}
+
+
+class IdentifierKind:
+    """Well-known identifier kinds. The set is open: register a normalizer for others."""
+
+    PHONE: Final = "phone"
+    EMAIL: Final = "email"
+    HANDLE: Final = "handle"  # scope: the platform ("twitter", "messenger", ...)
+    ACCOUNT: Final = "account"  # scope: the tenant
+    DEVICE: Final = "device"
+    SESSION: Final = "session"
+
+
+class Identifier(msgspec.Struct, frozen=True, order=True):
+    """A normalized identifier value: ``kind``, ``value`` and, for scoped kinds, ``scope``.
+
+    Build these through :func:`convthread.normalize_identifier` (or the helpers such as
+    :func:`convthread.phone`) so the value is normalized; equality is on the normalized
+    triple.
+    """
+
+    kind: str
+    value: str
+    scope: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.kind or not isinstance(self.kind, str):
+            raise ValidationError("identifier kind must be a non-empty string")
+        if not isinstance(self.value, str) or not self.value:
+            raise ValidationError(f"{self.kind} identifier value must be a non-empty string")
+        if len(self.value) > MAX_PROVIDER_ID:
+            raise ContentTooLarge(f"{self.kind} identifier", len(self.value), MAX_PROVIDER_ID)
+
+    @property
+    def key(self) -> str:
+        """A stable string key: ``kind:scope:value``."""
+        return f"{self.kind}:{self.scope}:{self.value}"
+
+    def __str__(self) -> str:
+        if self.scope:
+            return f"{self.kind}[{self.scope}]:{self.value}"
+        return f"{self.kind}:{self.value}"
+
+
+class SenderIdentifier(msgspec.Struct, frozen=True):
+    """An identifier as presented by a sender, with the trust the channel gives it.
+
+    ``method`` records how the trust was established (``"channel"``, ``"otp"``,
+    ``"login"``, ``"signed-token"``, ``"agent"``, ``"token"``); empty means the
+    channel's default for that trust level.
+    """
+
+    identifier: Identifier
+    trust: Trust = Trust.CLAIMED
+    method: str = ""
+
+
+class PartyKind(str, enum.Enum):
+    """Who takes part in a conversation."""
+
+    CUSTOMER = "customer"
+    BOT = "bot"
+    QUEUE = "queue"
+    AGENT = "agent"
+    SYSTEM = "system"
+
+
+class Party(msgspec.Struct, frozen=True, order=True):
+    """A participant: a customer, a bot, a queue, an agent or the system.
+
+    ``Party.parse("agent:alice")`` reads the ``kind:id`` form; ``str(party)`` writes it.
+    """
+
+    kind: PartyKind
+    id: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id or len(self.id) > MAX_PROVIDER_ID:
+            raise ValidationError(f"party id must be a non-empty string, got {self.id!r}")
+
+    @classmethod
+    def parse(cls, text: str | Party) -> Party:
+        """Parse ``"kind:id"`` (e.g. ``"queue:billing"``) into a :class:`Party`."""
+        if isinstance(text, Party):
+            return text
+        kind, sep, ident = str(text).partition(":")
+        if not sep or not ident:
+            raise ValidationError(f"party must look like 'kind:id', got {text!r}")
+        try:
+            party_kind = PartyKind(kind)
+        except ValueError:
+            allowed = ", ".join(k.value for k in PartyKind)
+            raise ValidationError(
+                f"unknown party kind {kind!r} in {text!r}; expected one of {allowed}"
+            ) from None
+        return cls(party_kind, ident)
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.id}"
+
+
+class Channel:
+    """Well-known channel names. The set is open: any lowercase name is a channel."""
+
+    SMS: Final = "sms"
+    WHATSAPP: Final = "whatsapp"
+    EMAIL: Final = "email"
+    WEBCHAT: Final = "webchat"
+    VOICE: Final = "voice"
+    MESSENGER: Final = "messenger"
+    TWITTER: Final = "twitter"
+    APP: Final = "app"
+
+    @staticmethod
+    def validate(name: str) -> str:
+        """Return ``name`` if it is a valid channel name, else raise ValidationError."""
+        if not isinstance(name, str) or not _CHANNEL_RE.match(name):
+            raise ValidationError(
+                f"channel name must be lowercase letters, digits, '_', '.', '-' "
+                f"(1-32, starting with a letter), got {name!r}"
+            )
+        return name
+
+
+class DeliveryStatus(str, enum.Enum):
+    """Delivery status of an outbound message. Statuses never regress (see ``rank``)."""
+
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+
+    @property
+    def rank(self) -> int:
+        return _STATUS_RANK[self]
+
+
+# failed is terminal and outranks everything except a later read (a provider that
+# reports read after failed is reporting the truth about what the customer saw).
+_STATUS_RANK: Final = {
+    DeliveryStatus.SENT: 1,
+    DeliveryStatus.DELIVERED: 2,
+    DeliveryStatus.FAILED: 3,
+    DeliveryStatus.READ: 4,
+}
+
+
+class Attachment(msgspec.Struct, frozen=True, kw_only=True):
+    """Metadata about an attachment. convthread stores metadata, never the bytes."""
+
+    kind: str  # image, audio, video, document, sticker, location, contacts, ...
+    url: str = ""
+    media_id: str = ""
+    mime_type: str = ""
+    filename: str = ""
+    size: int | None = None
+    sha256: str = ""
+    caption: str = ""
+
+
+_metadata_encoder: Final = msgspec.json.Encoder()
+
+
+class Content(msgspec.Struct, frozen=True, kw_only=True):
+    """What a message says: text, attachments metadata and free metadata.
+
+    ``metadata`` holds JSON-compatible values (and msgspec structs, dataclasses, attrs
+    classes; see :mod:`convthread.codec` for pydantic models).
+    """
+
+    text: str = ""
+    attachments: tuple[Attachment, ...] = ()
+    metadata: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise ValidationError(f"text must be a string, not {type(self.text).__name__}")
+        if len(self.text) > MAX_TEXT:
+            raise ContentTooLarge("message text", len(self.text), MAX_TEXT)
+        if len(self.attachments) > MAX_ATTACHMENTS:
+            raise ContentTooLarge("attachment list", len(self.attachments), MAX_ATTACHMENTS)
+        if self.metadata:
+            if not isinstance(self.metadata, dict):
+                raise ValidationError("metadata must be a mapping of strings to values")
+            try:
+                size = len(_metadata_encoder.encode(self.metadata))
+            except (TypeError, msgspec.EncodeError) as exc:
+                raise ValidationError(f"metadata is not encodable: {exc}") from None
+            if size > MAX_METADATA_BYTES:
+                raise ContentTooLarge("metadata (encoded)", size, MAX_METADATA_BYTES)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.text and not self.attachments
+
+
+def _check_id(value: object, what: str, *, allow_empty: bool = False) -> None:
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string, not {type(value).__name__}")
+    if not value and not allow_empty:
+        raise ValidationError(f"{what} must not be empty")
+    if len(value) > MAX_PROVIDER_ID:
+        raise ContentTooLarge(what, len(value), MAX_PROVIDER_ID)
+
+
+class Inbound(msgspec.Struct, frozen=True, kw_only=True):
+    """A normalized inbound message: what every channel adapter produces.
+
+    * ``channel``: the channel name (see :class:`Channel`).
+    * ``provider_message_id``: the provider's id for this message; with the channel it
+      makes the default idempotency key, so a redelivery is stored once.
+    * ``sender``: the identifiers the message arrived with, each with its trust.
+    * ``content``: text, attachments metadata, metadata.
+    * ``sent_at``: the provider's own timestamp (timezone-aware; kept in UTC).
+    * ``recipient``: the business address it was sent to (a number, a mailbox, a page).
+    * ``reply_to``: the provider message id this message replies to, if any.
+    * ``references``: further message ids it refers to (e-mail ``References``).
+    * ``subject``: a subject line, where the channel has one.
+    * ``idempotency_key``: overrides the default ``channel`` + ``provider_message_id`` key.
+    """
+
+    channel: str
+    provider_message_id: str
+    sender: tuple[SenderIdentifier, ...]
+    content: Content = Content()
+    sent_at: datetime
+    recipient: str = ""
+    reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    subject: str = ""
+    idempotency_key: str | None = None
+
+    def __post_init__(self) -> None:
+        Channel.validate(self.channel)
+        _check_id(self.provider_message_id, "provider_message_id")
+        if not self.sender:
+            raise ValidationError("an inbound message needs at least one sender identifier")
+        if len(self.sender) > MAX_IDENTIFIERS:
+            raise ContentTooLarge("sender identifier list", len(self.sender), MAX_IDENTIFIERS)
+        _set(self, "sent_at", ensure_utc(self.sent_at, "sent_at"))
+        if self.reply_to is not None:
+            _check_id(self.reply_to, "reply_to")
+        if len(self.references) > 100:
+            raise ContentTooLarge("references", len(self.references), 100)
+        for ref in self.references:
+            _check_id(ref, "reference")
+        if len(self.subject) > 2000:
+            raise ContentTooLarge("subject", len(self.subject), 2000)
+        _check_id(self.recipient, "recipient", allow_empty=True)
+        if self.idempotency_key is not None:
+            _check_id(self.idempotency_key, "idempotency_key")
+
+    @property
+    def key(self) -> str:
+        """The idempotency key: the explicit one, else ``channel`` + provider message id."""
+        if self.idempotency_key is not None:
+            return self.idempotency_key
+        return f"{self.channel}|{self.provider_message_id}"

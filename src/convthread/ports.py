@@ -1,0 +1,268 @@
+"""Ports: what the service needs from the outside world.
+
+* :class:`Store` / :class:`AsyncStore`: streams of encoded events plus a keyed index with
+  compare-and-set, committed together atomically. The store knows nothing about threads
+  or customers: all domain logic lives in one place, so a new backend is small and the
+  conformance kit (:mod:`convthread.testing`) can prove it behaves like the reference.
+* :class:`Clock` and :class:`IdSource`: injected, so tests are deterministic.
+
+Store semantics, which every backend must keep:
+
+1. ``commit(batch)`` is atomic. Every append names the stream's expected version (the
+   sequence number of its last event, 0 for a new stream); every put or delete names the
+   expected version of the key (:data:`ABSENT` for "must not exist", :data:`ANY` for
+   "whatever it is"). If any expectation fails, nothing is written and
+   :class:`~convthread.errors.ConflictError` is raised.
+2. Sequence numbers of a stream are 1, 2, 3, ... with no gaps.
+3. A key's version starts at 1 and grows by one with each put.
+4. Acknowledged commits survive a process crash (durability is per backend; see its docs).
+5. ``rewrite`` (erasure) replaces an event's bytes in place, keeping its sequence number;
+   ``scrub()`` then makes sure replaced or deleted bytes are gone from storage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Final, Protocol, runtime_checkable
+
+import msgspec
+
+from convthread.domain.model import ensure_utc
+
+__all__ = [
+    "ABSENT",
+    "ANY",
+    "Append",
+    "AsyncStore",
+    "Batch",
+    "Clock",
+    "Delete",
+    "IdSource",
+    "Item",
+    "ManualClock",
+    "Put",
+    "RandomIds",
+    "Recorded",
+    "Rewrite",
+    "SequentialIds",
+    "Store",
+    "SystemClock",
+]
+
+#: Expected version meaning "the key must not exist".
+ABSENT: Final = 0
+#: Expected version meaning "no expectation" (unconditional write).
+ANY: Final = -1
+
+
+class Recorded(msgspec.Struct, frozen=True):
+    """An event as stored: its stream, its sequence number and its encoded bytes."""
+
+    stream: str
+    seq: int
+    data: bytes
+
+
+class Item(msgspec.Struct, frozen=True):
+    """An index entry: its encoded value and its version (1 after the first put)."""
+
+    value: bytes
+    version: int
+
+
+class Append(msgspec.Struct, frozen=True):
+    """Append ``events`` to ``stream`` whose last sequence number must be ``expected``."""
+
+    stream: str
+    expected: int
+    events: tuple[bytes, ...]
+
+
+class Put(msgspec.Struct, frozen=True):
+    """Set ``ns``/``key`` to ``value`` if its version is ``expected`` (or ABSENT / ANY)."""
+
+    ns: str
+    key: str
+    value: bytes
+    expected: int = ANY
+
+
+class Delete(msgspec.Struct, frozen=True):
+    """Delete ``ns``/``key`` if its version is ``expected`` (ANY: unconditionally; deleting
+    a missing key with ANY is a no-op)."""
+
+    ns: str
+    key: str
+    expected: int = ANY
+
+
+class Rewrite(msgspec.Struct, frozen=True):
+    """Replace the bytes of event ``seq`` of ``stream`` (erasure). The event must exist."""
+
+    stream: str
+    seq: int
+    data: bytes
+
+
+class Batch(msgspec.Struct, frozen=True):
+    """Everything one operation writes, committed atomically or not at all."""
+
+    appends: tuple[Append, ...] = ()
+    puts: tuple[Put, ...] = ()
+    deletes: tuple[Delete, ...] = ()
+    rewrites: tuple[Rewrite, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.appends or self.puts or self.deletes or self.rewrites)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """The synchronous store protocol. Implementations must be safe to share between
+    threads of one process; several processes may share one backend where it allows."""
+
+    def read(self, stream: str, after: int = 0, limit: int | None = None) -> list[Recorded]:
+        """Events of ``stream`` with sequence number > ``after``, in order (at most ``limit``)."""
+        ...
+
+    def version(self, stream: str) -> int:
+        """The last sequence number of ``stream`` (0 if it has no events)."""
+        ...
+
+    def get(self, ns: str, key: str) -> Item | None:
+        """The entry at ``ns``/``key``, or None."""
+        ...
+
+    def get_many(self, ns: str, keys: Sequence[str]) -> dict[str, Item]:
+        """The entries that exist among ``keys`` in ``ns``."""
+        ...
+
+    def scan(
+        self, ns: str, prefix: str = "", after: str = "", limit: int = 1000
+    ) -> list[tuple[str, Item]]:
+        """Entries of ``ns`` whose key starts with ``prefix`` and sorts after ``after``,
+        in key order (code-point order), at most ``limit``."""
+        ...
+
+    def commit(self, batch: Batch) -> None:
+        """Write ``batch`` atomically, or raise ConflictError and write nothing."""
+        ...
+
+    def scrub(self) -> None:
+        """Make sure bytes of rewritten events and deleted entries are gone from storage."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files. The store is unusable afterwards."""
+        ...
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """The asyncio form of :class:`Store`: the same methods, as coroutines."""
+
+    async def read(
+        self, stream: str, after: int = 0, limit: int | None = None
+    ) -> list[Recorded]: ...
+
+    async def version(self, stream: str) -> int: ...
+
+    async def get(self, ns: str, key: str) -> Item | None: ...
+
+    async def get_many(self, ns: str, keys: Sequence[str]) -> dict[str, Item]: ...
+
+    async def scan(
+        self, ns: str, prefix: str = "", after: str = "", limit: int = 1000
+    ) -> list[tuple[str, Item]]: ...
+
+    async def commit(self, batch: Batch) -> None: ...
+
+    async def scrub(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- clock, ids
+
+
+class Clock(Protocol):
+    """Gives the current time, timezone-aware UTC."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+
+class ManualClock:
+    """A clock that moves only when told: ``advance(minutes=5)`` or ``set(dt)``."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = ensure_utc(start or datetime(2026, 1, 1, 9, 0, tzinfo=timezone.utc))
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        return self._now
+
+    def set(self, value: datetime) -> None:
+        with self._lock:
+            self._now = ensure_utc(value)
+
+    def advance(self, delta: timedelta | None = None, **kwargs: float) -> datetime:
+        step = delta if delta is not None else timedelta(**kwargs)
+        with self._lock:
+            self._now = self._now + step
+            return self._now
+
+
+class IdSource(Protocol):
+    """Gives new ids for threads, customers, handoffs and so on. ``prefix`` names the kind."""
+
+    def new_id(self, prefix: str) -> str: ...
+
+
+_CROCKFORD: Final = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+class RandomIds:
+    """Time-ordered random ids: ``th_`` + 10 characters of milliseconds + 16 random.
+
+    Sortable by creation time, unique across processes and machines (80 random bits).
+    """
+
+    def new_id(self, prefix: str) -> str:
+        ms = time.time_ns() // 1_000_000
+        rand = int.from_bytes(os.urandom(10), "big")
+        chars = []
+        for _ in range(16):
+            chars.append(_CROCKFORD[rand & 31])
+            rand >>= 5
+        stamp = []
+        for _ in range(10):
+            stamp.append(_CROCKFORD[ms & 31])
+            ms >>= 5
+        return f"{prefix}_{''.join(reversed(stamp))}{''.join(chars)}"
+
+
+class SequentialIds:
+    """Deterministic ids for tests and demos: ``th_0001``, ``cu_0001``, ... per prefix."""
+
+    def __init__(self, width: int = 4) -> None:
+        self._counters: dict[str, itertools.count[int]] = {}
+        self._width = width
+        self._lock = threading.Lock()
+
+    def new_id(self, prefix: str) -> str:
+        with self._lock:
+            counter = self._counters.setdefault(prefix, itertools.count(1))
+            return f"{prefix}_{next(counter):0{self._width}d}"

@@ -1,0 +1,66 @@
+"""Read operations as store-call generators."""
+
+from __future__ import annotations
+
+from convthread.domain.model import Identifier
+from convthread.domain.thread import ThreadState
+from convthread.service import _core as core
+from convthread.service._core import NS_CTHREADS, NS_IDENT, NS_THREAD, Config, Op
+from convthread.service._results import CustomerView, StoredEvent, ThreadView
+
+__all__ = ["customer", "customer_threads", "events", "find_customer", "thread", "thread_state"]
+
+
+def thread_state(thread_id: str) -> Op[ThreadState]:
+    state, _version = yield from core.load_thread(thread_id)
+    return state
+
+
+def events(thread_id: str, after: int = 0) -> Op[list[StoredEvent]]:
+    yield from core.load_thread(thread_id)
+    pairs = yield from core.read_thread_events(thread_id, after)
+    return [StoredEvent(seq, ev) for seq, ev in pairs]
+
+
+def thread(thread_id: str) -> Op[ThreadView]:
+    state, _version = yield from core.load_thread(thread_id)
+    pairs = yield from core.read_thread_events(thread_id, 0)
+    # The cached state may be older than the events only inside a racing writer's commit;
+    # reads see committed data, so read the state at the events' version.
+    return ThreadView(state=state, events=tuple(StoredEvent(s, e) for s, e in pairs))
+
+
+def customer_thread_ids(customer_id: str) -> Op[list[str]]:
+    ids: list[str] = []
+    after = ""
+    prefix = f"{customer_id}|"
+    while True:
+        page = yield from core.scan(NS_CTHREADS, prefix, after, 1000)
+        ids.extend(key[len(prefix) :] for key, _item in page)
+        if len(page) < 1000:
+            return ids
+        after = page[-1][0]
+
+
+def customer_threads(customer_id: str) -> Op[list[ThreadState]]:
+    yield from core.load_customer(customer_id)
+    ids = yield from customer_thread_ids(customer_id)
+    items = yield from core.get_many(NS_THREAD, ids)
+    states = [core.decode_thread_state(items[i].value) for i in ids if i in items]
+    states.sort(key=lambda s: (s.created_at, s.id))
+    return states
+
+
+def customer(customer_id: str) -> Op[CustomerView]:
+    state, _version = yield from core.load_customer(customer_id)
+    evs = yield from core.read_customer_events(customer_id)
+    threads = yield from customer_threads(customer_id)
+    return CustomerView(
+        state=state, events=tuple(evs), thread_ids=tuple(t.id for t in threads)
+    )
+
+
+def find_customer(config: Config, identifier: Identifier) -> Op[str | None]:
+    ident = config.identifiers.renormalize(identifier)
+    item = yield from core.get(NS_IDENT, ident.key)
+    return None if item is None else core.decode_identref(item.value).customer_id

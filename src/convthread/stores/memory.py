@@ -1,0 +1,137 @@
+"""The in-memory store: the reference implementation of the store protocol.
+
+Everything lives in Python dicts guarded by one lock. It is what the conformance kit
+compares other stores with, and the store of choice for tests. Nothing survives the
+process.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Sequence
+
+from convthread.errors import ConflictError, StoreError
+from convthread.ports import ABSENT, ANY, Batch, Item, Recorded
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """A thread-safe in-memory :class:`~convthread.ports.Store`."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, list[bytes]] = {}
+        self._kv: dict[str, dict[str, Item]] = {}
+        self._keys: dict[str, list[str]] = {}  # sorted keys per namespace, for scan
+        self._lock = threading.RLock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return "MemoryStore()"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+
+    def read(self, stream: str, after: int = 0, limit: int | None = None) -> list[Recorded]:
+        self._check_open()
+        with self._lock:
+            events = self._streams.get(stream)
+            if not events:
+                return []
+            stop = len(events) if limit is None else min(len(events), after + limit)
+            return [Recorded(stream, i + 1, events[i]) for i in range(max(after, 0), stop)]
+
+    def version(self, stream: str) -> int:
+        self._check_open()
+        events = self._streams.get(stream)
+        return 0 if events is None else len(events)
+
+    def get(self, ns: str, key: str) -> Item | None:
+        self._check_open()
+        table = self._kv.get(ns)
+        return None if table is None else table.get(key)
+
+    def get_many(self, ns: str, keys: Sequence[str]) -> dict[str, Item]:
+        self._check_open()
+        table = self._kv.get(ns)
+        if not table:
+            return {}
+        with self._lock:
+            return {k: table[k] for k in keys if k in table}
+
+    def scan(
+        self, ns: str, prefix: str = "", after: str = "", limit: int = 1000
+    ) -> list[tuple[str, Item]]:
+        self._check_open()
+        with self._lock:
+            keys = self._keys.get(ns)
+            table = self._kv.get(ns)
+            if not keys or table is None:
+                return []
+            i = bisect_right(keys, after) if after >= prefix else bisect_left(keys, prefix)
+            out: list[tuple[str, Item]] = []
+            while i < len(keys) and len(out) < limit:
+                key = keys[i]
+                if not key.startswith(prefix):
+                    break
+                out.append((key, table[key]))
+                i += 1
+            return out
+
+    def commit(self, batch: Batch) -> None:
+        self._check_open()
+        with self._lock:
+            # Check every expectation first: a batch that conflicts writes nothing.
+            for append in batch.appends:
+                current = len(self._streams.get(append.stream, ()))
+                if current != append.expected:
+                    raise ConflictError(
+                        f"stream {append.stream!r} is at version {current}, "
+                        f"expected {append.expected}"
+                    )
+            seen_streams = [a.stream for a in batch.appends]
+            if len(set(seen_streams)) != len(seen_streams):
+                raise StoreError("a batch may append to each stream at most once")
+            for op in (*batch.puts, *batch.deletes):
+                item = self._kv.get(op.ns, {}).get(op.key)
+                _check_expected(op.ns, op.key, item, op.expected)
+            for rw in batch.rewrites:
+                if not 1 <= rw.seq <= len(self._streams.get(rw.stream, ())):
+                    raise StoreError(f"cannot rewrite missing event {rw.stream!r}#{rw.seq}")
+            # Apply.
+            for append in batch.appends:
+                self._streams.setdefault(append.stream, []).extend(append.events)
+            for put in batch.puts:
+                table = self._kv.setdefault(put.ns, {})
+                old = table.get(put.key)
+                if old is None:
+                    insort(self._keys.setdefault(put.ns, []), put.key)
+                table[put.key] = Item(put.value, 1 if old is None else old.version + 1)
+            for delete in batch.deletes:
+                table = self._kv.get(delete.ns, {})
+                if table.pop(delete.key, None) is not None:
+                    keys = self._keys[delete.ns]
+                    del keys[bisect_left(keys, delete.key)]
+            for rw in batch.rewrites:
+                self._streams[rw.stream][rw.seq - 1] = rw.data
+
+    def scrub(self) -> None:
+        self._check_open()
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def _check_expected(ns: str, key: str, item: Item | None, expected: int) -> None:
+    if expected == ANY:
+        return
+    if expected == ABSENT:
+        if item is not None:
+            raise ConflictError(f"{ns}/{key} already exists (version {item.version})")
+        return
+    if item is None:
+        raise ConflictError(f"{ns}/{key} does not exist, expected version {expected}")
+    if item.version != expected:
+        raise ConflictError(f"{ns}/{key} is at version {item.version}, expected {expected}")
