@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import convthread as ct
 from convthread.ports import Store
@@ -23,6 +24,15 @@ POSTGRES_URL = os.environ.get(
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CORPORA = Path(__file__).parent / "corpora"
+
+# Hypothesis: no wall-clock deadlines (CI machines are shared), bounded example counts.
+settings.register_profile(
+    "default", deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", deadline=None, max_examples=1000, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("CONVTHREAD_HYPOTHESIS_PROFILE", "default"))
 
 
 def postgres_reason() -> str | None:
