@@ -84,7 +84,7 @@ class Conversations:
 
     def __init__(
         self,
-        store: Store | str = "memory://",
+        store: Store | str,
         *,
         clock: Clock | None = None,
         ids: IdSource | None = None,
@@ -189,7 +189,7 @@ class AsyncConversations:
 
     def __init__(
         self,
-        store: AsyncStore | Store | str = "memory://",
+        store: AsyncStore | Store | str,
         *,
         clock: Clock | None = None,
         ids: IdSource | None = None,
