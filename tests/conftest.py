@@ -35,6 +35,16 @@ settings.register_profile(
 settings.load_profile(os.environ.get("CONVTHREAD_HYPOTHESIS_PROFILE", "default"))
 
 
+def cpython_email_corpus() -> Path:
+    """CPython's own e-mail test corpus (Lib/test/test_email/data), or a path that does not
+    exist when this Python was built without its test suite (the tests using it skip)."""
+    try:
+        import test
+    except ImportError:
+        return Path("/nonexistent/cpython-test-suite")
+    return Path(os.path.dirname(test.__file__)) / "test_email" / "data"
+
+
 def postgres_reason() -> str | None:
     """None when PostgreSQL is reachable, else why not."""
     try:
