@@ -18,6 +18,21 @@ Store semantics, which every backend must keep:
 4. Acknowledged commits survive a process crash (durability is per backend; see its docs).
 5. ``rewrite`` (erasure) replaces an event's bytes in place, keeping its sequence number;
    ``scrub()`` then makes sure replaced or deleted bytes are gone from storage.
+
+Clarifications (the conformance kit checks each):
+
+* Every expectation in a batch is checked against the state *before* the batch; then
+  appends, puts (in order: the same key put twice grows by two versions) and deletes
+  apply (a key both put and deleted ends up absent). Two different version expectations
+  on one key cannot both hold: ConflictError.
+* An append with no events still checks its expected version (a guard); a stream may
+  appear in a batch's appends at most once (else StoreError, nothing written).
+* A rewrite must name an event that existed before the batch (else StoreError, nothing
+  written). After a delete, a key's version starts again at 1.
+* Keys are any text (provider ids come from outside); values and events are any bytes.
+  ``scan`` orders by code point; ``after=""`` means from the start.
+* A closed store raises StoreError; driver errors are translated into ConflictError
+  (another writer won), StoreUnavailable (connection lost) or StoreError.
 """
 
 from __future__ import annotations
@@ -147,7 +162,8 @@ class Store(Protocol):
         self, ns: str, prefix: str = "", after: str = "", limit: int = 1000
     ) -> list[tuple[str, Item]]:
         """Entries of ``ns`` whose key starts with ``prefix`` and sorts after ``after``,
-        in key order (code-point order), at most ``limit``."""
+        in key order (code-point order), at most ``limit``. ``after=""`` means no lower
+        bound: the empty key is included."""
         ...
 
     def commit(self, batch: Batch) -> None:

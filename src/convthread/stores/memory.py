@@ -8,13 +8,52 @@ process.
 from __future__ import annotations
 
 import threading
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 
 from convthread.errors import ConflictError, StoreError
-from convthread.ports import ABSENT, ANY, Batch, Item, Recorded
+from convthread.ports import ABSENT, ANY, Batch, Delete, Item, Put, Recorded
 
 __all__ = ["MemoryStore"]
+
+
+class _SortedKeys:
+    """The keys of one namespace in sorted order, for scans, maintained lazily.
+
+    Writes are O(1): a new key is appended to ``added``, a deleted one noted in
+    ``removed``. A scan merges them first: timsort on a sorted run plus a short tail is
+    O(n + k log k), where a sorted insert per write would be O(n) each (a memmove of the
+    whole list: 40 µs per write at 100,000 keys).
+    """
+
+    __slots__ = ("added", "keys", "removed")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.added: list[str] = []
+        self.removed: set[str] = set()
+
+    def add(self, key: str) -> None:
+        if key in self.removed:
+            # deleted and re-created before any scan: it is still listed once
+            self.removed.discard(key)
+        else:
+            self.added.append(key)
+
+    def remove(self, key: str) -> None:
+        self.removed.add(key)
+
+    def view(self) -> list[str]:
+        if self.removed:
+            gone = self.removed
+            self.keys = [k for k in self.keys if k not in gone]
+            self.added = [k for k in self.added if k not in gone]
+            self.removed = set()
+        if self.added:
+            self.keys.extend(self.added)
+            self.keys.sort()
+            self.added = []
+        return self.keys
 
 
 class MemoryStore:
@@ -23,12 +62,18 @@ class MemoryStore:
     def __init__(self) -> None:
         self._streams: dict[str, list[bytes]] = {}
         self._kv: dict[str, dict[str, Item]] = {}
-        self._keys: dict[str, list[str]] = {}  # sorted keys per namespace, for scan
+        self._keys: dict[str, _SortedKeys] = {}  # keys per namespace, for scan
         self._lock = threading.RLock()
         self._closed = False
 
     def __repr__(self) -> str:
         return "MemoryStore()"
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -66,11 +111,16 @@ class MemoryStore:
     ) -> list[tuple[str, Item]]:
         self._check_open()
         with self._lock:
-            keys = self._keys.get(ns)
+            index = self._keys.get(ns)
             table = self._kv.get(ns)
-            if not keys or table is None:
+            if index is None or table is None:
                 return []
-            i = bisect_right(keys, after) if after >= prefix else bisect_left(keys, prefix)
+            keys = index.view()
+            # after="" means "from the start" (the empty key included), as in every store.
+            if after and after >= prefix:
+                i = bisect_right(keys, after)
+            else:
+                i = bisect_left(keys, prefix)
             out: list[tuple[str, Item]] = []
             while i < len(keys) and len(out) < limit:
                 key = keys[i]
@@ -94,7 +144,8 @@ class MemoryStore:
             seen_streams = [a.stream for a in batch.appends]
             if len(set(seen_streams)) != len(seen_streams):
                 raise StoreError("a batch may append to each stream at most once")
-            for op in (*batch.puts, *batch.deletes):
+            ops: tuple[Put | Delete, ...] = (*batch.puts, *batch.deletes)
+            for op in ops:
                 item = self._kv.get(op.ns, {}).get(op.key)
                 _check_expected(op.ns, op.key, item, op.expected)
             for rw in batch.rewrites:
@@ -107,13 +158,15 @@ class MemoryStore:
                 table = self._kv.setdefault(put.ns, {})
                 old = table.get(put.key)
                 if old is None:
-                    insort(self._keys.setdefault(put.ns, []), put.key)
+                    index = self._keys.get(put.ns)
+                    if index is None:
+                        index = self._keys[put.ns] = _SortedKeys()
+                    index.add(put.key)
                 table[put.key] = Item(put.value, 1 if old is None else old.version + 1)
             for delete in batch.deletes:
                 table = self._kv.get(delete.ns, {})
                 if table.pop(delete.key, None) is not None:
-                    keys = self._keys[delete.ns]
-                    del keys[bisect_left(keys, delete.key)]
+                    self._keys[delete.ns].remove(delete.key)
             for rw in batch.rewrites:
                 self._streams[rw.stream][rw.seq - 1] = rw.data
 

@@ -22,15 +22,16 @@ store object must not be carried across ``fork()``: open a new one in the child.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from convthread.errors import ConflictError, SchemaError, StoreError, StoreUnavailable
-from convthread.ports import ABSENT, ANY, Batch, Item, Recorded
+from convthread.ports import ABSENT, ANY, Batch, Delete, Item, Put, Recorded
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -50,6 +51,21 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             value BLOB NOT NULL,
             PRIMARY KEY (ns, key)
         ) WITHOUT ROWID""",
+    ),
+    # Events become an ordinary (rowid) table. In a WITHOUT ROWID table a row longer than
+    # about 1,000 bytes (a 4 KiB page / 4) spills its tail into an overflow page of its
+    # own, so a typical 1 KB message event took 5 KB on disk; a rowid table keeps rows up
+    # to about 4 KB inline. (stream, seq) stays the primary key (a unique index).
+    2: (
+        """CREATE TABLE events_v2 (
+            stream TEXT NOT NULL,
+            seq INTEGER NOT NULL CHECK (seq > 0),
+            data BLOB NOT NULL,
+            PRIMARY KEY (stream, seq)
+        )""",
+        "INSERT INTO events_v2 (stream, seq, data) SELECT stream, seq, data FROM events",
+        "DROP TABLE events",
+        "ALTER TABLE events_v2 RENAME TO events",
     ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
@@ -81,6 +97,12 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ connections
 
@@ -194,9 +216,10 @@ class SQLiteStore:
         rows = self._query(sql, tuple(args))
         return [(k, Item(v, ver)) for k, v, ver in rows if k.startswith(prefix)]
 
-    def _query(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
+    def _query(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         try:
-            return self._conn().execute(sql, args).fetchall()  # type: ignore[no-any-return]
+            rows: list[tuple[Any, ...]] = self._conn().execute(sql, args).fetchall()
+            return rows
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite read failed on {self.path}: {exc}") from exc
         except sqlite3.Error as exc:
@@ -219,10 +242,8 @@ class SQLiteStore:
             self._apply(conn, batch)
             conn.execute("COMMIT")
         except BaseException as exc:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             if isinstance(exc, sqlite3.IntegrityError):
                 raise ConflictError(f"concurrent write detected: {exc}") from exc
             if isinstance(exc, sqlite3.OperationalError):
@@ -245,7 +266,8 @@ class SQLiteStore:
                     f"stream {append.stream!r} is at version {current}, "
                     f"expected {append.expected}"
                 )
-        for op in (*batch.puts, *batch.deletes):
+        ops: tuple[Put | Delete, ...] = (*batch.puts, *batch.deletes)
+        for op in ops:
             if op.expected == ANY:
                 continue
             row = conn.execute(
@@ -298,10 +320,8 @@ class SQLiteStore:
         with self._all_lock:
             conns, self._all = self._all, []
         for conn in conns:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
         self._local = threading.local()
 
 
@@ -321,7 +341,10 @@ def _prefix_upper(prefix: str) -> str | None:
     while chars:
         last = ord(chars[-1])
         if last < 0x10FFFF:
-            chars[-1] = chr(last + 1)
+            nxt = last + 1
+            if 0xD800 <= nxt <= 0xDFFF:  # surrogates cannot be stored: skip past them
+                nxt = 0xE000
+            chars[-1] = chr(nxt)
             return "".join(chars)
         chars.pop()
     return None

@@ -1,0 +1,968 @@
+"""The store conformance kit: prove a store behaves like the reference.
+
+A store author subclasses :class:`StoreConformance` in a pytest test module and provides
+a factory; every ``test_*`` method of the kit then runs against the store::
+
+    from convthread.testing.store_conformance import StoreConformance
+
+    class TestMyStore(StoreConformance):
+        persistent = True  # optional capabilities, see below
+
+        def make_store(self):
+            return MyStore(self.tmp_path / "db")   # a new, empty store every call
+
+        def reopen_store(self, store):
+            store.close()
+            return MyStore(self.tmp_path / "db")   # the same data, a new object
+
+Required cases run for every store. Optional ones run only where the class declares
+the capability, and are skipped with the reason otherwise:
+
+* ``persistent``: :meth:`StoreConformance.reopen_store` gives back the same data.
+* ``multi_process``: several processes may share the store;
+  :meth:`StoreConformance.store_opener` returns a picklable callable that opens it.
+* ``scrubs_files``: :meth:`StoreConformance.store_files` names the files that hold
+  the data; after ``scrub()`` rewritten and deleted bytes appear in none of them.
+
+Two Hypothesis state machines run the same operations against the store and against
+:class:`~convthread.stores.MemoryStore` and compare them after every step:
+:func:`store_machine` at the protocol level (append, put, delete, compare-and-set,
+conflicts, rewrite, scrub, reopen) and :func:`service_machine` through
+:class:`~convthread.Conversations` (ingest, redeliver, send, erase, reopen). Both are
+classes with ``@rule`` methods: subclass them to add rules. The kit runs them from
+``test_state_machine`` and ``test_service_machine``; tune ``machine_settings``.
+
+The kit imports pytest and hypothesis: use it from tests only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from convthread.errors import ConflictError, ConvthreadError, StoreError
+from convthread.ports import (
+    ABSENT,
+    ANY,
+    Append,
+    Batch,
+    Delete,
+    Item,
+    Put,
+    Recorded,
+    Rewrite,
+    Store,
+)
+from convthread.stores.memory import MemoryStore
+
+__all__ = [
+    "KEYS",
+    "NAMESPACES",
+    "STREAMS",
+    "ServiceMachine",
+    "StoreConformance",
+    "StoreMachine",
+    "service_machine",
+    "store_machine",
+]
+
+#: The stream names, namespaces and keys the kit uses. Keys mix ASCII, the ``|``
+#: separator the service uses, accents, CJK and an astral character, so scan order
+#: (code-point order) and prefix bounds are exercised.
+STREAMS = ("th_a", "th_b", "cu_1")
+NAMESPACES = ("msg", "ident")
+KEYS = ("a", "a|", "a|b", "ab", "b", "é", "éa", "中", "中|x", "\U0001f600", "z~", "")
+
+
+# --------------------------------------------------------------------------- test cases
+
+
+class StoreConformance:
+    """Test cases every store must pass. Subclass and implement :meth:`make_store`."""
+
+    #: Capabilities (optional cases run only when declared).
+    persistent: ClassVar[bool] = False
+    multi_process: ClassVar[bool] = False
+    scrubs_files: ClassVar[bool] = False
+    #: Settings for the state machines (examples are whole runs, each on a new store).
+    machine_settings: ClassVar[settings] = settings(
+        max_examples=30,
+        stateful_step_count=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+
+    tmp_path: Path
+
+    # -- what a subclass provides
+
+    def make_store(self) -> Store:
+        """A new, empty store (each call a fresh one)."""
+        raise NotImplementedError("subclasses of StoreConformance implement make_store()")
+
+    def reopen_store(self, store: Store) -> Store:
+        """Close ``store`` and open the same data again (``persistent`` stores)."""
+        raise NotImplementedError("declare persistent = True and implement reopen_store()")
+
+    def store_opener(self, store: Store) -> Callable[[], Store]:
+        """A picklable callable that opens ``store``'s data in another process."""
+        raise NotImplementedError("declare multi_process = True and implement store_opener()")
+
+    def store_files(self, store: Store) -> list[Path]:
+        """The files that hold ``store``'s data (``scrubs_files`` stores)."""
+        raise NotImplementedError("declare scrubs_files = True and implement store_files()")
+
+    def discard_store(self, store: Store) -> None:
+        """Release a store the kit made (close it; drop its data if it must)."""
+        store.close()
+
+    # -- fixtures
+
+    @pytest.fixture(autouse=True)
+    def _kit_setup(self, tmp_path: Path) -> Iterator[None]:
+        self.tmp_path = tmp_path
+        self._opened: list[Store] = []
+        yield
+        for store in reversed(self._opened):
+            with contextlib.suppress(ConvthreadError):
+                self.discard_store(store)
+
+    def new_store(self) -> Store:
+        store = self.make_store()
+        self._opened.append(store)
+        return store
+
+    def reopen(self, store: Store) -> Store:
+        if not self.persistent:
+            pytest.skip("capability not declared: persistent (reopen_store)")
+        again = self.reopen_store(store)
+        if store in self._opened:
+            self._opened.remove(store)
+        self._opened.append(again)
+        return again
+
+    @pytest.fixture
+    def store(self) -> Store:
+        return self.new_store()
+
+    def run_without_pytest(
+        self, *, machines: bool = True, tmp_path: Path | None = None
+    ) -> dict[str, str]:
+        """Run every case outside pytest (a REPL, a notebook, a docs example).
+
+        Returns ``{case name: "passed" | "skipped: reason"}``; the first failing case
+        raises. ``machines=False`` leaves out the two state machines.
+        """
+        import inspect
+        import tempfile
+
+        results: dict[str, str] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in sorted(n for n in dir(self) if n.startswith("test_")):
+                if not machines and name in ("test_state_machine", "test_service_machine"):
+                    continue
+                self.tmp_path = tmp_path or Path(tmp) / name
+                self.tmp_path.mkdir(parents=True, exist_ok=True)
+                self._opened = []
+                method = getattr(self, name)
+                try:
+                    if "store" in inspect.signature(method).parameters:
+                        method(self.new_store())
+                    else:
+                        method()
+                    results[name] = "passed"
+                except pytest.skip.Exception as exc:
+                    results[name] = f"skipped: {exc.msg}"
+                finally:
+                    for store in reversed(self._opened):
+                        with contextlib.suppress(ConvthreadError):
+                            self.discard_store(store)
+        return results
+
+    # -- required: reads of an empty store
+
+    def test_is_a_store(self, store: Store) -> None:
+        assert isinstance(store, Store)
+
+    def test_empty_store(self, store: Store) -> None:
+        assert store.read("nothing") == []
+        assert store.version("nothing") == 0
+        assert store.get("ns", "k") is None
+        assert store.get_many("ns", ["a", "b"]) == {}
+        assert store.get_many("ns", []) == {}
+        assert store.scan("ns") == []
+
+    def test_empty_batch_is_a_no_op(self, store: Store) -> None:
+        store.commit(Batch())
+        assert store.scan("ns") == []
+
+    # -- required: streams
+
+    def test_append_numbers_events_from_one(self, store: Store) -> None:
+        store.commit(Batch(appends=(Append("s", 0, (b"e1", b"e2")),)))
+        store.commit(Batch(appends=(Append("s", 2, (b"e3",)),)))
+        assert store.read("s") == [
+            Recorded("s", 1, b"e1"),
+            Recorded("s", 2, b"e2"),
+            Recorded("s", 3, b"e3"),
+        ]
+        assert store.version("s") == 3
+        assert store.version("other") == 0
+
+    def test_read_after_and_limit(self, store: Store) -> None:
+        store.commit(Batch(appends=(Append("s", 0, tuple(b"e%d" % i for i in range(1, 11))),)))
+        assert [r.seq for r in store.read("s", after=7)] == [8, 9, 10]
+        assert [r.seq for r in store.read("s", after=2, limit=3)] == [3, 4, 5]
+        assert store.read("s", after=10) == []
+        assert store.read("s", after=20) == []
+        assert [r.seq for r in store.read("s", limit=1)] == [1]
+        assert store.read("s", limit=0) == []
+
+    def test_append_at_wrong_version_conflicts_and_writes_nothing(self, store: Store) -> None:
+        store.commit(Batch(appends=(Append("s", 0, (b"e1",)),)))
+        for expected in (0, 2, 5):
+            with pytest.raises(ConflictError):
+                store.commit(
+                    Batch(
+                        appends=(Append("s", expected, (b"bad",)), Append("t", 0, (b"t1",))),
+                        puts=(Put("ns", "k", b"v", ANY),),
+                    )
+                )
+        assert store.read("s") == [Recorded("s", 1, b"e1")]
+        assert store.version("t") == 0
+        assert store.get("ns", "k") is None
+
+    def test_empty_append_checks_the_version(self, store: Store) -> None:
+        store.commit(Batch(appends=(Append("s", 0, (b"e1",)),)))
+        store.commit(Batch(appends=(Append("s", 1, ()),), puts=(Put("ns", "k", b"v"),)))
+        with pytest.raises(ConflictError):
+            store.commit(Batch(appends=(Append("s", 0, ()),), puts=(Put("ns", "j", b"v"),)))
+        assert store.get("ns", "j") is None
+        assert store.version("s") == 1
+
+    def test_two_appends_to_one_stream_in_a_batch_are_refused(self, store: Store) -> None:
+        with pytest.raises(StoreError):
+            store.commit(Batch(appends=(Append("s", 0, (b"a",)), Append("s", 0, (b"b",)))))
+        assert store.version("s") == 0
+
+    def test_event_bytes_round_trip(self, store: Store) -> None:
+        blobs = (b"", b"\x00\xff\x00", bytes(range(256)), b"x" * 1_000_000)
+        store.commit(Batch(appends=(Append("s", 0, blobs),)))
+        assert tuple(r.data for r in store.read("s")) == blobs
+
+    def test_streams_are_independent(self, store: Store) -> None:
+        store.commit(Batch(appends=(Append("a", 0, (b"1",)), Append("b", 0, (b"1", b"2")))))
+        assert store.version("a") == 1 and store.version("b") == 2
+        assert store.read("ab") == []
+
+    # -- required: index entries
+
+    def test_put_versions_start_at_one_and_grow(self, store: Store) -> None:
+        store.commit(Batch(puts=(Put("ns", "k", b"v1", ABSENT),)))
+        assert store.get("ns", "k") == Item(b"v1", 1)
+        store.commit(Batch(puts=(Put("ns", "k", b"v2", 1),)))
+        store.commit(Batch(puts=(Put("ns", "k", b"v3", ANY),)))
+        assert store.get("ns", "k") == Item(b"v3", 3)
+
+    def test_put_expectations(self, store: Store) -> None:
+        store.commit(Batch(puts=(Put("ns", "k", b"v1", ABSENT),)))
+        with pytest.raises(ConflictError):
+            store.commit(Batch(puts=(Put("ns", "k", b"x", ABSENT),)))
+        with pytest.raises(ConflictError):
+            store.commit(Batch(puts=(Put("ns", "k", b"x", 2),)))
+        with pytest.raises(ConflictError):
+            store.commit(Batch(puts=(Put("ns", "missing", b"x", 1),)))
+        assert store.get("ns", "k") == Item(b"v1", 1)
+        assert store.get("ns", "missing") is None
+
+    def test_namespaces_are_independent(self, store: Store) -> None:
+        store.commit(Batch(puts=(Put("a", "k", b"1"), Put("b", "k", b"2"))))
+        assert store.get("a", "k") == Item(b"1", 1)
+        assert store.get("b", "k") == Item(b"2", 1)
+        assert store.scan("a") == [("k", Item(b"1", 1))]
+
+    def test_delete(self, store: Store) -> None:
+        store.commit(Batch(puts=(Put("ns", "k", b"v"), Put("ns", "j", b"v"))))
+        with pytest.raises(ConflictError):
+            store.commit(Batch(deletes=(Delete("ns", "k", 2),)))
+        with pytest.raises(ConflictError):
+            store.commit(Batch(deletes=(Delete("ns", "k", ABSENT),)))
+        with pytest.raises(ConflictError):
+            store.commit(Batch(deletes=(Delete("ns", "missing", 1),)))
+        store.commit(Batch(deletes=(Delete("ns", "k", 1), Delete("ns", "missing", ANY))))
+        store.commit(Batch(deletes=(Delete("ns", "j", ANY),)))
+        assert store.get("ns", "k") is None and store.get("ns", "j") is None
+        store.commit(Batch(puts=(Put("ns", "k", b"again", ABSENT),)))
+        assert store.get("ns", "k") == Item(b"again", 1)  # versions restart after delete
+
+    def test_same_key_twice_in_a_batch(self, store: Store) -> None:
+        """Expectations are checked against the state before the batch; puts apply in
+        order, then deletes."""
+        store.commit(Batch(puts=(Put("ns", "k", b"1", ABSENT), Put("ns", "k", b"2", ANY))))
+        assert store.get("ns", "k") == Item(b"2", 2)
+        store.commit(Batch(puts=(Put("ns", "k", b"3", 2),), deletes=(Delete("ns", "k", 2),)))
+        assert store.get("ns", "k") is None
+        with pytest.raises(ConflictError):
+            store.commit(Batch(puts=(Put("ns", "j", b"1", ABSENT), Put("ns", "j", b"2", 1))))
+        assert store.get("ns", "j") is None
+
+    def test_get_many(self, store: Store) -> None:
+        store.commit(Batch(puts=tuple(Put("ns", k, k.encode()) for k in ("a", "b", "c"))))
+        got = store.get_many("ns", ["c", "a", "zz", "a"])
+        assert got == {"a": Item(b"a", 1), "c": Item(b"c", 1)}
+        many = [f"k{i:04d}" for i in range(1200)]
+        store.commit(Batch(puts=tuple(Put("big", k, b"") for k in many)))
+        assert set(store.get_many("big", many)) == set(many)
+
+    def test_value_bytes_round_trip(self, store: Store) -> None:
+        values = {
+            "empty": b"",
+            "nul": b"\x00a\x00",
+            "all": bytes(range(256)),
+            "big": b"v" * 500_000,
+        }
+        store.commit(Batch(puts=tuple(Put("ns", k, v) for k, v in values.items())))
+        assert {k: it.value for k, it in store.get_many("ns", list(values)).items()} == values
+
+    def test_keys_may_hold_any_text(self, store: Store) -> None:
+        keys = ["a b", "a|b|c", "<id.x@example.com>", "é", "中文", "\U0001f600", "a\tb", "'; --"]
+        store.commit(Batch(puts=tuple(Put("ns", k, k.encode()) for k in keys)))
+        for k in keys:
+            assert store.get("ns", k) == Item(k.encode(), 1)
+        assert [k for k, _ in store.scan("ns")] == sorted(keys)
+
+    def test_scan_order_prefix_after_limit(self, store: Store) -> None:
+        keys = [k for k in KEYS if k]
+        store.commit(Batch(puts=tuple(Put("ns", k, k.encode()) for k in keys)))
+        ordered = sorted(keys)  # Python sorts str by code point: the required order
+        assert [k for k, _ in store.scan("ns")] == ordered
+        assert [k for k, _ in store.scan("ns", prefix="a")] == [k for k in ordered if k[0] == "a"]
+        assert [k for k, _ in store.scan("ns", prefix="a|")] == ["a|", "a|b"]
+        assert [k for k, _ in store.scan("ns", prefix="中")] == ["中", "中|x"]
+        assert [k for k, _ in store.scan("ns", after="b")] == [k for k in ordered if k > "b"]
+        assert [k for k, _ in store.scan("ns", prefix="a", after="ab")] == ["a|", "a|b"]
+        assert [k for k, _ in store.scan("ns", prefix="é", after="a")] == ["é", "éa"]
+        assert [k for k, _ in store.scan("ns", limit=2)] == ordered[:2]
+        assert store.scan("ns", prefix="nothing") == []
+        assert store.scan("ns", limit=0) == []
+
+    def test_scan_pages_through_everything(self, store: Store) -> None:
+        keys = [f"c|{i:05d}" for i in range(2500)]
+        store.commit(Batch(puts=tuple(Put("ns", k, b"") for k in keys)))
+        seen: list[str] = []
+        after = ""
+        while True:
+            page = store.scan("ns", prefix="c|", after=after, limit=1000)
+            seen.extend(k for k, _ in page)
+            if len(page) < 1000:
+                break
+            after = page[-1][0]
+        assert seen == keys
+
+    # -- required: atomic batches
+
+    def test_batch_with_a_failed_expectation_writes_nothing(self, store: Store) -> None:
+        store.commit(Batch(puts=(Put("ns", "taken", b"v"),)))
+        with pytest.raises(ConflictError):
+            store.commit(
+                Batch(
+                    appends=(Append("s", 0, (b"e",)),),
+                    puts=(Put("ns", "new", b"v", ABSENT), Put("ns", "taken", b"x", ABSENT)),
+                    deletes=(Delete("ns", "taken", ANY),),
+                )
+            )
+        assert store.version("s") == 0
+        assert store.get("ns", "new") is None
+        assert store.get("ns", "taken") == Item(b"v", 1)
+
+    def test_batch_commits_everything_together(self, store: Store) -> None:
+        store.commit(Batch(appends=(Append("s", 0, (b"old",)),), puts=(Put("ns", "d", b"x"),)))
+        store.commit(
+            Batch(
+                appends=(Append("s", 1, (b"e2",)), Append("t", 0, (b"t1",))),
+                puts=(Put("ns", "p", b"v", ABSENT),),
+                deletes=(Delete("ns", "d", 1),),
+                rewrites=(Rewrite("s", 1, b"new"),),
+            )
+        )
+        assert [r.data for r in store.read("s")] == [b"new", b"e2"]
+        assert store.version("t") == 1
+        assert store.get("ns", "p") == Item(b"v", 1)
+        assert store.get("ns", "d") is None
+
+    # -- required: rewrite
+
+    def test_rewrite_keeps_the_sequence_number(self, store: Store) -> None:
+        store.commit(Batch(appends=(Append("s", 0, (b"a", b"secret", b"c")),)))
+        store.commit(Batch(rewrites=(Rewrite("s", 2, b"gone"),)))
+        assert store.read("s") == [
+            Recorded("s", 1, b"a"),
+            Recorded("s", 2, b"gone"),
+            Recorded("s", 3, b"c"),
+        ]
+        assert store.version("s") == 3
+
+    def test_rewrite_of_a_missing_event_fails_and_writes_nothing(self, store: Store) -> None:
+        store.commit(Batch(appends=(Append("s", 0, (b"a",)),)))
+        for stream, seq in (("s", 2), ("s", 0), ("nope", 1)):
+            with pytest.raises(StoreError):
+                store.commit(
+                    Batch(puts=(Put("ns", "k", b"v"),), rewrites=(Rewrite(stream, seq, b"x"),))
+                )
+        assert store.get("ns", "k") is None
+        assert store.read("s") == [Recorded("s", 1, b"a")]
+
+    def test_scrub_keeps_live_data(self, store: Store) -> None:
+        store.commit(Batch(appends=(Append("s", 0, (b"a", b"b")),), puts=(Put("ns", "k", b"v"),)))
+        store.commit(Batch(rewrites=(Rewrite("s", 1, b"x"),), deletes=(Delete("ns", "k"),)))
+        store.scrub()
+        assert [r.data for r in store.read("s")] == [b"x", b"b"]
+        assert store.get("ns", "k") is None
+
+    # -- required: concurrency (threads of one process)
+
+    def test_concurrent_absent_puts_have_one_winner(self, store: Store) -> None:
+        outcomes = _race(
+            8, lambda i: store.commit(Batch(puts=(Put("ns", "race", b"%d" % i, ABSENT),)))
+        )
+        assert outcomes.count(None) == 1
+        assert all(isinstance(o, ConflictError) for o in outcomes if o is not None)
+        item = store.get("ns", "race")
+        assert item is not None and item.version == 1
+
+    def test_concurrent_appends_at_one_version_have_one_winner(self, store: Store) -> None:
+        store.commit(Batch(appends=(Append("s", 0, (b"first",)),)))
+        outcomes = _race(
+            8,
+            lambda i: store.commit(
+                Batch(
+                    appends=(Append("s", 1, (b"w%d" % i, b"w%d" % i)),),
+                    puts=(Put("ns", f"by{i}", b"", ABSENT),),
+                )
+            ),
+        )
+        assert outcomes.count(None) == 1
+        assert all(isinstance(o, ConflictError) for o in outcomes if o is not None)
+        events = store.read("s")
+        assert [r.seq for r in events] == [1, 2, 3]
+        winner = outcomes.index(None)
+        assert events[1].data == events[2].data == b"w%d" % winner
+        assert [k for k, _ in store.scan("ns", prefix="by")] == [f"by{winner}"]
+
+    def test_concurrent_compare_and_set_loses_no_update(self, store: Store) -> None:
+        store.commit(Batch(puts=(Put("ns", "counter", b"0", ABSENT),)))
+        per_thread = 15
+
+        def bump(_i: int) -> None:
+            done = 0
+            while done < per_thread:
+                item = store.get("ns", "counter")
+                assert item is not None
+                value = int(item.value) + 1
+                try:
+                    store.commit(
+                        Batch(
+                            puts=(Put("ns", "counter", b"%d" % value, item.version),),
+                            appends=(Append("log", value - 1, (b"%d" % value,)),),
+                        )
+                    )
+                except ConflictError:
+                    continue
+                done += 1
+
+        outcomes = _race(4, bump)
+        assert outcomes == [None] * 4
+        item = store.get("ns", "counter")
+        assert item == Item(b"%d" % (4 * per_thread), 4 * per_thread + 1)
+        assert [r.seq for r in store.read("log")] == list(range(1, 4 * per_thread + 1))
+
+    def test_errors_are_the_library_hierarchy(self, store: Store) -> None:
+        store.commit(Batch(puts=(Put("ns", "k", b"v"),)))
+        with pytest.raises(ConvthreadError):
+            store.commit(Batch(puts=(Put("ns", "k", b"v", ABSENT),)))
+        with pytest.raises(ConvthreadError):
+            store.commit(Batch(rewrites=(Rewrite("nope", 1, b""),)))
+
+    def test_closed_store_refuses_calls(self) -> None:
+        store = self.new_store()
+        store.commit(Batch(puts=(Put("ns", "k", b"v"),)))
+        store.close()
+        with pytest.raises(StoreError):
+            store.get("ns", "k")
+        with pytest.raises(StoreError):
+            store.commit(Batch(puts=(Put("ns", "j", b"v"),)))
+        store.close()  # closing twice is harmless
+
+    # -- optional: persistence
+
+    def test_reopen_keeps_everything(self) -> None:
+        if not self.persistent:
+            pytest.skip("capability not declared: persistent (reopen_store)")
+        store = self.new_store()
+        store.commit(Batch(appends=(Append("s", 0, (b"a", b"b")),), puts=(Put("ns", "k", b"v"),)))
+        store.commit(Batch(puts=(Put("ns", "k", b"v2", 1),), rewrites=(Rewrite("s", 1, b"x"),)))
+        store = self.reopen(store)
+        assert store.read("s") == [Recorded("s", 1, b"x"), Recorded("s", 2, b"b")]
+        assert store.get("ns", "k") == Item(b"v2", 2)
+        with pytest.raises(ConflictError):
+            store.commit(Batch(appends=(Append("s", 1, (b"c",)),)))
+        store.commit(Batch(appends=(Append("s", 2, (b"c",)),)))
+        assert store.version("s") == 3
+
+    # -- optional: several processes
+
+    def test_processes_share_the_store_safely(self) -> None:
+        if not self.multi_process:
+            pytest.skip("capability not declared: multi_process (store_opener)")
+        store = self.new_store()
+        store.commit(Batch(puts=(Put("ns", "counter", b"0", ABSENT),)))
+        opener = self.store_opener(store)
+        ctx = multiprocessing.get_context("spawn")
+        procs, per_proc = 3, 20
+        with ctx.Pool(procs) as pool:
+            results = pool.starmap(_process_worker, [(opener, i, per_proc) for i in range(procs)])
+        assert sorted(results) == list(range(procs))
+        total = procs * per_proc
+        assert store.get("ns", "counter") == Item(b"%d" % total, total + 1)
+        assert [r.seq for r in store.read("log")] == list(range(1, total + 1))
+        claimed = store.scan("claims", limit=10_000)
+        assert len(claimed) == total  # each ABSENT claim had exactly one winner
+
+    # -- optional: bytes gone from files
+
+    def test_scrub_removes_bytes_from_files(self) -> None:
+        if not self.scrubs_files:
+            pytest.skip("capability not declared: scrubs_files (store_files)")
+        store = self.new_store()
+        secret = b"SECRET-7f3a9c-" * 4
+        filler = tuple(b"filler %d " % i + b"." * 200 for i in range(200))
+        store.commit(Batch(appends=(Append("s", 0, (b"a" + secret, *filler)),)))
+        store.commit(Batch(puts=(Put("ns", "k", secret), Put("ns", "keep", b"x" * 300))))
+        assert any(secret in p.read_bytes() for p in self.store_files(store) if p.exists())
+        store.commit(Batch(rewrites=(Rewrite("s", 1, b"gone"),), deletes=(Delete("ns", "k"),)))
+        store.scrub()
+        leaks = [p for p in self.store_files(store) if p.exists() and secret in p.read_bytes()]
+        assert leaks == []
+        assert store.read("s", limit=1) == [Recorded("s", 1, b"gone")]
+
+    # -- state machines
+
+    def test_state_machine(self) -> None:
+        machine = store_machine(
+            self.make_store, self.reopen_store if self.persistent else None, self.discard_store
+        )
+        run_state_machine_as_test(machine, settings=self.machine_settings)
+
+    def test_service_machine(self) -> None:
+        machine = service_machine(
+            self.make_store, self.reopen_store if self.persistent else None, self.discard_store
+        )
+        run_state_machine_as_test(machine, settings=self.machine_settings)
+
+
+def _close(store: Store) -> None:
+    store.close()
+
+
+def _race(n: int, fn: Callable[[int], object]) -> list[BaseException | None]:
+    """Run ``fn(i)`` in ``n`` threads released together; each one's exception or None."""
+    barrier = threading.Barrier(n)
+    outcomes: list[BaseException | None] = [None] * n
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            fn(i)
+        except BaseException as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return outcomes
+
+
+def _process_worker(opener: Callable[[], Store], index: int, count: int) -> int:
+    """In a child process: ``count`` compare-and-set increments and ABSENT claims."""
+    store = opener()
+    try:
+        done = 0
+        while done < count:
+            item = store.get("ns", "counter")
+            assert item is not None
+            value = int(item.value) + 1
+            try:
+                store.commit(
+                    Batch(
+                        appends=(Append("log", value - 1, (b"%d:%d" % (index, value),)),),
+                        puts=(
+                            Put("ns", "counter", b"%d" % value, item.version),
+                            Put("claims", f"{value:06d}", b"%d" % index, ABSENT),
+                        ),
+                    )
+                )
+            except ConflictError:
+                continue
+            done += 1
+        return index
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- store machine
+
+_Outcome = tuple[str, str]  # ("ok", "") or (error class name, "")
+
+
+def _outcome(fn: Callable[[], object]) -> _Outcome:
+    try:
+        fn()
+    except ConflictError:
+        return ("conflict", "")
+    except StoreError:
+        return ("store_error", "")
+    return ("ok", "")
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Protocol-level operations on the store under test and on the reference.
+
+    Subclasses set ``make`` (and ``reopen``, which may be None); :func:`store_machine`
+    does it. Add rules by subclassing: use :meth:`both` to run the same batch on both.
+    """
+
+    make: ClassVar[Callable[[], Store]]
+    reopen: ClassVar[Callable[[Store], Store] | None] = None
+    discard: ClassVar[Callable[[Store], None]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = type(self).make()
+        self.ref = MemoryStore()
+
+    def teardown(self) -> None:
+        self.ref.close()
+        type(self).discard(self.store)
+
+    # -- helpers
+
+    def expectation(self, ns: str, key: str, mode: str) -> int:
+        item = self.ref.get(ns, key)
+        if mode == "right":
+            return item.version if item is not None else ABSENT
+        if mode == "absent":
+            return ABSENT
+        if mode == "any":
+            return ANY
+        if mode == "stale":
+            return max((item.version if item is not None else 0) - 1, 1)
+        return (item.version if item is not None else 0) + 1  # "ahead"
+
+    def both(self, batch: Batch) -> None:
+        want = _outcome(lambda: self.ref.commit(batch))
+        got = _outcome(lambda: self.store.commit(batch))
+        assert got == want, f"{batch!r}: store gave {got[0]}, the reference {want[0]}"
+
+    # -- rules
+
+    @rule(
+        stream=st.sampled_from(STREAMS),
+        n=st.integers(0, 3),
+        offset=st.sampled_from([0, 0, 0, -1, 1]),
+        data=st.binary(max_size=40),
+    )
+    def append(self, stream: str, n: int, offset: int, data: bytes) -> None:
+        expected = max(self.ref.version(stream) + offset, 0)
+        events = tuple(data + b"%d" % i for i in range(n))
+        self.both(Batch(appends=(Append(stream, expected, events),)))
+
+    @rule(
+        ns=st.sampled_from(NAMESPACES),
+        key=st.sampled_from(KEYS),
+        value=st.binary(max_size=30),
+        mode=st.sampled_from(["right", "right", "absent", "any", "stale", "ahead"]),
+    )
+    def put(self, ns: str, key: str, value: bytes, mode: str) -> None:
+        self.both(Batch(puts=(Put(ns, key, value, self.expectation(ns, key, mode)),)))
+
+    @rule(
+        ns=st.sampled_from(NAMESPACES),
+        key=st.sampled_from(KEYS),
+        mode=st.sampled_from(["right", "absent", "any", "stale", "ahead"]),
+    )
+    def delete(self, ns: str, key: str, mode: str) -> None:
+        self.both(Batch(deletes=(Delete(ns, key, self.expectation(ns, key, mode)),)))
+
+    @rule(
+        stream=st.sampled_from(STREAMS),
+        seq=st.integers(0, 6),
+        data=st.binary(max_size=20),
+    )
+    def rewrite(self, stream: str, seq: int, data: bytes) -> None:
+        self.both(Batch(rewrites=(Rewrite(stream, seq, data),)))
+
+    @rule(
+        streams=st.lists(st.sampled_from(STREAMS), max_size=2, unique=True),
+        keys=st.lists(
+            st.tuples(
+                st.sampled_from(NAMESPACES),
+                st.sampled_from(KEYS),
+                st.sampled_from(["right", "absent", "any", "stale"]),
+                st.booleans(),
+            ),
+            max_size=4,
+        ),
+        stale_stream=st.booleans(),
+        rewrite_first=st.booleans(),
+    )
+    def mixed_batch(
+        self,
+        streams: list[str],
+        keys: list[tuple[str, str, str, bool]],
+        stale_stream: bool,
+        rewrite_first: bool,
+    ) -> None:
+        appends = []
+        for i, s in enumerate(streams):
+            version = self.ref.version(s)
+            expected = version + 1 if stale_stream and i == 0 else version
+            appends.append(Append(s, expected, (b"m%d" % version,)))
+        puts = []
+        deletes = []
+        for ns, key, mode, is_delete in keys:
+            expected = self.expectation(ns, key, mode)
+            if is_delete:
+                deletes.append(Delete(ns, key, expected))
+            else:
+                puts.append(Put(ns, key, b"mixed", expected))
+        rewrites = []
+        if rewrite_first and streams and self.ref.version(streams[0]) >= 1:
+            rewrites.append(Rewrite(streams[0], 1, b"rewritten"))
+        self.both(
+            Batch(
+                appends=tuple(appends),
+                puts=tuple(puts),
+                deletes=tuple(deletes),
+                rewrites=tuple(rewrites),
+            )
+        )
+
+    @rule()
+    def scrub(self) -> None:
+        self.store.scrub()
+
+    @precondition(lambda self: type(self).reopen is not None)
+    @rule()
+    def reopen_store(self) -> None:
+        reopen = type(self).reopen
+        assert reopen is not None
+        self.store = reopen(self.store)
+
+    @rule(
+        ns=st.sampled_from(NAMESPACES),
+        prefix=st.sampled_from(["", "a", "a|", "é", "中", "z"]),
+        after=st.sampled_from(["", "a", "a|", "b", "éa"]),
+        limit=st.integers(0, 5),
+    )
+    def scan_matches(self, ns: str, prefix: str, after: str, limit: int) -> None:
+        assert self.store.scan(ns, prefix, after, limit) == self.ref.scan(ns, prefix, after, limit)
+
+    @rule(stream=st.sampled_from(STREAMS), after=st.integers(0, 5), limit=st.integers(0, 4))
+    def read_matches(self, stream: str, after: int, limit: int) -> None:
+        assert self.store.read(stream, after, limit) == self.ref.read(stream, after, limit)
+
+    # -- the comparison after every step
+
+    @invariant()
+    def same_as_reference(self) -> None:
+        for stream in STREAMS:
+            assert self.store.read(stream) == self.ref.read(stream), stream
+            assert self.store.version(stream) == self.ref.version(stream), stream
+        for ns in NAMESPACES:
+            assert self.store.scan(ns) == self.ref.scan(ns), ns
+            assert self.store.get_many(ns, list(KEYS)) == self.ref.get_many(ns, list(KEYS))
+
+
+def store_machine(
+    make: Callable[[], Store],
+    reopen: Callable[[Store], Store] | None = None,
+    discard: Callable[[Store], None] | None = None,
+) -> type[StoreMachine]:
+    """A :class:`StoreMachine` over stores from ``make`` (each run a new one), reopened with
+    ``reopen`` (None: never) and released with ``discard`` (default: close)."""
+    return type(
+        "StoreMachineFor",
+        (StoreMachine,),
+        {
+            "make": staticmethod(make),
+            "reopen": staticmethod(reopen) if reopen else None,
+            "discard": staticmethod(discard or _close),
+        },
+    )
+
+
+# --------------------------------------------------------------------------- service machine
+
+_T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+_PHONES = ("+447911123456", "+447911123457", "+447911123458")
+_CHANNELS = ("sms", "whatsapp", "email")
+
+
+class ServiceMachine(RuleBasedStateMachine):
+    """:class:`~convthread.Conversations` over the store under test and over the
+    reference, driven by the same operations with the same clock and ids; every result
+    and every read must be equal.
+
+    Rules: ingest, redeliver, send, erase, reopen. Subclass to add rules (status,
+    link, merge, unmerge, ...) using :meth:`both`, which runs one call on both services
+    and compares the results (or the error types).
+    """
+
+    make: ClassVar[Callable[[], Store]]
+    reopen: ClassVar[Callable[[Store], Store] | None] = None
+    discard: ClassVar[Callable[[Store], None]]
+
+    inbounds = Bundle("inbounds")
+    threads = Bundle("threads")
+    customers = Bundle("customers")
+
+    def __init__(self) -> None:
+        super().__init__()
+        import convthread as ct
+
+        self.ct = ct
+        self.clock_a = ct.ManualClock(_T0)
+        self.clock_b = ct.ManualClock(_T0)
+        self.store = type(self).make()
+        self.a = ct.Conversations(self.store, clock=self.clock_a, ids=ct.SequentialIds())
+        self.b = ct.Conversations(MemoryStore(), clock=self.clock_b, ids=ct.SequentialIds())
+        self.counter = 0
+        self.seen_threads: set[str] = set()
+        self.seen_customers: set[str] = set()
+
+    def teardown(self) -> None:
+        self.b.close()
+        type(self).discard(self.store)
+
+    def both(self, call: Callable[[Any], Any]) -> Any:
+        """Run ``call(service)`` on both services; equal results or equal error types."""
+        outcomes = []
+        for convs in (self.a, self.b):
+            try:
+                outcomes.append(("ok", call(convs)))
+            except ConvthreadError as exc:
+                outcomes.append((type(exc).__name__, None))
+        assert outcomes[0] == outcomes[1], outcomes
+        return outcomes[0][1]
+
+    @rule(
+        target=inbounds,
+        phone=st.sampled_from(_PHONES),
+        channel=st.sampled_from(_CHANNELS),
+        text=st.text(max_size=30),
+        minutes=st.integers(0, 600),
+    )
+    def ingest(self, phone: str, channel: str, text: str, minutes: int) -> Any:
+        ct = self.ct
+        self.counter += 1
+        for clock in (self.clock_a, self.clock_b):
+            clock.advance(minutes=minutes)
+        if channel == "email":
+            ident = ct.SenderIdentifier(ct.email(f"p{phone[-1]}@example.com"), ct.Trust.CLAIMED)
+        else:
+            ident = ct.SenderIdentifier(ct.phone(phone), ct.Trust.ASSERTED)
+        inbound = ct.Inbound(
+            channel=channel,
+            provider_message_id=f"<m{self.counter}.{phone[-4:]}@example.com>",
+            sender=(ident,),
+            content=ct.Content(text=text),
+            sent_at=self.clock_a.now(),
+        )
+        result = self.both(lambda c: c.ingest(inbound))
+        if result is not None:
+            self.seen_threads.add(result.thread_id)
+            self.seen_customers.add(result.customer_id)
+        return inbound
+
+    @rule(inbound=inbounds)
+    def redeliver(self, inbound: Any) -> None:
+        self.both(lambda c: c.ingest(inbound))
+
+    @precondition(lambda self: bool(self.seen_threads))
+    @rule(data=st.data(), text=st.text(max_size=20))
+    def send(self, data: st.DataObject, text: str) -> None:
+        thread_id = data.draw(st.sampled_from(sorted(self.seen_threads)))
+        self.counter += 1
+        self.both(
+            lambda c: c.send(
+                thread_id,
+                text or "-",
+                sender="agent:alice",
+                provider_message_id=f"out-{self.counter}",
+            )
+        )
+
+    @precondition(lambda self: bool(self.seen_customers))
+    @rule(data=st.data())
+    def erase(self, data: st.DataObject) -> None:
+        customer_id = data.draw(st.sampled_from(sorted(self.seen_customers)))
+        self.both(lambda c: c.erase_customer(customer_id))
+
+    @precondition(lambda self: type(self).reopen is not None)
+    @rule()
+    def reopen_store(self) -> None:
+        reopen = type(self).reopen
+        assert reopen is not None
+        self.store = reopen(self.store)
+        self.a = self.ct.Conversations(self.store, clock=self.clock_a, ids=self.a.config.ids)
+
+    @invariant()
+    def reads_match(self) -> None:
+        for thread_id in sorted(self.seen_threads):
+            self.both(functools.partial(_call, "thread", thread_id))
+        for customer_id in sorted(self.seen_customers):
+            self.both(functools.partial(_call, "customer", customer_id))
+        for phone in _PHONES:
+            self.both(functools.partial(_call, "find_customer", self.ct.phone(phone)))
+
+
+def _call(method: str, arg: Any, convs: Any) -> Any:
+    return getattr(convs, method)(arg)
+
+
+def service_machine(
+    make: Callable[[], Store],
+    reopen: Callable[[Store], Store] | None = None,
+    discard: Callable[[Store], None] | None = None,
+) -> type[ServiceMachine]:
+    """A :class:`ServiceMachine` over stores from ``make`` (each run a new one), reopened with
+    ``reopen`` (None: never) and released with ``discard`` (default: close)."""
+    return type(
+        "ServiceMachineFor",
+        (ServiceMachine,),
+        {
+            "make": staticmethod(make),
+            "reopen": staticmethod(reopen) if reopen else None,
+            "discard": staticmethod(discard or _close),
+        },
+    )
