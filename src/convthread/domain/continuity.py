@@ -7,36 +7,82 @@ either returns a :class:`Choice` with its :class:`~convthread.domain.events.Deci
 last rule always decides (a new thread).
 
 Default order: explicit reference (reply to a known message, e-mail ``In-Reply-To`` /
-``References``), topic key, recency across channels, new thread. A thread that was
-resolved reopens when the message falls within the reopen window; otherwise the new
-thread records it as its predecessor.
+``References``), a thread reference token (``[#th_...]``, which ``send`` can embed, found
+in the subject or the text), topic key, recency across channels, new thread. A thread
+that was resolved reopens when the message falls within the reopen window; otherwise the
+new thread records it as its predecessor.
+
+Invariants :meth:`ContinuityPolicy.decide` keeps whatever the rules say:
+
+* one live thread per customer and topic: a new thread for a topic that has a live
+  thread supersedes it (the live one is resolved in the same transaction);
+* a reopened thread never collides with another live thread of its topic: the message
+  continues that live thread instead.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Final, Protocol
 
 from convthread.domain.events import Decision, ThreadStatus
 from convthread.domain.model import Inbound
 from convthread.domain.thread import ThreadState
 
 __all__ = [
+    "DEFAULT_RULES",
+    "MAX_TOKENS",
     "Choice",
     "ContinuityContext",
     "ContinuityPolicy",
     "ContinuityRule",
     "TopicExtractor",
     "explicit_reference",
+    "find_reference_tokens",
     "new_thread",
     "recency",
+    "reference_token",
+    "thread_reference",
     "topic_key",
 ]
 
 #: ``(inbound) -> topic or None``: e.g. an order number found in the text.
 TopicExtractor = Callable[[Inbound], "str | None"]
+
+#: Most reference tokens looked at in one message (subject first, then text).
+MAX_TOKENS: Final = 5
+# A thread reference token: "[#" + a thread id + "]". Thread ids are "th_" followed by
+# letters, digits, "_" or "-" (RandomIds and SequentialIds both fit).
+_TOKEN_RE: Final = re.compile(r"\[#(th_[0-9A-Za-z_-]{1,64})\]")
+
+
+def reference_token(thread_id: str) -> str:
+    """The token that names ``thread_id`` in a subject or text: ``[#th_0001]``.
+
+    ``send(..., embed_reference=True)`` appends it to the outbound text; a reply that
+    quotes it (or keeps it in the subject) continues the thread on any channel.
+    """
+    if not _TOKEN_RE.fullmatch(f"[#{thread_id}]"):
+        raise ValueError(f"{thread_id!r} is not a thread id that a token can carry")
+    return f"[#{thread_id}]"
+
+
+def find_reference_tokens(inbound: Inbound) -> list[str]:
+    """Thread ids named by tokens in the subject, then the text (first seen first)."""
+    found: list[str] = []
+    for source in (inbound.subject, inbound.content.text):
+        if not source or "[#th_" not in source:
+            continue
+        for match in _TOKEN_RE.finditer(source):
+            tid = match.group(1)
+            if tid not in found:
+                found.append(tid)
+                if len(found) >= MAX_TOKENS:
+                    return found
+    return found
 
 
 @dataclass(frozen=True)
@@ -53,6 +99,12 @@ class ContinuityContext:
     live: ThreadState | None = None
     #: the customer's most recently active thread for ``topic`` when none is live.
     latest: ThreadState | None = None
+    #: thread id named by a reference token -> that thread, for tokens naming a thread of
+    #: *this* customer (a token for someone else's thread is ignored).
+    tokens: dict[str, ThreadState] = field(default_factory=dict)
+    #: topic key ("" for none) -> the customer's live thread for it, for the topics of
+    #: the threads above (so a resolved thread never reopens beside a live one).
+    live_by_topic: dict[str, ThreadState] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,15 +136,42 @@ def _iso(value: datetime | None) -> str:
 def _continue(
     thread: ThreadState, policy: ContinuityPolicy, ctx: ContinuityContext, decision: Decision
 ) -> Choice:
-    """Continue ``thread``; reopen it, or start a successor, if it was resolved/closed."""
+    """Continue ``thread``; reopen it, or start a successor, if it was resolved/closed.
+
+    When ``thread`` is no longer live and the customer has a live thread (for its topic,
+    or for the message's topic), the message continues that live thread: the customer
+    has one conversation about it going on already.
+    """
     if thread.is_open:
         return Choice(decision=decision, thread=thread)
+    sibling = ctx.live_by_topic.get(thread.topic_key)
+    if sibling is not None and sibling.id != thread.id and sibling.is_open:
+        reason = (
+            f"{decision.reason}; that thread is {thread.status.value} and thread "
+            f"{sibling.id} is open for the same topic, so it continues there"
+        )
+        evidence = {**decision.evidence, "live": sibling.id}
+        return Choice(
+            decision=Decision(rule=decision.rule, reason=reason, evidence=evidence),
+            thread=sibling,
+        )
     if thread.status is ThreadStatus.RESOLVED and policy.within_reopen(thread, ctx.inbound):
         reason = f"{decision.reason}; it was resolved and reopens (within the reopen window)"
         return Choice(
             decision=Decision(rule=decision.rule, reason=reason, evidence=decision.evidence),
             thread=thread,
             reopen=True,
+        )
+    live = ctx.live
+    if live is not None and live.is_open:
+        reason = (
+            f"{decision.reason}, but that thread is {thread.status.value}; the customer's "
+            f"open thread {live.id} continues"
+        )
+        evidence = {**decision.evidence, "live": live.id}
+        return Choice(
+            decision=Decision(rule=decision.rule, reason=reason, evidence=evidence),
+            thread=live,
         )
     reason = (
         f"{decision.reason}, but that thread is {thread.status.value} "
@@ -125,6 +204,24 @@ def explicit_reference(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choi
     return None
 
 
+def thread_reference(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
+    """Continue the thread a reference token (``[#th_...]``) in the subject or text names."""
+    if not ctx.tokens:
+        return None
+    for tid in find_reference_tokens(ctx.inbound):
+        thread = ctx.tokens.get(tid)
+        if thread is None:
+            continue
+        where = "subject" if f"[#{tid}]" in ctx.inbound.subject else "text"
+        decision = Decision(
+            rule="thread_reference",
+            reason=f"the {where} carries the reference token [#{tid}] of thread {thread.id}",
+            evidence={"token": f"[#{tid}]", "in": where, "thread": thread.id},
+        )
+        return _continue(thread, policy, ctx, decision)
+    return None
+
+
 def topic_key(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
     """Continue the customer's live thread for the message's topic (e.g. an order number)."""
     if ctx.topic is None:
@@ -150,26 +247,46 @@ def recency(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
     """Continue the customer's live thread when its last activity is within the window."""
     thread = ctx.live
     if thread is None:
-        if ctx.latest is not None and ctx.latest.status is ThreadStatus.RESOLVED:
-            if policy.within_reopen(ctx.latest, ctx.inbound):
-                decision = Decision(
-                    rule="recency",
-                    reason=(
-                        f"thread {ctx.latest.id} was resolved "
-                        f"{_ago(ctx.inbound.sent_at, ctx.latest.status_changed_at)} ago, "
-                        "within the reopen window, so it reopens"
-                    ),
-                    evidence={
-                        "thread": ctx.latest.id,
-                        "resolved_at": _iso(ctx.latest.status_changed_at),
-                        "reopen_window": str(policy.reopen_window),
-                    },
-                )
-                return Choice(decision=decision, thread=ctx.latest, reopen=True)
+        if (
+            ctx.latest is not None
+            and ctx.latest.status is ThreadStatus.RESOLVED
+            and policy.within_reopen(ctx.latest, ctx.inbound)
+        ):
+            decision = Decision(
+                rule="recency",
+                reason=(
+                    f"thread {ctx.latest.id} was resolved "
+                    f"{_ago(ctx.inbound.sent_at, ctx.latest.status_changed_at)} ago, "
+                    "within the reopen window, so it reopens"
+                ),
+                evidence={
+                    "thread": ctx.latest.id,
+                    "resolved_at": _iso(ctx.latest.status_changed_at),
+                    "reopen_window": str(policy.reopen_window),
+                },
+            )
+            return Choice(decision=decision, thread=ctx.latest, reopen=True)
         return None
     window = policy.window_for(thread.last_channel, ctx.inbound.channel)
     last = thread.last_activity or thread.created_at
     gap = ctx.inbound.sent_at - last
+    if thread.status is not ThreadStatus.OPEN:
+        # Pending (waiting on the customer) or snoozed: the business expects this
+        # conversation to go on, however long the customer takes.
+        decision = Decision(
+            rule="recency",
+            reason=(
+                f"thread {thread.id} is {thread.status.value} (the conversation is expected "
+                f"to go on), last active {_active(gap)}; continuing on {ctx.inbound.channel}"
+            ),
+            evidence={
+                "thread": thread.id,
+                "status": thread.status.value,
+                "last_activity": _iso(last),
+                "gap_seconds": str(int(gap.total_seconds())),
+            },
+        )
+        return Choice(decision=decision, thread=thread)
     if gap <= window:
         across = (
             f"on {ctx.inbound.channel} after {thread.last_channel}"
@@ -179,7 +296,7 @@ def recency(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
         decision = Decision(
             rule="recency",
             reason=(
-                f"open thread {thread.id} was last active {_fmt(gap)} ago, within the "
+                f"open thread {thread.id} was last active {_active(gap)}, within the "
                 f"{_fmt(window)} window; continuing {across}"
             ),
             evidence={
@@ -193,7 +310,7 @@ def recency(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
     decision = Decision(
         rule="recency",
         reason=(
-            f"open thread {thread.id} was last active {_fmt(gap)} ago, beyond the "
+            f"open thread {thread.id} was last active {_active(gap)}, beyond the "
             f"{_fmt(window)} window; it is resolved and a new thread follows it"
         ),
         evidence={
@@ -220,9 +337,7 @@ def new_thread(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | Non
             ),
             predecessor=ctx.latest.id,
         )
-    reason = "first conversation of this customer" + (
-        f" about {ctx.topic!r}" if ctx.topic else ""
-    )
+    reason = "first conversation of this customer" + (f" about {ctx.topic!r}" if ctx.topic else "")
     return Choice(decision=Decision(rule="new_thread", reason=reason))
 
 
@@ -237,6 +352,14 @@ def _fmt(delta: timedelta) -> str:
     if seconds < 172800:
         return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
     return f"{seconds // 86400}d"
+
+
+def _active(gap: timedelta) -> str:
+    """How long ago a thread was active, seen from a message ``gap`` after it. A negative
+    gap is a late arrival: the message was sent before the thread's last activity."""
+    if gap >= timedelta(0):
+        return f"{_fmt(gap)} ago"
+    return f"{_fmt(-gap)} after this message was sent (a late arrival)"
 
 
 def _ago(now: datetime, then: datetime | None) -> str:
@@ -260,7 +383,20 @@ class ContinuityPolicy:
     channel_windows: dict[tuple[str, str], timedelta] = field(default_factory=dict)
     reopen_window: timedelta = timedelta(days=7)
     topic_extractor: TopicExtractor | None = None
-    rules: Sequence[ContinuityRule] = (explicit_reference, topic_key, recency, new_thread)
+    rules: Sequence[ContinuityRule] = (
+        explicit_reference,
+        thread_reference,
+        topic_key,
+        recency,
+        new_thread,
+    )
+
+    def __post_init__(self) -> None:
+        zero = timedelta(0)
+        if self.window < zero or self.reopen_window < zero:
+            raise ValueError("continuity windows must not be negative")
+        if any(w < zero for w in self.channel_windows.values()):
+            raise ValueError("continuity windows must not be negative")
 
     def window_for(self, previous: str, current: str) -> timedelta:
         return self.channel_windows.get((previous, current), self.window)
@@ -276,10 +412,61 @@ class ContinuityPolicy:
         return topic or None
 
     def decide(self, ctx: ContinuityContext) -> Choice:
+        """Run the rules in order; the first that decides wins (new thread otherwise).
+
+        The choice is then checked against the invariants in the module docstring.
+        """
+        choice: Choice | None = None
         for rule in self.rules:
             choice = rule(ctx, self)
             if choice is not None:
-                return choice
-        return new_thread(ctx, self) or Choice(
-            decision=Decision(rule="new_thread", reason="no rule decided")
+                break
+        if choice is None:
+            choice = new_thread(ctx, self) or Choice(
+                decision=Decision(rule="new_thread", reason="no rule decided")
+            )
+        return _keep_invariants(ctx, choice)
+
+
+def _keep_invariants(ctx: ContinuityContext, choice: Choice) -> Choice:
+    live = ctx.live if ctx.live is not None and ctx.live.is_open else None
+    if choice.thread is not None:
+        thread = choice.thread
+        if choice.reopen:
+            sibling = ctx.live_by_topic.get(thread.topic_key)
+            if sibling is not None and sibling.id != thread.id and sibling.is_open:
+                reason = (
+                    f"{choice.decision.reason}; but thread {sibling.id} is open for the "
+                    "same topic, so it continues there instead of reopening"
+                )
+                return Choice(
+                    decision=_replace_reason(choice.decision, reason, live=sibling.id),
+                    thread=sibling,
+                )
+        return choice
+    if live is not None and (choice.supersede is None or choice.supersede.id != live.id):
+        reason = (
+            f"{choice.decision.reason}; open thread {live.id} for this customer and "
+            "topic is resolved, since the new thread replaces it"
         )
+        return Choice(
+            decision=_replace_reason(choice.decision, reason, superseded=live.id),
+            predecessor=choice.predecessor or live.id,
+            supersede=live,
+        )
+    return choice
+
+
+def _replace_reason(decision: Decision, reason: str, **evidence: str) -> Decision:
+    """``decision`` with a new reason and extra evidence."""
+    return Decision(rule=decision.rule, reason=reason, evidence={**decision.evidence, **evidence})
+
+
+#: The default rules, in order.
+DEFAULT_RULES: Final[tuple[ContinuityRule, ...]] = (
+    explicit_reference,
+    thread_reference,
+    topic_key,
+    recency,
+    new_thread,
+)

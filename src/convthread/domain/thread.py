@@ -7,12 +7,14 @@ replayed to answer "what is this thread now".
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Final
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
 
 import msgspec
 
 from convthread.domain.events import (
+    AttributeSet,
     ControlReleased,
     ControlTransferred,
     CustomerCreated,
@@ -28,6 +30,7 @@ from convthread.domain.events import (
     IdentifierLinked,
     IdentifierUnlinked,
     IdentifierVerified,
+    IntentDetected,
     LifecycleChanged,
     MessageReceived,
     MessageSent,
@@ -37,18 +40,30 @@ from convthread.domain.events import (
     ThreadStatus,
 )
 from convthread.domain.model import Identifier, Party, Trust
-from convthread.errors import InvalidTransition
+from convthread.errors import InvalidTransition, ValidationError
 
 __all__ = [
+    "FALLBACK_INTENT",
+    "LIFECYCLE",
     "CustomerState",
+    "LifecyclePolicy",
     "PendingHandoff",
     "ThreadState",
+    "check_transition",
+    "due_change",
     "evolve",
     "evolve_customer",
     "fold",
+    "last_active",
+    "lifecycle_change",
+    "wake_on_inbound",
 ]
 
 _replace: Final = msgspec.structs.replace
+
+#: The intent name a bot records (``IntentDetected``) when it failed to understand the
+#: customer; ``ThreadState.bot_failures`` counts them until control changes hands.
+FALLBACK_INTENT: Final = "fallback"
 
 
 class PendingHandoff(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,6 +97,10 @@ class ThreadState(msgspec.Struct, frozen=True, kw_only=True):
     controller: Party | None = None
     fencing_token: int = 0
     pending: PendingHandoff | None = None
+    #: attribute values set on the thread (``AttributeSet``; last write wins)
+    attributes: dict[str, Any] = {}
+    #: fallback intents recorded since control last changed hands (see FALLBACK_INTENT)
+    bot_failures: int = 0
 
     @property
     def is_open(self) -> bool:
@@ -95,7 +114,8 @@ class ThreadState(msgspec.Struct, frozen=True, kw_only=True):
 
 _LIVE: Final = frozenset({ThreadStatus.OPEN, ThreadStatus.PENDING, ThreadStatus.SNOOZED})
 
-# Allowed lifecycle moves: from -> set of to.
+# Allowed lifecycle moves: from -> set of to. Closed is final; a resolved thread may only
+# reopen (open) or close.
 LIFECYCLE: Final[dict[ThreadStatus, frozenset[ThreadStatus]]] = {
     ThreadStatus.OPEN: frozenset(
         {ThreadStatus.PENDING, ThreadStatus.SNOOZED, ThreadStatus.RESOLVED, ThreadStatus.CLOSED}
@@ -103,8 +123,16 @@ LIFECYCLE: Final[dict[ThreadStatus, frozenset[ThreadStatus]]] = {
     ThreadStatus.PENDING: frozenset(
         {ThreadStatus.OPEN, ThreadStatus.SNOOZED, ThreadStatus.RESOLVED, ThreadStatus.CLOSED}
     ),
+    # A snoozed thread may be snoozed again (a new wake-up time); every other move to the
+    # same status is refused, so a lifecycle call always changes something.
     ThreadStatus.SNOOZED: frozenset(
-        {ThreadStatus.OPEN, ThreadStatus.PENDING, ThreadStatus.RESOLVED, ThreadStatus.CLOSED}
+        {
+            ThreadStatus.OPEN,
+            ThreadStatus.PENDING,
+            ThreadStatus.SNOOZED,
+            ThreadStatus.RESOLVED,
+            ThreadStatus.CLOSED,
+        }
     ),
     ThreadStatus.RESOLVED: frozenset({ThreadStatus.OPEN, ThreadStatus.CLOSED}),
     ThreadStatus.CLOSED: frozenset(),
@@ -117,6 +145,115 @@ def check_transition(state: ThreadState, to: ThreadStatus) -> None:
         raise InvalidTransition(
             f"thread {state.id!r} cannot go from {state.status.value} to {to.value}"
         )
+
+
+def lifecycle_change(
+    state: ThreadState,
+    to: ThreadStatus,
+    now: datetime,
+    *,
+    until: datetime | None = None,
+    by: Party | None = None,
+    reason: str = "",
+) -> LifecycleChanged:
+    """The event that moves ``state`` to ``to`` at ``now``, or a typed error.
+
+    * InvalidTransition when the LIFECYCLE table forbids the move;
+    * ValidationError when snoozing without a wake-up time in the future, or passing
+      ``until`` to anything but a snooze.
+    """
+    check_transition(state, to)
+    if to is ThreadStatus.SNOOZED:
+        if until is None:
+            raise ValidationError("snoozing needs 'until', the time the thread wakes up")
+        if until <= now:
+            raise ValidationError(
+                f"snooze until {until.isoformat()} is not after now ({now.isoformat()})"
+            )
+    elif until is not None:
+        raise ValidationError("'until' only applies when snoozing")
+    reopened = to is ThreadStatus.OPEN and state.status is ThreadStatus.RESOLVED
+    return LifecycleChanged(
+        at=now, status=to, reason=reason, by=by, until=until, reopened=reopened
+    )
+
+
+def wake_on_inbound(state: ThreadState, now: datetime, channel: str) -> LifecycleChanged | None:
+    """A customer message on a pending or snoozed thread makes it open again."""
+    if state.status is ThreadStatus.PENDING:
+        why = f"the customer replied on {channel} (it was waiting on the customer)"
+    elif state.status is ThreadStatus.SNOOZED:
+        until = state.snoozed_until.isoformat() if state.snoozed_until else "?"
+        why = f"the customer wrote on {channel} (it was snoozed until {until})"
+    else:
+        return None
+    return LifecycleChanged(at=now, status=ThreadStatus.OPEN, reason=why)
+
+
+@dataclass(frozen=True)
+class LifecyclePolicy:
+    """Time-based lifecycle moves, applied by an explicit ``sweep(now)`` only.
+
+    * ``auto_resolve_after``: an open thread with no activity for this long is resolved
+      (None: never).
+    * ``pending_resolve_after``: the same for a pending thread (waiting on the customer);
+      None means ``auto_resolve_after`` applies to pending threads too.
+
+    Activity is the later of the last message (channel time) and the last status change.
+    Snoozed threads wake (become open) once their ``until`` has passed.
+    """
+
+    auto_resolve_after: timedelta | None = None
+    pending_resolve_after: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("auto_resolve_after", "pending_resolve_after"):
+            value = getattr(self, name)
+            if value is not None and value <= timedelta(0):
+                raise ValidationError(f"{name} must be a positive duration")
+
+    def inactivity_limit(self, status: ThreadStatus) -> timedelta | None:
+        if status is ThreadStatus.PENDING and self.pending_resolve_after is not None:
+            return self.pending_resolve_after
+        if status in (ThreadStatus.OPEN, ThreadStatus.PENDING):
+            return self.auto_resolve_after
+        return None
+
+
+def last_active(state: ThreadState) -> datetime:
+    """When anything last happened on the thread: a message or a status change."""
+    last = state.last_activity or state.created_at
+    changed = state.status_changed_at
+    return changed if changed is not None and changed > last else last
+
+
+def due_change(
+    state: ThreadState, now: datetime, policy: LifecyclePolicy
+) -> LifecycleChanged | None:
+    """The time-based move that is due for ``state`` at ``now``, if any."""
+    if state.status is ThreadStatus.SNOOZED:
+        until = state.snoozed_until
+        if until is not None and until <= now:
+            return LifecycleChanged(
+                at=now,
+                status=ThreadStatus.OPEN,
+                reason=f"snooze ended at {until.isoformat()}",
+            )
+        return None
+    limit = policy.inactivity_limit(state.status)
+    if limit is None:
+        return None
+    last = last_active(state)
+    if now - last < limit:
+        return None
+    return LifecycleChanged(
+        at=now,
+        status=ThreadStatus.RESOLVED,
+        reason=(
+            f"auto-resolved: no activity since {last.isoformat()} "
+            f"({state.status.value} for longer than {limit})"
+        ),
+    )
 
 
 def _add_channel(state: ThreadState, channel: str) -> tuple[str, ...]:
@@ -165,12 +302,12 @@ def evolve(state: ThreadState | None, seq: int, event: ThreadEvent) -> ThreadSta
     if isinstance(event, ThreadReassigned):
         return _replace(state, version=seq, customer_id=event.customer_id)
     if isinstance(event, HandoffRequested):
-        pending = PendingHandoff(
+        requested = PendingHandoff(
             handoff_id=event.handoff_id, target=event.target, requested_at=event.at
         )
-        return _replace(state, version=seq, pending=pending)
+        return _replace(state, version=seq, pending=requested)
     if isinstance(event, HandoffOffered):
-        pending = state.pending
+        pending: PendingHandoff | None = state.pending
         if pending is not None and pending.handoff_id == event.handoff_id:
             pending = _replace(pending, offered_to=event.offered_to, expires_at=event.expires_at)
         return _replace(state, version=seq, pending=pending)
@@ -181,6 +318,7 @@ def evolve(state: ThreadState | None, seq: int, event: ThreadEvent) -> ThreadSta
             controller=event.by,
             fencing_token=event.fencing_token,
             pending=None,
+            bot_failures=0,
         )
     if isinstance(event, HandoffDeclined | HandoffExpired):
         pending = state.pending
@@ -189,7 +327,11 @@ def evolve(state: ThreadState | None, seq: int, event: ThreadEvent) -> ThreadSta
         return _replace(state, version=seq, pending=pending)
     if isinstance(event, ControlReleased):
         return _replace(
-            state, version=seq, controller=None, fencing_token=event.fencing_token
+            state,
+            version=seq,
+            controller=None,
+            fencing_token=event.fencing_token,
+            bot_failures=0,
         )
     if isinstance(event, ControlTransferred):
         return _replace(
@@ -198,7 +340,14 @@ def evolve(state: ThreadState | None, seq: int, event: ThreadEvent) -> ThreadSta
             controller=event.to,
             fencing_token=event.fencing_token,
             pending=None,
+            bot_failures=0,
         )
+    if isinstance(event, AttributeSet):
+        attributes = dict(state.attributes)
+        attributes[event.name] = event.value
+        return _replace(state, version=seq, attributes=attributes)
+    if isinstance(event, IntentDetected) and event.name == FALLBACK_INTENT:
+        return _replace(state, version=seq, bot_failures=state.bot_failures + 1)
     return _replace(state, version=seq)
 
 

@@ -1,0 +1,854 @@
+"""Thread operations: lifecycle, sweep, channel reports, provider ids, queries, batches.
+
+Every function here is a store-call generator like those in :mod:`._messages`; the
+drivers run them sync or async and retry them whole on a conflict. Index namespaces are
+documented in :mod:`._core`.
+
+* :func:`set_status`: a lifecycle move checked against the LIFECYCLE table; leaving the
+  live states (open, pending, snoozed) frees the ``{customer}|{topic}`` open pointer,
+  reopening claims it back (refused if another thread is live for that topic).
+* :func:`sweep`: the time-based moves due at ``now`` (wake snoozed threads, auto-resolve
+  inactive ones), found through the NS_SNOOZE and NS_TACTIVE indexes. Idempotent.
+* :func:`apply`: records what a channel adapter produced. ``Inbound`` is ingested;
+  ``StatusReport`` is recorded against the message found through NS_MSG (held in
+  NS_EARLY until that message is known); ``EditReport`` / ``DeletionReport`` /
+  ``ReactionReport`` are recorded against a known message (an unknown one is NotFound,
+  so the caller can retry later); ``Unsupported`` is kept in NS_UNSUPPORTED and returned.
+* :func:`threads`: cursor-paginated queries by customer, channel, status, controller and
+  last activity.
+* :func:`ingest_many`: several inbound messages in one store transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+
+from convthread import codec
+from convthread.domain.events import (
+    LifecycleChanged,
+    MessageSent,
+    ProviderIdRecorded,
+    ThreadEvent,
+    ThreadStatus,
+)
+from convthread.domain.model import Inbound, Party, PartyKind, ensure_utc
+from convthread.domain.thread import (
+    LifecyclePolicy,
+    ThreadState,
+    due_change,
+    evolve,
+    lifecycle_change,
+)
+from convthread.domain.timeline import (
+    MessageMark,
+    TimelineEntry,
+    deletion_update,
+    edit_update,
+    reaction_update,
+    status_update,
+)
+from convthread.domain.timeline import (
+    timeline as fold_timeline,
+)
+from convthread.domain.updates import (
+    DeletionReport,
+    EditReport,
+    ReactionReport,
+    StatusReport,
+    Unsupported,
+)
+from convthread.errors import (
+    ConflictError,
+    IdempotencyError,
+    InvalidTransition,
+    NotFound,
+    ValidationError,
+)
+from convthread.ports import ABSENT, Append, Batch, Delete, Item, Put, Recorded
+from convthread.service import _core as core
+from convthread.service import _messages
+from convthread.service._core import (
+    NS_CTHREADS,
+    NS_EARLY,
+    NS_MARK,
+    NS_MSG,
+    NS_OPEN,
+    NS_SNOOZE,
+    NS_TACTIVE,
+    NS_TCHANNEL,
+    NS_THREAD,
+    NS_UNSUPPORTED,
+    Call,
+    Config,
+    MsgRef,
+    Op,
+)
+from convthread.service._marks import (
+    MAX_EARLY,
+    EarlyStatus,
+    EarlyStatuses,
+    decode_early,
+    decode_mark,
+    early_events,
+)
+from convthread.service._messages import _Writes
+from convthread.service._results import IngestResult
+
+__all__ = [
+    "ApplyResult",
+    "MessageLocation",
+    "SweepResult",
+    "ThreadPage",
+    "apply",
+    "find_message",
+    "ingest_many",
+    "record_provider_id",
+    "set_status",
+    "sweep",
+    "threads",
+    "timeline",
+    "unsupported",
+]
+
+_STATUSES: Final = tuple(ThreadStatus)
+_PAGE: Final = 200
+
+
+class ApplyResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`Conversations.apply` did with one channel result.
+
+    ``outcome`` is one of:
+
+    * ``"ingested"`` / ``"duplicate"``: an inbound message (``ingest`` holds the result);
+    * ``"recorded"``: an event was appended (``seq``) about message ``message_seq``;
+    * ``"ignored"``: nothing changed: a status that does not move on (a late
+      "delivered" after "read", a redelivered report), a repeated edit, deletion or
+      reaction; ``reason`` says which;
+    * ``"held"``: a status for a provider message id no message carries yet; it is
+      applied when the message is recorded (``send`` or ``record_provider_id``);
+    * ``"unsupported"``: content the adapter did not model, kept for review
+      (``Conversations.unsupported()``), never silently dropped.
+    """
+
+    kind: str  # inbound, status, edit, deletion, reaction, unsupported
+    outcome: str
+    reason: str
+    thread_id: str | None = None
+    seq: int | None = None
+    message_seq: int | None = None
+    ingest: IngestResult | None = None
+
+
+class SweepResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The time-based moves one :meth:`Conversations.sweep` made."""
+
+    now: datetime
+    woken: tuple[str, ...] = ()
+    resolved: tuple[str, ...] = ()
+
+
+class ThreadPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of a thread query; pass ``next_cursor`` back for the next page (None: no
+    more)."""
+
+    items: tuple[ThreadState, ...]
+    next_cursor: str | None = None
+
+
+class MessageLocation(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a provider message id landed."""
+
+    thread_id: str
+    seq: int
+    customer_id: str
+
+
+class _Unsupported(msgspec.Struct, frozen=True, kw_only=True):
+    recorded_at: datetime
+    report: Unsupported
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def _pointer_writes(old: ThreadState, new: ThreadState, writes: _Writes) -> Op[None]:
+    """Keep NS_OPEN in step when a thread leaves or re-enters the live states."""
+    if old.is_open == new.is_open:
+        return
+    key = core.open_key(new.customer_id, new.topic)
+    item = yield from core.get(NS_OPEN, key)
+    if old.is_open:  # leaving: free the pointer if it is ours
+        if item is not None and item.value.decode() == new.id:
+            writes.delete(NS_OPEN, key, item.version)
+        return
+    # re-entering: claim it, unless another live thread holds it
+    if item is None:
+        writes.put(NS_OPEN, key, new.id.encode(), ABSENT)
+        return
+    other_id = item.value.decode()
+    if other_id != new.id:
+        other = yield from core.get(NS_THREAD, other_id)
+        if other is not None and core.decode_thread_state(other.value).is_open:
+            topic = f" and topic {new.topic!r}" if new.topic else ""
+            raise InvalidTransition(
+                f"thread {new.id!r} cannot reopen: thread {other_id!r} is open for "
+                f"customer {new.customer_id!r}{topic}"
+            )
+    writes.put(NS_OPEN, key, new.id.encode(), item.version)
+
+
+def _change(
+    state: ThreadState, version: int, event: LifecycleChanged, writes: _Writes
+) -> Op[ThreadState]:
+    new = evolve(state, state.version + 1, event)
+    writes.append(state.id, state.version, [event])
+    writes.thread(state, new, version)
+    yield from _pointer_writes(state, new, writes)
+    return new
+
+
+def set_status(
+    config: Config,
+    thread_id: str,
+    status: ThreadStatus | str,
+    until: datetime | None,
+    by: Party | None,
+    reason: str,
+) -> Op[ThreadState]:
+    try:
+        to = ThreadStatus(status)
+    except ValueError:
+        allowed = ", ".join(s.value for s in ThreadStatus)
+        raise ValidationError(f"unknown thread status {status!r}; one of {allowed}") from None
+    if until is not None:
+        until = ensure_utc(until, "until")
+    state, version = yield from core.load_thread(thread_id)
+    now = config.clock.now()
+    event = lifecycle_change(state, to, now, until=until, by=by, reason=reason)
+    writes = _Writes()
+    new = yield from _change(state, version, event, writes)
+    yield from core.commit(writes.batch())
+    return new
+
+
+def sweep(config: Config, now: datetime | None, policy: LifecyclePolicy | None) -> Op[SweepResult]:
+    """Apply every time-based move due at ``now``: one small commit per thread."""
+    now = ensure_utc(now, "now") if now is not None else config.clock.now()
+    policy = policy or config.lifecycle
+    woken: list[str] = []
+    resolved: list[str] = []
+    # 1. Snoozed threads whose wake-up time has passed.
+    horizon = core.time_key(now)
+    after = ""
+    while True:
+        page = yield from core.scan(NS_SNOOZE, "", after, _PAGE)
+        due_ids = [key.split("|", 1)[1] for key, _ in page if key.split("|", 1)[0] <= horizon]
+        for tid in due_ids:
+            if (yield from _sweep_one(config, tid, now, policy)):
+                woken.append(tid)
+        if len(due_ids) < len(page) or len(page) < _PAGE:
+            break
+        after = page[-1][0]
+    # 2. Open and pending threads inactive for longer than the policy allows.
+    for status in (ThreadStatus.OPEN, ThreadStatus.PENDING):
+        limit = policy.inactivity_limit(status)
+        if limit is None:
+            continue
+        cutoff = core.time_key(now - limit)
+        prefix = f"{status.value}|"
+        after = ""
+        while True:
+            page = yield from core.scan(NS_TACTIVE, prefix, after, _PAGE)
+            candidates = [
+                key.rsplit("|", 1)[1]
+                for key, _ in page
+                if key[len(prefix) : len(prefix) + 17] <= cutoff
+            ]
+            for tid in candidates:
+                if (yield from _sweep_one(config, tid, now, policy)):
+                    resolved.append(tid)
+            if len(candidates) < len(page) or len(page) < _PAGE:
+                break
+            after = page[-1][0]
+    return SweepResult(now=now, woken=tuple(woken), resolved=tuple(resolved))
+
+
+def _sweep_one(config: Config, thread_id: str, now: datetime, policy: LifecyclePolicy) -> Op[bool]:
+    item = yield from core.get(NS_THREAD, thread_id)
+    if item is None:
+        return False
+    state = core.decode_thread_state(item.value)
+    event = due_change(state, now, policy)
+    if event is None:
+        return False
+    event = msgspec.structs.replace(event, at=config.clock.now())
+    writes = _Writes()
+    yield from _change(state, item.version, event, writes)
+    yield from core.commit(writes.batch())
+    return True
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def apply(config: Config, result: object) -> Op[ApplyResult]:
+    if isinstance(result, Inbound):
+        r = yield from _messages.ingest(config, result)
+        return ApplyResult(
+            kind="inbound",
+            outcome="duplicate" if r.duplicate else "ingested",
+            reason=r.decision.reason,
+            thread_id=r.thread_id,
+            seq=r.seq,
+            message_seq=r.seq,
+            ingest=r,
+        )
+    if isinstance(result, StatusReport):
+        return (yield from _apply_status(config, result))
+    if isinstance(result, EditReport | DeletionReport | ReactionReport):
+        return (yield from _apply_change(config, result))
+    if isinstance(result, Unsupported):
+        now = config.clock.now()
+        key = f"{core.time_key(now)}|{config.ids.new_id('un')}"
+        writes = _Writes()
+        writes.put(NS_UNSUPPORTED, key, _Unsupported(recorded_at=now, report=result), ABSENT)
+        yield from core.commit(writes.batch())
+        what = f" ({result.kind})" if result.kind else ""
+        return ApplyResult(
+            kind="unsupported",
+            outcome="unsupported",
+            reason=f"{result.channel} content not modelled{what}: {result.reason}; kept as {key}",
+        )
+    raise ValidationError(
+        f"apply() takes a channel result (Inbound, StatusReport, EditReport, "
+        f"DeletionReport, ReactionReport, Unsupported), not {type(result).__name__}"
+    )
+
+
+def _load_message(
+    msg_key: str,
+) -> Op[tuple[MsgRef, ThreadState, int, MessageMark, Item | None] | None]:
+    ref_item = yield from core.get(NS_MSG, msg_key)
+    if ref_item is None:
+        return None
+    ref = core.decode_msgref(ref_item.value)
+    state, version = yield from core.load_thread(ref.thread_id)
+    mark_item = yield from core.get(NS_MARK, f"{ref.thread_id}|{ref.seq}")
+    mark = decode_mark(mark_item.value) if mark_item is not None else MessageMark()
+    return ref, state, version, mark, mark_item
+
+
+def _record(
+    state: ThreadState,
+    version: int,
+    events: Sequence[ThreadEvent],
+    mark_key: str,
+    mark: MessageMark,
+    mark_item: Item | None,
+    writes: _Writes,
+) -> int:
+    new = state
+    for i, ev in enumerate(events, start=1):
+        new = evolve(new, state.version + i, ev)
+    writes.append(state.id, state.version, list(events))
+    writes.thread(state, new, version)
+    writes.put(NS_MARK, mark_key, mark, mark_item.version if mark_item else ABSENT)
+    return new.version
+
+
+def _apply_status(config: Config, report: StatusReport) -> Op[ApplyResult]:
+    msg_key = f"{report.channel}|{report.provider_message_id}"
+    found = yield from _load_message(msg_key)
+    now = config.clock.now()
+    writes = _Writes()
+    status = report.status.value
+    if found is None:
+        item = yield from core.get(NS_EARLY, msg_key)
+        early = decode_early(item.value) if item is not None else EarlyStatuses()
+        entry = EarlyStatus(report.status, report.at, report.error)
+        if entry in early.statuses:
+            return ApplyResult(
+                kind="status",
+                outcome="ignored",
+                reason=f"{status} for unknown message {msg_key} is already held",
+            )
+        kept = (*early.statuses, entry)[-MAX_EARLY:]
+        writes.put(NS_EARLY, msg_key, EarlyStatuses(kept), item.version if item else ABSENT)
+        # Assert the message is still unknown (deleting a missing key is a no-op): a send
+        # recording this id concurrently makes one of the two retry.
+        writes.delete(NS_MSG, msg_key, ABSENT)
+        yield from core.commit(writes.batch())
+        return ApplyResult(
+            kind="status",
+            outcome="held",
+            reason=(
+                f"no message carries {msg_key} yet; {status} is kept and applied when it "
+                "is recorded"
+            ),
+        )
+    ref, state, version, mark, mark_item = found
+    update = status_update(mark, ref.seq, report.status, report.at, now, report.error)
+    if update is None:
+        current = mark.status.value if mark.status else "none"
+        return ApplyResult(
+            kind="status",
+            outcome="ignored",
+            reason=(
+                f"message {ref.thread_id}#{ref.seq} is already {current}; {status} would "
+                "not move its status on (statuses never regress)"
+            ),
+            thread_id=ref.thread_id,
+            message_seq=ref.seq,
+        )
+    event, mark = update
+    seq = _record(state, version, [event], f"{ref.thread_id}|{ref.seq}", mark, mark_item, writes)
+    yield from core.commit(writes.batch())
+    return ApplyResult(
+        kind="status",
+        outcome="recorded",
+        reason=f"message {ref.thread_id}#{ref.seq} is now {status}",
+        thread_id=ref.thread_id,
+        seq=seq,
+        message_seq=ref.seq,
+    )
+
+
+def _apply_change(
+    config: Config, report: EditReport | DeletionReport | ReactionReport
+) -> Op[ApplyResult]:
+    msg_key = f"{report.channel}|{report.provider_message_id}"
+    found = yield from _load_message(msg_key)
+    kind = {EditReport: "edit", DeletionReport: "deletion", ReactionReport: "reaction"}[
+        type(report)
+    ]
+    if found is None:
+        raise NotFound("message", msg_key)
+    ref, state, version, mark, mark_item = found
+    now = config.clock.now()
+    # The customer reacts; an edit or deletion is by whoever sent the message.
+    by = Party(PartyKind.CUSTOMER, state.customer_id)
+    if not isinstance(report, ReactionReport):
+        records = yield from core.read(ref.thread_id, ref.seq - 1, 1)
+        original = codec.decode_event(records[0].data) if records else None
+        if isinstance(original, MessageSent):
+            by = original.sender
+    target = f"{ref.thread_id}#{ref.seq}"
+    if isinstance(report, EditReport):
+        fp = hashlib.blake2b(codec.encode(report.content), digest_size=16).hexdigest()
+        update: Any = edit_update(mark, ref.seq, report.content, fp, now, by)
+        why = "already deleted, or the edit repeats the latest one"
+        done = f"message {target} edited"
+    elif isinstance(report, DeletionReport):
+        update = deletion_update(mark, ref.seq, now, by)
+        why = "already deleted"
+        done = f"message {target} deleted (a tombstone keeps its place)"
+    else:
+        update = reaction_update(mark, ref.seq, by, report.emoji, now)
+        why = "the reaction is already as reported"
+        done = (
+            f"{by} reacted {report.emoji!r} to message {target}"
+            if report.emoji
+            else (f"{by} removed their reaction to message {target}")
+        )
+    if update is None:
+        return ApplyResult(
+            kind=kind,
+            outcome="ignored",
+            reason=f"message {target}: {why}",
+            thread_id=ref.thread_id,
+            message_seq=ref.seq,
+        )
+    event, mark = update
+    writes = _Writes()
+    seq = _record(state, version, [event], f"{ref.thread_id}|{ref.seq}", mark, mark_item, writes)
+    yield from core.commit(writes.batch())
+    return ApplyResult(
+        kind=kind,
+        outcome="recorded",
+        reason=done,
+        thread_id=ref.thread_id,
+        seq=seq,
+        message_seq=ref.seq,
+    )
+
+
+def record_provider_id(
+    config: Config, thread_id: str, seq: int, provider_message_id: str
+) -> Op[ApplyResult]:
+    """Record the provider's id of outbound message ``seq`` (learnt after ``send``), and
+    apply any statuses that were held for it."""
+    if not isinstance(provider_message_id, str) or not provider_message_id:
+        raise ValidationError("provider_message_id must be a non-empty string")
+    state, version = yield from core.load_thread(thread_id)
+    records = yield from core.read(thread_id, seq - 1, 1) if seq >= 1 else _none()
+    event = codec.decode_event(records[0].data) if records else None
+    if not isinstance(event, MessageSent):
+        raise NotFound("outbound message", f"{thread_id}#{seq}")
+    msg_key = f"{event.channel}|{provider_message_id}"
+    known = yield from core.get(NS_MSG, msg_key)
+    if known is not None:
+        ref = core.decode_msgref(known.value)
+        if (ref.thread_id, ref.seq) == (thread_id, seq):
+            return ApplyResult(
+                kind="provider_id",
+                outcome="ignored",
+                reason=f"{msg_key} is already recorded for {thread_id}#{seq}",
+                thread_id=thread_id,
+                message_seq=seq,
+            )
+        raise IdempotencyError(msg_key)
+    if event.provider_message_id is not None:
+        raise InvalidTransition(
+            f"message {thread_id}#{seq} already has provider id {event.provider_message_id!r}"
+        )
+    now = config.clock.now()
+    events: list[ThreadEvent] = [
+        ProviderIdRecorded(at=now, message_seq=seq, provider_message_id=provider_message_id)
+    ]
+    writes = _Writes()
+    early = yield from core.get(NS_EARLY, msg_key)
+    if early is not None:
+        mark_item = yield from core.get(NS_MARK, f"{thread_id}|{seq}")
+        mark = decode_mark(mark_item.value) if mark_item is not None else MessageMark()
+        statuses, mark = early_events(decode_early(early.value), mark, seq, now)
+        events.extend(statuses)
+        writes.delete(NS_EARLY, msg_key, early.version)
+        writes.put(NS_MARK, f"{thread_id}|{seq}", mark, mark_item.version if mark_item else ABSENT)
+    else:
+        writes.delete(NS_EARLY, msg_key, ABSENT)  # no status held meanwhile (see send)
+    new = state
+    for i, ev in enumerate(events, start=1):
+        new = evolve(new, state.version + i, ev)
+    writes.append(thread_id, state.version, events)
+    writes.thread(state, new, version)
+    writes.put(NS_MSG, msg_key, MsgRef(thread_id, seq, state.customer_id), ABSENT)
+    yield from core.commit(writes.batch())
+    applied = len(events) - 1
+    return ApplyResult(
+        kind="provider_id",
+        outcome="recorded",
+        reason=f"{msg_key} recorded for {thread_id}#{seq}"
+        + (f"; {applied} held status(es) applied" if applied else ""),
+        thread_id=thread_id,
+        seq=new.version,
+        message_seq=seq,
+    )
+
+
+def _none() -> Op[list[Recorded]]:
+    return []
+    yield  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def timeline(thread_id: str) -> Op[list[TimelineEntry]]:
+    yield from core.load_thread(thread_id)
+    pairs = yield from core.read_thread_events(thread_id, 0)
+    return fold_timeline(pairs)
+
+
+def find_message(channel: str, provider_message_id: str) -> Op[MessageLocation | None]:
+    item = yield from core.get(NS_MSG, f"{channel}|{provider_message_id}")
+    if item is None:
+        return None
+    ref = core.decode_msgref(item.value)
+    return MessageLocation(thread_id=ref.thread_id, seq=ref.seq, customer_id=ref.customer_id)
+
+
+def unsupported(
+    limit: int, cursor: str | None
+) -> Op[tuple[list[tuple[datetime, Unsupported]], str | None]]:
+    after = _decode_cursor(cursor, "unsupported") if cursor else ""
+    page = yield from core.scan(NS_UNSUPPORTED, "", after, limit)
+    dec = msgspec.msgpack.Decoder(_Unsupported)
+    items = [dec.decode(item.value) for _key, item in page]
+    nxt = _encode_cursor("unsupported", page[-1][0]) if len(page) == limit else None
+    return [(u.recorded_at, u.report) for u in items], nxt
+
+
+def _encode_cursor(index: str, position: str) -> str:
+    raw = json.dumps([index, position], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, index: str) -> str:
+    try:
+        pad = "=" * (-len(cursor) % 4)
+        got_index, position = json.loads(base64.urlsafe_b64decode(cursor + pad))
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(f"not a cursor of this query: {cursor!r}") from exc
+    if got_index != index or not isinstance(position, str):
+        raise ValidationError(f"the cursor belongs to another kind of query ({got_index!r})")
+    return position
+
+
+def threads(
+    *,
+    customer: str | None,
+    status: ThreadStatus | str | None,
+    channel: str | None,
+    controller: Party | None,
+    active_after: datetime | None,
+    active_before: datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> Op[ThreadPage]:
+    """Threads matching every filter given, one page at a time.
+
+    Order: by the customer index (thread id) when ``customer`` is given, else by the
+    channel index (thread id) when ``channel`` is given, else by last activity, oldest
+    first (the threads waiting longest), thread id breaking ties.
+    """
+    if not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise ValidationError("limit must be an int between 1 and 1000")
+    st = ThreadStatus(status) if status is not None else None
+    after_key = core.time_key(ensure_utc(active_after, "active_after")) if active_after else None
+    before_key = (
+        core.time_key(ensure_utc(active_before, "active_before")) if active_before else None
+    )
+
+    def keep(s: ThreadState) -> bool:
+        if customer is not None and s.customer_id != customer:
+            return False
+        if st is not None and s.status is not st:
+            return False
+        if channel is not None and channel not in s.channels:
+            return False
+        if controller is not None and s.controller != controller:
+            return False
+        t = core.time_key(s.last_activity or s.created_at)
+        if after_key is not None and t < after_key:
+            return False
+        return not (before_key is not None and t > before_key)
+
+    if customer is not None or channel is not None:
+        ns, index, prefix = (
+            (NS_CTHREADS, "customer", f"{customer}|")
+            if customer is not None
+            else (NS_TCHANNEL, "channel", f"{channel}|")
+        )
+        position = _decode_cursor(cursor, index) if cursor else ""
+        out: list[ThreadState] = []
+        while True:
+            page = yield from core.scan(ns, prefix, prefix + position if position else "", _PAGE)
+            if not page:
+                return ThreadPage(items=tuple(out), next_cursor=None)
+            ids = [key[len(prefix) :] for key, _ in page]
+            items = yield from core.get_many(NS_THREAD, ids)
+            for tid in ids:
+                position = tid
+                item = items.get(tid)
+                if item is None:
+                    continue
+                s = core.decode_thread_state(item.value)
+                if keep(s):
+                    out.append(s)
+                    if len(out) == limit:
+                        return ThreadPage(items=tuple(out), next_cursor=_encode_cursor(index, tid))
+            if len(page) < _PAGE:
+                return ThreadPage(items=tuple(out), next_cursor=None)
+
+    # By last activity: merge the per-status ranges of NS_TACTIVE.
+    position = _decode_cursor(cursor, "activity") if cursor else ""
+    if after_key is not None and (not position or position < after_key):
+        position = after_key
+    statuses = (st,) if st is not None else _STATUSES
+    out = []
+    while True:
+        merged: list[tuple[str, str]] = []  # (time|thread, thread)
+        horizon: str | None = None
+        for s_ in statuses:
+            prefix = f"{s_.value}|"
+            page = yield from core.scan(
+                NS_TACTIVE, prefix, prefix + position if position else "", _PAGE
+            )
+            for key, _ in page:
+                merged.append((key[len(prefix) :], key.rsplit("|", 1)[1]))
+            if len(page) == _PAGE:
+                last = page[-1][0][len(prefix) :]
+                horizon = last if horizon is None or last < horizon else horizon
+        merged = [m for m in merged if horizon is None or m[0] <= horizon]
+        merged.sort()
+        if not merged:
+            return ThreadPage(items=tuple(out), next_cursor=None)
+        ids = [tid for _pos, tid in merged]
+        items = yield from core.get_many(NS_THREAD, ids)
+        for pos, tid in merged:
+            if before_key is not None and pos[:17] > before_key:
+                return ThreadPage(items=tuple(out), next_cursor=None)
+            position = pos
+            item = items.get(tid)
+            if item is None:
+                continue
+            s = core.decode_thread_state(item.value)
+            if keep(s):
+                out.append(s)
+                if len(out) == limit:
+                    return ThreadPage(items=tuple(out), next_cursor=_encode_cursor("activity", pos))
+        if horizon is None:
+            return ThreadPage(items=tuple(out), next_cursor=None)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class _Overlay:
+    """The writes of a batch in progress, seen by the operations that follow in it."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, tuple[int, list[bytes]]] = {}  # stream -> (base, events)
+        self.kv: dict[tuple[str, str], tuple[int, Item | None]] = {}  # -> (first exp., item)
+        self._fake = 1 << 40
+
+    def version(self, stream: str) -> int | None:
+        entry = self.streams.get(stream)
+        return None if entry is None else entry[0] + len(entry[1])
+
+    def take(self, batch: Batch) -> None:
+        for a in batch.appends:
+            entry = self.streams.get(a.stream)
+            if entry is None:
+                self.streams[a.stream] = (a.expected, list(a.events))
+            else:
+                base, events = entry
+                if a.expected != base + len(events):
+                    raise ConflictError(f"stream {a.stream!r} moved inside the batch")
+                events.extend(a.events)
+        ops: list[Put | Delete] = [*batch.puts, *batch.deletes]
+        for op in ops:
+            key = (op.ns, op.key)
+            entry2 = self.kv.get(key)
+            if entry2 is not None:
+                first, item = entry2
+                if op.expected == ABSENT and item is not None:
+                    raise ConflictError(f"{op.ns}/{op.key} was created inside the batch")
+                if op.expected > 0 and (item is None or item.version != op.expected):
+                    raise ConflictError(f"{op.ns}/{op.key} moved inside the batch")
+            else:
+                first = op.expected
+            if isinstance(op, Put):
+                self._fake += 1
+                version = op.expected + 1 if op.expected >= 0 else self._fake
+                if entry2 is not None and entry2[1] is not None:
+                    version = entry2[1].version + 1
+                self.kv[key] = (first, Item(op.value, version))
+            else:
+                self.kv[key] = (first, None)
+
+    def batch(self) -> Batch:
+        appends = tuple(Append(s, base, tuple(ev)) for s, (base, ev) in self.streams.items())
+        puts: list[Put] = []
+        deletes: list[Delete] = []
+        for (ns, key), (first, item) in self.kv.items():
+            if item is None:
+                deletes.append(Delete(ns, key, first))
+            else:
+                puts.append(Put(ns, key, item.value, first))
+        return Batch(appends=appends, puts=tuple(puts), deletes=tuple(deletes))
+
+
+def _through(overlay: _Overlay, op: Op[Any]) -> Op[Any]:
+    """Run ``op`` with its reads answered through ``overlay`` and its commit taken into it."""
+    try:
+        call: Call = next(op)
+        while True:
+            name, args = call
+            if name == "commit":
+                overlay.take(args[0])
+                result: Any = None
+            elif name == "get":
+                ns, key = args
+                hit = overlay.kv.get((ns, key))
+                result = hit[1] if hit is not None else (yield call)
+            elif name == "get_many":
+                ns, keys = args
+                result = {}
+                missing = []
+                for k in keys:
+                    hit = overlay.kv.get((ns, k))
+                    if hit is None:
+                        missing.append(k)
+                    elif hit[1] is not None:
+                        result[k] = hit[1]
+                if missing:
+                    result.update((yield ("get_many", (ns, missing))))
+            elif name == "read":
+                result = yield from _overlay_read(overlay, *args)
+            elif name == "version":
+                v = overlay.version(args[0])
+                result = v if v is not None else (yield call)
+            elif name == "scan":
+                result = yield from _overlay_scan(overlay, *args)
+            else:
+                result = yield call
+            call = op.send(result)
+    except StopIteration as stop:
+        return stop.value
+
+
+def _overlay_read(
+    overlay: _Overlay, stream: str, after: int, limit: int | None
+) -> Op[list[Recorded]]:
+    entry = overlay.streams.get(stream)
+    if entry is None:
+        return (yield from core.read(stream, after, limit))
+    base, events = entry
+    out: list[Recorded] = []
+    if after < base:
+        take = base - after if limit is None else min(limit, base - after)
+        out = yield from core.read(stream, after, take)
+    for i, data in enumerate(events, start=base + 1):
+        if i > after and (limit is None or len(out) < limit):
+            out.append(Recorded(stream, i, data))
+    return out
+
+
+def _overlay_scan(
+    overlay: _Overlay, ns: str, prefix: str, after: str, limit: int
+) -> Op[list[tuple[str, Item]]]:
+    mine = {
+        k: v
+        for (n, k), (_f, v) in overlay.kv.items()
+        if n == ns and k.startswith(prefix) and k > after
+    }
+    # Ask for as many more as the batch deleted, so a full page stays full.
+    extra = sum(1 for v in mine.values() if v is None)
+    page = yield from core.scan(ns, prefix, after, limit + extra)
+    if not mine:
+        return page
+    merged = {k: it for k, it in page if k not in mine}
+    merged.update({k: v for k, v in mine.items() if v is not None})
+    if len(page) == limit + extra and page:
+        # Overlay keys beyond the store page's last key may hide store keys before them.
+        last = page[-1][0]
+        merged = {k: v for k, v in merged.items() if k <= last}
+    keys = sorted(merged)[:limit]
+    return [(k, merged[k]) for k in keys]
+
+
+def ingest_many(config: Config, inbounds: Sequence[Inbound]) -> Op[list[IngestResult]]:
+    """Ingest ``inbounds`` in order, committing them in one store transaction.
+
+    Each message sees the ones before it (a redelivery inside the batch is a duplicate;
+    the second message of a new customer continues its thread). Atomic: an error in any
+    message (a typed error such as IdempotencyError or ValidationError) writes nothing;
+    a conflict with another writer retries the whole batch.
+    """
+    overlay = _Overlay()
+    results: list[IngestResult] = []
+    for inbound in inbounds:
+        r = yield from _through(overlay, _messages.ingest(config, inbound))
+        results.append(r)
+    batch = overlay.batch()
+    if not batch.is_empty:
+        yield from core.commit(batch)
+    return results
