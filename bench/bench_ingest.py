@@ -131,9 +131,7 @@ def baseline(path: Path, messages: list[ct.Inbound]) -> tuple[float, float]:
         rows = conn.execute(
             "SELECT * FROM messages WHERE thread_id = 'th_load' ORDER BY seq"
         ).fetchall()
-        decoded = [
-            (r[0], r[8], json.loads(r[9]), datetime.fromisoformat(r[10])) for r in rows
-        ]
+        decoded = [(r[0], r[8], json.loads(r[9]), datetime.fromisoformat(r[10])) for r in rows]
         times.append(time.perf_counter() - start)
         assert len(decoded) == 100
     conn.close()

@@ -1,8 +1,8 @@
 """Worker entry points run in separate processes by the multi-process tests.
 
-    python -m tests._workers ingest DB PREFIX COUNT      ingest COUNT messages, print seqs
-    python -m tests._workers send DB THREAD COUNT TAG    send COUNT replies to THREAD
-    python -m tests._workers redeliver DB                ingest the fixed message once
+python -m tests._workers ingest DB PREFIX COUNT      ingest COUNT messages, print seqs
+python -m tests._workers send DB THREAD COUNT TAG    send COUNT replies to THREAD
+python -m tests._workers redeliver DB                ingest the fixed message once
 """
 
 from __future__ import annotations

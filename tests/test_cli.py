@@ -26,26 +26,41 @@ def run_cli(*args: str) -> str:
 def test_demo_plays_one_journey_across_channels_into_sqlite(tmp_path: Path) -> None:
     db = tmp_path / "demo.db"
     text = run_cli("demo", "--db", str(db))
-    assert "channels: twitter → whatsapp → email → voice" in text
+    assert "channels: twitter → twitter.dm → whatsapp → email → voice" in text
     # every customer message shows both decisions with their reason
-    assert text.count("who:    [") == 5
-    assert text.count("thread: [") == 5
-    assert "[explicit_reference]" in text and "[recency]" in text
-    assert "every delivery was recognised as a duplicate" in text
-    # it really is in the SQLite file, one thread with all four channels
+    assert text.count("who:    [") == 7
+    assert text.count("thread: [") == 7
+    assert "[explicit_reference] the message replies to 'refund-ac4471@acme.example'" in text
+    assert "[recency]" in text
+    # the WhatsApp number was linked by the continuation code, with its evidence
+    assert "phone:+447911123456 (asserted; token on whatsapp" in text
+    assert "agent:lee took control (fencing token 1)" in text
+    # the external audience sees no identifier
+    external = text.split("external bot vendor", 1)[1]
+    for secret in ("dana", "+447911123456", "2244", "example.com"):
+        assert secret not in external
+    assert "Redelivered all 7 inbound payloads: 7 recognised as duplicates" in text
+    # it really is in the SQLite file: one customer, one thread across five channels
     with ct.Conversations(SQLiteStore(db)) as convs:
         states = convs.customer_threads(convs.find_customer(ct.phone("+447911123456")) or "")
         assert len(states) == 1
-        assert states[0].channels == ("twitter", "whatsapp", "email", "voice")
-        assert len(convs.events(states[0].id)) == 9
+        assert states[0].channels == ("twitter", "twitter.dm", "whatsapp", "email", "voice")
+        assert states[0].controller == ct.Party.parse("agent:lee")
+        assert len(convs.events(states[0].id)) == 16
 
 
-def test_demo_is_idempotent_when_the_file_is_kept(tmp_path: Path) -> None:
-    db = tmp_path / "demo.db"
-    run_cli("demo", "--db", str(db))
-    run_cli("demo", "--db", str(db), "--keep")
-    with ct.Conversations(SQLiteStore(db)) as convs:
-        assert len(convs.events("th_0001")) == 9
+def test_demo_is_deterministic(tmp_path: Path) -> None:
+    import re
+
+    def masked(text: str) -> str:  # continuation codes come from `secrets`: they differ
+        return re.sub(r"\b[0-9A-Z]{3}-[0-9A-Z]{3}-[0-9A-Z]{3}\b", "XXX-XXX-XXX", text)
+
+    first = run_cli("demo", "--db", str(tmp_path / "a.db"))
+    second = run_cli("demo", "--db", str(tmp_path / "a.db"))  # replaces the file
+    assert first != second  # a fresh code each run
+    assert masked(first) == masked(second)
+    with ct.Conversations(SQLiteStore(tmp_path / "a.db")) as convs:
+        assert len(convs.events("th_0001")) == 16
 
 
 def test_show_prints_a_thread_and_a_customer(tmp_path: Path) -> None:
@@ -80,7 +95,7 @@ def test_console_script_and_module_entry_point(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "twitter → whatsapp → email → voice" in proc.stdout
+    assert "twitter → twitter.dm → whatsapp → email → voice" in proc.stdout
 
 
 def test_quickstart_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,3 +103,12 @@ def test_quickstart_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[s
     thread_id = module["main"](tmp_path / "q.db")
     out = capsys.readouterr().out
     assert f"email -> {thread_id}" in out and "within the 24h00m window" in out
+
+
+@pytest.mark.parametrize("which", ["snapshot", "events"])
+def test_schema_command_prints_json_schema(which: str) -> None:
+    import json
+
+    schema = json.loads(run_cli("schema", which))
+    assert schema.get("$defs")
+    assert "$ref" in schema or "anyOf" in schema or "type" in schema

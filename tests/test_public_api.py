@@ -23,6 +23,16 @@ PUBLIC_MODULES = [
     "convthread.domain.continuity",
     "convthread.domain.segments",
     "convthread.domain.updates",
+    "convthread.domain.identity",
+    "convthread.domain.merge",
+    "convthread.domain.handoff",
+    "convthread.domain.snapshot",
+    "convthread.domain.redaction",
+    "convthread.domain.render",
+    "convthread.domain.tokens",
+    "convthread.domain.timeline",
+    "convthread.channels",
+    "convthread.testing",
 ]
 
 
@@ -72,8 +82,7 @@ def test_optional_arguments_are_keyword_only(cls: type) -> None:
         for param in inspect.signature(fn).parameters.values():
             if param.default is not inspect.Parameter.empty:
                 assert param.kind is inspect.Parameter.KEYWORD_ONLY, (
-                    f"{cls.__name__}.{name}: optional argument {param.name!r} "
-                    "must be keyword-only"
+                    f"{cls.__name__}.{name}: optional argument {param.name!r} must be keyword-only"
                 )
 
 

@@ -34,7 +34,9 @@ def msg(
     )
 
 
-def test_first_message_creates_customer_and_thread(convs: ct.Conversations, clock: ct.ManualClock) -> None:
+def test_first_message_creates_customer_and_thread(
+    convs: ct.Conversations, clock: ct.ManualClock
+) -> None:
     result = convs.ingest(msg(clock, "SM1"))
     assert result.new_customer and result.new_thread and not result.duplicate
     assert result.seq == 2  # thread_started is 1
@@ -55,7 +57,11 @@ def test_redelivery_is_stored_once_and_returns_the_original_outcome(
     clock.advance(minutes=5)
     again = convs.ingest(first_msg)
     assert again.duplicate
-    assert (again.thread_id, again.seq, again.customer_id) == (first.thread_id, first.seq, first.customer_id)
+    assert (again.thread_id, again.seq, again.customer_id) == (
+        first.thread_id,
+        first.seq,
+        first.customer_id,
+    )
     assert again.new_thread and again.new_customer  # the original outcome
     assert again.decision == first.decision
     assert len(convs.events(first.thread_id)) == 2
@@ -80,13 +86,28 @@ def test_explicit_idempotency_key(convs: ct.Conversations, clock: ct.ManualClock
         convs.ingest(msg(clock, "SM2", "other", idempotency_key="req-1"))
 
 
-def test_continues_across_channels_within_the_window(convs: ct.Conversations, clock: ct.ManualClock) -> None:
-    a = convs.ingest(msg(clock, "SM1", sender=(
-        ct.SenderIdentifier(PHONE, ct.Trust.ASSERTED),
-        ct.SenderIdentifier(MAIL, ct.Trust.CLAIMED),
-    )))
+def test_continues_across_channels_within_the_window(
+    convs: ct.Conversations, clock: ct.ManualClock
+) -> None:
+    a = convs.ingest(
+        msg(
+            clock,
+            "SM1",
+            sender=(
+                ct.SenderIdentifier(PHONE, ct.Trust.ASSERTED),
+                ct.SenderIdentifier(MAIL, ct.Trust.CLAIMED),
+            ),
+        )
+    )
     clock.advance(hours=2)
-    b = convs.ingest(msg(clock, "<m1@example.com>", channel="email", sender=(ct.SenderIdentifier(MAIL, ct.Trust.CLAIMED),)))
+    b = convs.ingest(
+        msg(
+            clock,
+            "<m1@example.com>",
+            channel="email",
+            sender=(ct.SenderIdentifier(MAIL, ct.Trust.CLAIMED),),
+        )
+    )
     assert b.customer_id == a.customer_id
     assert b.thread_id == a.thread_id
     assert not b.new_thread
@@ -114,8 +135,7 @@ def test_new_thread_after_the_window_records_its_predecessor(
 def test_configurable_window() -> None:
     clock = ct.ManualClock()
     convs = ct.Conversations(
-        "memory://",
-        clock=clock, continuity=ct.ContinuityPolicy(window=timedelta(minutes=30))
+        "memory://", clock=clock, continuity=ct.ContinuityPolicy(window=timedelta(minutes=30))
     )
     a = convs.ingest(msg(clock, "SM1"))
     clock.advance(minutes=31)
@@ -156,9 +176,24 @@ def test_reads_of_unknown_ids_raise_not_found(convs: ct.Conversations) -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda c: ct.Inbound(channel="sms", provider_message_id="x", sender=(ct.SenderIdentifier(ct.Identifier("fax", "123")),), sent_at=c.now()),
-        lambda c: ct.Inbound(channel="sms", provider_message_id="x", sender=(ct.SenderIdentifier(ct.Identifier("phone", "12")),), sent_at=c.now()),
-        lambda c: ct.Inbound(channel="sms", provider_message_id="x", sender=(ct.SenderIdentifier(ct.Identifier("email", "not-an-address")),), sent_at=c.now()),
+        lambda c: ct.Inbound(
+            channel="sms",
+            provider_message_id="x",
+            sender=(ct.SenderIdentifier(ct.Identifier("fax", "123")),),
+            sent_at=c.now(),
+        ),
+        lambda c: ct.Inbound(
+            channel="sms",
+            provider_message_id="x",
+            sender=(ct.SenderIdentifier(ct.Identifier("phone", "12")),),
+            sent_at=c.now(),
+        ),
+        lambda c: ct.Inbound(
+            channel="sms",
+            provider_message_id="x",
+            sender=(ct.SenderIdentifier(ct.Identifier("email", "not-an-address")),),
+            sent_at=c.now(),
+        ),
     ],
     ids=["unknown-kind", "invalid-phone", "invalid-email"],
 )
@@ -189,9 +224,13 @@ def test_data_survives_reopening_the_store(
     assert len(second.events(a.thread_id)) == 2
 
 
-def test_async_service_matches_the_sync_one(store_factory: StoreFactory, clock: ct.ManualClock) -> None:
+def test_async_service_matches_the_sync_one(
+    store_factory: StoreFactory, clock: ct.ManualClock
+) -> None:
     async def run() -> None:
-        async with ct.AsyncConversations(store_factory(), clock=clock, ids=ct.SequentialIds()) as convs:
+        async with ct.AsyncConversations(
+            store_factory(), clock=clock, ids=ct.SequentialIds()
+        ) as convs:
             a = await convs.ingest(msg(clock, "SM1"))
             b = await convs.ingest(msg(clock, "SM1"))
             assert b.duplicate and b.seq == a.seq

@@ -1,8 +1,9 @@
-"""The ``convthread`` command line: ``demo``, ``show``.
+"""The ``convthread`` command line: ``demo``, ``show``, ``schema``.
 
 ``convthread demo`` plays a realistic cross-channel journey into a SQLite file and prints
 each thread as a timeline with channels, parties and the reason for every decision.
 ``convthread show`` prints a thread or a customer from an existing store.
+``convthread schema snapshot|events`` prints a JSON Schema (2020-12).
 
 The store is chosen by ``--store URL`` or the ``CONVTHREAD_STORE`` environment variable
 (``sqlite:///path.db``, ``memory://``, ``postgresql://...``).
@@ -11,27 +12,38 @@ The store is chosen by ``--store URL`` or the ``CONVTHREAD_STORE`` environment v
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from pathlib import Path
 from typing import TextIO
 
 from convthread import codec
 from convthread._version import __version__
+from convthread.channels import email, social, voice, whatsapp
 from convthread.domain.events import (
+    ContinuationIssued,
+    ContinuationRedeemed,
+    HandoffAccepted,
+    HandoffOffered,
+    HandoffRequested,
+    IdentifierLinked,
     LifecycleChanged,
     MessageReceived,
     MessageSent,
     ThreadEvent,
     ThreadStarted,
 )
-from convthread.domain.identifiers import email, handle, phone
-from convthread.domain.model import Content, Inbound, SenderIdentifier, Trust
+from convthread.domain.handoff import MovedToChannel
+from convthread.domain.identifiers import email as email_address
+from convthread.domain.model import Inbound, Trust
+from convthread.domain.tokens import KeyRing
 from convthread.errors import ConvthreadError, NotFound
 from convthread.ports import ManualClock, SequentialIds
-from convthread.service import Conversations, ThreadView
+from convthread.service import Conversations, IngestResult, ThreadView
 from convthread.stores import open_store
 
 __all__ = ["main"]
@@ -60,6 +72,12 @@ def _clip(text: str, width: int = 72) -> str:
     return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
 
 
+def _said(channel: str, text: str) -> str:
+    if text:
+        return f"“{_clip(text)}”"
+    return "(the call starts)" if channel == "voice" else "(no text)"
+
+
 def print_thread(view: ThreadView, out: TextIO) -> None:
     """Print a thread as a timeline: each event with channel, party and reason."""
     state = view.state
@@ -84,7 +102,7 @@ def _print_event(seq: int, event: ThreadEvent, out: TextIO) -> None:
         who = f"customer via {event.sender.identifier} ({event.sender.trust.value})"
         out.write(
             f"  #{seq:<3} {_fmt_time(event.sent_at)}  {event.channel:<9} {who}\n"
-            f"        “{_clip(event.content.text)}”\n"
+            f"        {_said(event.channel, event.content.text)}\n"
         )
         if event.resolution is not None:
             out.write(f"        who:    [{event.resolution.rule}] {event.resolution.reason}\n")
@@ -94,8 +112,25 @@ def _print_event(seq: int, event: ThreadEvent, out: TextIO) -> None:
     if isinstance(event, MessageSent):
         out.write(
             f"  #{seq:<3} {_fmt_time(event.at)}  {event.channel:<9} {event.sender}\n"
-            f"        “{_clip(event.content.text)}”\n"
+            f"        {_said(event.channel, event.content.text)}\n"
         )
+        return
+    if isinstance(event, HandoffRequested):
+        why = f": {event.reason}" if event.reason else ""
+        out.write(f"  #{seq:<3} {_fmt_time(event.at)}  handoff requested → {event.target}{why}\n")
+        return
+    if isinstance(event, HandoffOffered):
+        out.write(f"  #{seq:<3} {_fmt_time(event.at)}  handoff offered to {event.offered_to}\n")
+        return
+    if isinstance(event, HandoffAccepted):
+        out.write(
+            f"  #{seq:<3} {_fmt_time(event.at)}  {event.by} took control "
+            f"(fencing token {event.fencing_token})\n"
+        )
+        return
+    if isinstance(event, ContinuationIssued | ContinuationRedeemed):
+        what = "issued" if isinstance(event, ContinuationIssued) else "redeemed"
+        out.write(f"  #{seq:<3} {_fmt_time(event.at)}  continuation code {what}\n")
         return
     if isinstance(event, LifecycleChanged):
         out.write(
@@ -107,128 +142,259 @@ def _print_event(seq: int, event: ThreadEvent, out: TextIO) -> None:
 
 
 def print_customer(convs: Conversations, customer_id: str, out: TextIO) -> None:
+    """Print a customer: each identifier with its trust and how it was linked."""
     view = convs.customer(customer_id)
+    how: dict[str, str] = {}
+    for _seq, event in view.events:
+        if isinstance(event, IdentifierLinked):
+            ev = event.evidence
+            where = f" on {ev.channel}" if ev.channel else ""
+            by = f" by {ev.by}" if ev.by and not ev.by.startswith("channel:") else ""
+            how[event.identifier.key] = f"{ev.method}{where}{by}"
     out.write(f"Customer {view.id}\n  identifiers:\n")
     for ident, trust in sorted(view.state.identifiers.values()):
-        out.write(f"    {ident} ({trust.value})\n")
+        evidence = how.get(ident.key, "")
+        out.write(f"    {ident} ({trust.value}{'; ' + evidence if evidence else ''})\n")
     out.write(f"  threads: {', '.join(view.thread_ids) or '-'}\n\n")
 
 
 # --------------------------------------------------------------------------- the demo
 
+DEMO_T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+#: A demo signing key. In production, load keys from your secret store.
+DEMO_KEYS = KeyRing({"demo-2026-03": b"demo-only-key-not-for-production!"}, current="demo-2026-03")
+DANA_PHONE = "+447911123456"
 
-def demo_journey(convs: Conversations, clock: ManualClock) -> list[str]:
-    """Play Dana's journey: a tweet, a DM, WhatsApp, e-mail, then a phone call.
 
-    Returns the thread ids touched, in order. Every step is idempotent (redelivering the
-    whole journey stores nothing twice).
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _tweet(t: datetime) -> bytes:
+    """A public mention, as the Twitter/X API v2 delivers it."""
+    return json.dumps(
+        {
+            "data": {
+                "id": "1790001",
+                "text": "@AcmeAir my refund for order AC-4471 still hasn't arrived, 3 weeks now",
+                "author_id": "2244",
+                "conversation_id": "1790001",
+                "created_at": _iso(t),
+            },
+            "includes": {"users": [{"id": "2244", "username": "dana_k", "name": "Dana K"}]},
+        }
+    ).encode()
+
+
+def _dm(t: datetime) -> bytes:
+    """A direct message event, Twitter/X API v2."""
+    return json.dumps(
+        {
+            "data": [
+                {
+                    "id": "88120",
+                    "event_type": "MessageCreate",
+                    "text": "Hi, it's about AC-4471. Could we go on on WhatsApp? Out all day",
+                    "sender_id": "2244",
+                    "dm_conversation_id": "1000-2244",
+                    "created_at": _iso(t),
+                }
+            ],
+            "includes": {"users": [{"id": "2244", "username": "dana_k"}]},
+        }
+    ).encode()
+
+
+def _whatsapp(t: datetime, wamid: str, text: str) -> bytes:
+    """A WhatsApp Cloud API webhook with one text message."""
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "441234567890", "phone_number_id": "1122334455"},
+        "contacts": [{"profile": {"name": "Dana"}, "wa_id": DANA_PHONE[1:]}],
+        "messages": [
+            {
+                "from": DANA_PHONE[1:],
+                "id": wamid,
+                "timestamp": str(int(t.timestamp())),
+                "text": {"body": text},
+                "type": "text",
+            }
+        ],
+    }
+    envelope = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1234", "changes": [{"value": value, "field": "messages"}]}],
+    }
+    return json.dumps(envelope).encode()
+
+
+def _mail(t: datetime) -> bytes:
+    """Dana's e-mail reply, raw RFC 5322, quoting the confirmation she got."""
+    return (
+        "From: Dana K <Dana.K@example.com>\r\n"
+        "To: refunds@acme.example\r\n"
+        "Subject: Re: Refund confirmation AC-4471\r\n"
+        f"Date: {format_datetime(t)}\r\n"
+        "Message-ID: <CAF7xk2m@mail.example.com>\r\n"
+        "In-Reply-To: <refund-ac4471@acme.example>\r\n"
+        "References: <refund-ac4471@acme.example>\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "\r\n"
+        "Thanks, but the amount is wrong: I paid EUR 245.90, not 212.40.\r\n"
+        "\r\n"
+        "On Mon, 2 Mar 2026 at 10:26, Acme Refunds <refunds@acme.example> wrote:\r\n"
+        "> Refund confirmation for order AC-4471: EUR 212.40.\r\n"
+    ).encode()
+
+
+def _call(t: datetime, kind: str, **extra: object) -> bytes:
+    """A voice event: the call starting, or a final transcript segment."""
+    event: dict[str, object] = {
+        "type": kind,
+        "call_id": "CA5521",
+        "from": DANA_PHONE,
+        "to": "+441234567890",
+        "at": t.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    event.update(extra)
+    return json.dumps(event).encode()
+
+
+def _only_inbound(results: Sequence[object]) -> Inbound:
+    inbound = [r for r in results if isinstance(r, Inbound)]
+    if len(inbound) != 1:
+        raise ValueError(f"expected one inbound message, got {results!r}")
+    return inbound[0]
+
+
+def demo_conversations(store_url: str, clock: ManualClock) -> Conversations:
+    """The service as the demo runs it: deterministic clock and ids, a handoff rule that
+    sends calls to the voice queue, and continuation-token keys."""
+    return Conversations(
+        open_store(store_url),
+        clock=clock,
+        ids=SequentialIds(),
+        handoff_rules=[MovedToChannel(target="queue:voice", channel="voice")],
+        token_keys=DEMO_KEYS,
+    )
+
+
+class DemoRun:
+    """What the demo played: the threads it touched and every inbound delivery."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+        self.deliveries: list[Inbound] = []
+
+
+def demo_journey(convs: Conversations, clock: ManualClock) -> DemoRun:
+    """Play Dana's journey through the channel adapters: a public tweet, a DM, WhatsApp
+    (bridged by a continuation code), e-mail, then a phone call handed to an agent.
+
+    Returns the threads touched, in order, and the inbound deliveries (redelivering any
+    of them stores nothing twice).
     """
-    t0 = clock.now()
-    twitter_dana = handle("twitter", "@dana_k")
-    dana_phone = phone("+44 7911 123456")
-    dana_mail = email("Dana.K@Example.com")
+    t0 = DEMO_T0
+    run = DemoRun()
 
     def at(minutes: float) -> datetime:
         moment = t0 + timedelta(minutes=minutes)
         clock.set(moment + timedelta(seconds=2))
         return moment
 
-    touched: list[str] = []
+    def deliver(result: Inbound) -> IngestResult:
+        outcome = convs.ingest(result)
+        run.deliveries.append(result)
+        if outcome.thread_id not in run.threads:
+            run.threads.append(outcome.thread_id)
+        return outcome
 
-    def inbound(
-        channel: str,
-        pid: str,
-        minutes: float,
-        text: str,
-        sender: Sequence[SenderIdentifier],
-        **extra: object,
-    ) -> str:
-        msg = Inbound(
-            channel=channel,
-            provider_message_id=pid,
-            sender=tuple(sender),
-            content=Content(text=text),
-            sent_at=at(minutes),
-            **extra,  # type: ignore[arg-type]
-        )
-        result = convs.ingest(msg)
-        if result.thread_id not in touched:
-            touched.append(result.thread_id)
-        return result.thread_id
-
-    # 1. A public mention on Twitter: the channel vouches for the handle.
-    th = inbound(
-        "twitter",
-        "1790001",
-        0,
-        "@AcmeAir my refund for order AC-4471 still hasn't arrived, 3 weeks now",
-        [SenderIdentifier(twitter_dana, Trust.ASSERTED)],
-    )
+    # 1. A public mention: the platform asserts the handle.
+    first = deliver(_only_inbound(social.parse(_tweet(at(0)))))
+    thread = first.thread_id
     at(4)
     convs.send(
-        th,
-        "Sorry to hear that Dana! Please DM us so we can look into AC-4471.",
+        thread,
+        "Sorry to hear that, Dana! Please DM us so we can look into AC-4471.",
         sender="agent:sam",
         idempotency_key="demo-reply-1",
     )
-    # 2. The DM: she types her phone number (a claim, not proof).
-    inbound(
-        "twitter",
-        "dm-88120",
-        9,
-        "Hi, it's about AC-4471. Text me on +44 7911 123456 if easier",
-        [
-            SenderIdentifier(twitter_dana, Trust.ASSERTED),
-            SenderIdentifier(dana_phone, Trust.CLAIMED),
-        ],
-    )
-    # 3. An hour later, from the bus, on WhatsApp: WhatsApp asserts the number.
-    inbound(
-        "whatsapp",
-        "wamid.HBgMNDQ3OTExMTIzNDU2FQIAEhgg",
-        70,
-        "On the bus now. Can you email me the refund confirmation? dana.k@example.com",
-        [
-            SenderIdentifier(dana_phone, Trust.ASSERTED),
-            SenderIdentifier(dana_mail, Trust.CLAIMED),
-        ],
-    )
-    at(85)
+    # 2. The DM: same person (same Twitter account), a private channel.
+    deliver(_only_inbound(social.parse(_dm(at(9)))))
+    # Twitter cannot prove a phone number: the agent gives a continuation code instead.
+    at(11)
+    code = convs.issue_continuation(thread, ttl=timedelta(hours=4), by="agent:sam")
     convs.send(
-        th,
-        "We've emailed you the confirmation for AC-4471.",
+        thread,
+        f"Of course! WhatsApp us at +44 1234 567890 and send the code {code.code}",
         sender="agent:sam",
-        channel="whatsapp",
+        channel="twitter.dm",
         idempotency_key="demo-reply-2",
     )
+    # 3. An hour later, from the bus: WhatsApp asserts her number; the code links it.
+    whatsapp_msg = _only_inbound(
+        whatsapp.parse(_whatsapp(at(70), "wamid.HBgMNDQ3OTExMTIzNDU2", f"Code {code.code}"))
+    )
+    if convs.find_customer(whatsapp_msg.sender[0].identifier) is None:
+        convs.redeem_continuation(code.code, sender=whatsapp_msg.sender[0], channel="whatsapp")
+    deliver(whatsapp_msg)
+    deliver(
+        _only_inbound(
+            whatsapp.parse(
+                _whatsapp(
+                    at(72),
+                    "wamid.HBgMNDQ3OTExMTIzNDU3",
+                    "Can you email me the refund confirmation? dana.k@example.com",
+                )
+            )
+        )
+    )
+    customer = first.customer_id
+    dana_mail = email_address("dana.k@example.com")
+    if convs.find_customer(dana_mail) is None:
+        convs.link(
+            customer,
+            dana_mail,
+            trust=Trust.CLAIMED,
+            by="agent:sam",
+            channel="whatsapp",
+            detail="typed by the customer on WhatsApp",
+        )
     at(86)
     convs.send(
-        th,
-        "Refund confirmation for order AC-4471: EUR 212.40, issued 2026-03-02.",
+        thread,
+        "Refund confirmation for order AC-4471: EUR 212.40.",
         sender="agent:sam",
         channel="email",
-        provider_message_id="<refund-ac4471@acme.example>",
+        # the e-mail adapter writes Message-IDs without their angle brackets
+        provider_message_id="refund-ac4471@acme.example",
         idempotency_key="demo-reply-3",
     )
-    # 4. Her e-mail reply threads on In-Reply-To.
-    inbound(
-        "email",
-        "<CAF7xk2m@mail.example.com>",
-        140,
-        "Thanks, but the amount is wrong: I paid EUR 245.90.",
-        [SenderIdentifier(dana_mail, Trust.CLAIMED)],
-        reply_to="<refund-ac4471@acme.example>",
-        subject="Re: Refund confirmation AC-4471",
+    # 4. Her e-mail reply threads on In-Reply-To; the address is only a claim.
+    deliver(_only_inbound(email.parse(_mail(at(140)), received_at=at(140))))
+    # 5. She calls: the carrier's caller id is asserted; the rule hands the call to the
+    # voice queue, and an agent takes it with the full context.
+    call = deliver(_only_inbound(voice.parse(_call(at(175), "call.ringing"))))
+    deliver(
+        _only_inbound(
+            voice.parse(
+                _call(
+                    at(176),
+                    "transcript",
+                    segment_id="1",
+                    speaker="caller",
+                    is_final=True,
+                    text="I'm calling about my refund for AC-4471, the amount is wrong",
+                )
+            )
+        )
     )
-    # 5. She calls: the carrier's caller id is asserted.
-    inbound(
-        "voice",
-        "call-5521-seg-1",
-        175,
-        "I'm calling about my refund for AC-4471, the amount is wrong.",
-        [SenderIdentifier(dana_phone, Trust.ASSERTED)],
-    )
-    return touched
+    if call.handoff is not None and not call.duplicate:
+        at(177)
+        convs.offer_handoff(call.handoff.handoff_id, to="agent:lee", ttl=timedelta(minutes=2))
+        convs.accept_handoff(call.handoff.handoff_id, by="agent:lee")
+    return run
 
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
@@ -236,23 +402,30 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         url = _store_url(args, None)
     else:
         path = Path(args.db)
-        if args.fresh:
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
+        for suffix in ("", "-wal", "-shm"):  # the demo starts from an empty file
+            Path(str(path) + suffix).unlink(missing_ok=True)
         url = "sqlite:///" + str(path)
-    clock = ManualClock(datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc))
-    with Conversations(open_store(url), clock=clock, ids=SequentialIds()) as convs:
+    clock = ManualClock(DEMO_T0)
+    with demo_conversations(url, clock) as convs:
         out.write(f"Playing a cross-channel journey into {url}\n\n")
-        touched = demo_journey(convs, clock)
+        run = demo_journey(convs, clock)
+        touched = run.threads
         for thread_id in touched:
             print_thread(convs.thread(thread_id), out)
         customer_id = convs.thread_state(touched[0]).customer_id
         print_customer(convs, customer_id, out)
-        again = demo_journey(convs, ManualClock(datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)))
-        events = sum(len(convs.events(t)) for t in again)
+        snapshot = convs.snapshot(touched[-1], audience="agent", max_messages=6)
+        out.write("What agent:lee sees when the call is handed over (agent snapshot):\n\n")
+        out.write(snapshot.render("text", max_chars=1200) + "\n\n")
+        external = convs.snapshot(touched[-1], audience="bot_vendor", max_messages=3)
+        out.write("The same thread as an external bot vendor may see it (redacted):\n\n")
+        out.write(external.render("text", max_chars=600) + "\n\n")
+        events = len(convs.events(touched[-1]))
+        duplicates = sum(convs.ingest(inbound).duplicate for inbound in run.deliveries)
+        again = len(convs.events(touched[-1]))
         out.write(
-            f"Replayed the whole journey: every delivery was recognised as a duplicate; "
-            f"the thread still has {events} events.\n"
+            f"Redelivered all {len(run.deliveries)} inbound payloads: {duplicates} recognised "
+            f"as duplicates; the thread has {again} events, as before ({events}).\n"
         )
     return 0
 
@@ -275,6 +448,16 @@ def _cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
+    import json
+
+    from convthread.domain.snapshot import event_schema, snapshot_schema
+
+    schema = snapshot_schema() if args.which == "snapshot" else event_schema()
+    out.write(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convthread",
@@ -284,11 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="play a cross-channel journey into a SQLite file")
-    demo.add_argument("--db", default=DEFAULT_DEMO_DB, help="SQLite file (default: %(default)s)")
-    demo.add_argument("--store", help="store URL instead of --db (or CONVTHREAD_STORE)")
     demo.add_argument(
-        "--keep", dest="fresh", action="store_false", help="keep an existing demo file"
+        "--db",
+        default=DEFAULT_DEMO_DB,
+        help="SQLite file, replaced if it exists (default: %(default)s)",
     )
+    demo.add_argument("--store", help="store URL instead of --db (or CONVTHREAD_STORE)")
     demo.set_defaults(func=_cmd_demo)
 
     show = sub.add_parser("show", help="print a thread or a customer from a store")
@@ -297,6 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--store", help="store URL or SQLite path (or CONVTHREAD_STORE)")
     show.add_argument("--json", action="store_true", help="print JSON instead of a timeline")
     show.set_defaults(func=_cmd_show)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of snapshots or events")
+    schema.add_argument("which", choices=["snapshot", "events"])
+    schema.set_defaults(func=_cmd_schema)
     return parser
 
 

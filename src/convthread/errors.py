@@ -17,6 +17,7 @@ purpose; catch a subclass to handle one kind of failure.
     ├── ConflictError                        optimistic concurrency: someone wrote first
     ├── IdempotencyError                     a key reused with a different payload
     ├── InvalidTransition                    a lifecycle or handoff move not allowed now
+    │   └── HandoffTaken                     the handoff was accepted by someone else
     ├── StaleControllerError                 a write with a fencing token no longer current
     ├── PolicyViolation                      a merge or disclosure the policy forbids
     ├── TokenError                           continuation token or code: bad, used, expired
@@ -34,6 +35,7 @@ __all__ = [
     "ContentTooLarge",
     "ConvthreadError",
     "ErasedError",
+    "HandoffTaken",
     "IdempotencyError",
     "InvalidIdentifier",
     "InvalidTransition",
@@ -78,9 +80,7 @@ class UnknownIdentifierKind(ValidationError):
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        super().__init__(
-            f"unknown identifier kind {kind!r}; register a normalizer for it first"
-        )
+        super().__init__(f"unknown identifier kind {kind!r}; register a normalizer for it first")
 
 
 class ContentTooLarge(ValidationError):
@@ -177,3 +177,12 @@ class StoreUnavailable(StoreError):
 
 class SchemaError(StoreError):
     """The store's schema version is unknown or newer than this library."""
+
+
+class HandoffTaken(InvalidTransition):
+    """The handoff was already accepted by someone else: the other acceptance won."""
+
+    def __init__(self, handoff_id: str, accepted_by: str) -> None:
+        self.handoff_id = handoff_id
+        self.accepted_by = accepted_by
+        super().__init__(f"handoff {handoff_id!r} was already accepted by {accepted_by}")

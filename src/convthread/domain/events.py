@@ -31,6 +31,8 @@ from convthread.domain.model import (
 
 __all__ = [
     "AttributeSet",
+    "ContinuationIssued",
+    "ContinuationRedeemed",
     "ControlReleased",
     "ControlTransferred",
     "CustomerCreated",
@@ -57,9 +59,11 @@ __all__ = [
     "MessageErased",
     "MessageReceived",
     "MessageSent",
+    "PointerChange",
     "ProviderIdRecorded",
     "ReactionSet",
     "StatusUpdated",
+    "SuspendedThread",
     "ThreadEvent",
     "ThreadReassigned",
     "ThreadStarted",
@@ -98,11 +102,13 @@ class Evidence(msgspec.Struct, frozen=True, kw_only=True):
 # --------------------------------------------------------------------------- threads
 
 
-class _ThreadEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+class _ThreadEventBase(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"
+):
     at: datetime
 
 
-class ThreadStarted(_ThreadEventBase, tag="thread_started"):
+class ThreadStarted(_ThreadEventBase, frozen=True, tag="thread_started"):
     customer_id: str
     channel: str
     topic: str | None = None
@@ -110,7 +116,7 @@ class ThreadStarted(_ThreadEventBase, tag="thread_started"):
     decision: Decision | None = None
 
 
-class MessageReceived(_ThreadEventBase, tag="message_received"):
+class MessageReceived(_ThreadEventBase, frozen=True, tag="message_received"):
     channel: str
     provider_message_id: str
     idempotency_key: str
@@ -126,7 +132,7 @@ class MessageReceived(_ThreadEventBase, tag="message_received"):
     resolution: Decision | None = None
 
 
-class MessageSent(_ThreadEventBase, tag="message_sent"):
+class MessageSent(_ThreadEventBase, frozen=True, tag="message_sent"):
     channel: str
     sender: Party
     content: Content
@@ -138,36 +144,36 @@ class MessageSent(_ThreadEventBase, tag="message_sent"):
     fingerprint: str = ""
 
 
-class ProviderIdRecorded(_ThreadEventBase, tag="provider_id_recorded"):
+class ProviderIdRecorded(_ThreadEventBase, frozen=True, tag="provider_id_recorded"):
     message_seq: int
     provider_message_id: str
 
 
-class StatusUpdated(_ThreadEventBase, tag="status_updated"):
+class StatusUpdated(_ThreadEventBase, frozen=True, tag="status_updated"):
     message_seq: int
     status: DeliveryStatus
     reported_at: datetime
     error: str = ""
 
 
-class MessageEdited(_ThreadEventBase, tag="message_edited"):
+class MessageEdited(_ThreadEventBase, frozen=True, tag="message_edited"):
     message_seq: int
     content: Content
     by: Party | None = None
 
 
-class MessageDeleted(_ThreadEventBase, tag="message_deleted"):
+class MessageDeleted(_ThreadEventBase, frozen=True, tag="message_deleted"):
     message_seq: int
     by: Party | None = None
 
 
-class ReactionSet(_ThreadEventBase, tag="reaction_set"):
+class ReactionSet(_ThreadEventBase, frozen=True, tag="reaction_set"):
     message_seq: int
     by: Party
     emoji: str  # empty removes the party's reaction
 
 
-class LifecycleChanged(_ThreadEventBase, tag="lifecycle_changed"):
+class LifecycleChanged(_ThreadEventBase, frozen=True, tag="lifecycle_changed"):
     status: ThreadStatus
     reason: str = ""
     by: Party | None = None
@@ -175,25 +181,25 @@ class LifecycleChanged(_ThreadEventBase, tag="lifecycle_changed"):
     reopened: bool = False
 
 
-class ThreadReassigned(_ThreadEventBase, tag="thread_reassigned"):
+class ThreadReassigned(_ThreadEventBase, frozen=True, tag="thread_reassigned"):
     customer_id: str
     previous_customer_id: str
     merge_id: str = ""
 
 
-class AttributeSet(_ThreadEventBase, tag="attribute_set"):
+class AttributeSet(_ThreadEventBase, frozen=True, tag="attribute_set"):
     name: str
     value: Any
     by: Party | None = None
 
 
-class IntentDetected(_ThreadEventBase, tag="intent_detected"):
+class IntentDetected(_ThreadEventBase, frozen=True, tag="intent_detected"):
     name: str
     confidence: float = 1.0
     by: Party | None = None
 
 
-class HandoffRequested(_ThreadEventBase, tag="handoff_requested"):
+class HandoffRequested(_ThreadEventBase, frozen=True, tag="handoff_requested"):
     handoff_id: str
     target: Party
     reason: str = ""
@@ -201,36 +207,37 @@ class HandoffRequested(_ThreadEventBase, tag="handoff_requested"):
     rule: str = ""
 
 
-class HandoffOffered(_ThreadEventBase, tag="handoff_offered"):
+class HandoffOffered(_ThreadEventBase, frozen=True, tag="handoff_offered"):
     handoff_id: str
     offered_to: Party
     expires_at: datetime
 
 
-class HandoffAccepted(_ThreadEventBase, tag="handoff_accepted"):
+class HandoffAccepted(_ThreadEventBase, frozen=True, tag="handoff_accepted"):
     handoff_id: str
     by: Party
     fencing_token: int
     snapshot_seq: int = 0
 
 
-class HandoffDeclined(_ThreadEventBase, tag="handoff_declined"):
+class HandoffDeclined(_ThreadEventBase, frozen=True, tag="handoff_declined"):
     handoff_id: str
     by: Party
     reason: str = ""
 
 
-class HandoffExpired(_ThreadEventBase, tag="handoff_expired"):
+class HandoffExpired(_ThreadEventBase, frozen=True, tag="handoff_expired"):
     handoff_id: str
 
 
-class ControlReleased(_ThreadEventBase, tag="control_released"):
+class ControlReleased(_ThreadEventBase, frozen=True, tag="control_released"):
     by: Party
     fencing_token: int
     reason: str = ""
+    handoff_id: str = ""
 
 
-class ControlTransferred(_ThreadEventBase, tag="control_transferred"):
+class ControlTransferred(_ThreadEventBase, frozen=True, tag="control_transferred"):
     handoff_id: str
     by: Party | None
     to: Party
@@ -238,10 +245,28 @@ class ControlTransferred(_ThreadEventBase, tag="control_transferred"):
     reason: str = ""
 
 
-class MessageErased(_ThreadEventBase, tag="message_erased"):
+class MessageErased(_ThreadEventBase, frozen=True, tag="message_erased"):
     """Written over a message's place when its customer is erased (content gone)."""
 
     original_type: str
+
+
+class ContinuationIssued(_ThreadEventBase, frozen=True, tag="continuation_issued"):
+    """A continuation token was issued for this thread (the code itself is never stored)."""
+
+    token_id: str
+    expires_at: datetime
+    by: Party | None = None
+
+
+class ContinuationRedeemed(_ThreadEventBase, frozen=True, tag="continuation_redeemed"):
+    """A continuation token was redeemed: the thread continues on ``channel``."""
+
+    token_id: str
+    channel: str
+    identifier_kind: str
+    customer_id: str
+    linked: bool = False
 
 
 ThreadEvent = Union[
@@ -265,39 +290,67 @@ ThreadEvent = Union[
     ControlReleased,
     ControlTransferred,
     MessageErased,
+    ContinuationIssued,
+    ContinuationRedeemed,
 ]
 
 # --------------------------------------------------------------------------- customers
 
 
-class _CustomerEventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+class _CustomerEventBase(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"
+):
     at: datetime
 
 
-class CustomerCreated(_CustomerEventBase, tag="customer_created"):
+class CustomerCreated(_CustomerEventBase, tag="customer_created", frozen=True):
     decision: Decision | None = None
 
 
-class IdentifierLinked(_CustomerEventBase, tag="identifier_linked"):
+class IdentifierLinked(_CustomerEventBase, tag="identifier_linked", frozen=True):
     identifier: Identifier
     trust: Trust
     evidence: Evidence = Evidence()
 
 
-class IdentifierUnlinked(_CustomerEventBase, tag="identifier_unlinked"):
+class IdentifierUnlinked(_CustomerEventBase, tag="identifier_unlinked", frozen=True):
     identifier: Identifier
     reason: str = ""
     by: str = ""
 
 
-class IdentifierVerified(_CustomerEventBase, tag="identifier_verified"):
+class IdentifierVerified(_CustomerEventBase, tag="identifier_verified", frozen=True):
     identifier: Identifier
     previous: Trust
     evidence: Evidence = Evidence()
 
 
-class CustomerMerged(_CustomerEventBase, tag="customer_merged"):
-    """Recorded on both sides: ``survivor`` absorbed ``absorbed``."""
+class PointerChange(msgspec.Struct, frozen=True, array_like=True):
+    """An index pointer (``open`` or ``latest`` namespace) a merge or unmerge changed:
+    its value before and after (None: absent). Kept so unmerge can restore it exactly."""
+
+    ns: str
+    key: str
+    before: str | None
+    after: str | None
+
+
+class SuspendedThread(msgspec.Struct, frozen=True, array_like=True):
+    """A live thread of the absorbed customer that a merge resolved because the survivor
+    already had a live thread for the same topic (one live thread per customer and
+    topic). Unmerge gives it back its status (and snooze deadline)."""
+
+    thread_id: str
+    status: ThreadStatus
+    until: datetime | None = None
+
+
+class CustomerMerged(_CustomerEventBase, tag="customer_merged", frozen=True):
+    """Recorded on both sides: ``survivor`` absorbed ``absorbed``.
+
+    ``identifiers`` and ``threads`` are what moved from the absorbed customer;
+    ``pointers`` and ``suspended`` what the merge changed so that unmerge can undo it.
+    """
 
     merge_id: str
     survivor: str
@@ -305,9 +358,15 @@ class CustomerMerged(_CustomerEventBase, tag="customer_merged"):
     identifiers: tuple[tuple[Identifier, Trust], ...] = ()
     threads: tuple[str, ...] = ()
     decision: Decision | None = None
+    by: str = ""
+    pointers: tuple[PointerChange, ...] = ()
+    suspended: tuple[SuspendedThread, ...] = ()
 
 
-class CustomerUnmerged(_CustomerEventBase, tag="customer_unmerged"):
+class CustomerUnmerged(_CustomerEventBase, tag="customer_unmerged", frozen=True):
+    """Recorded on both sides: merge ``merge_id`` was undone; ``restored`` exists again
+    with ``identifiers`` and ``threads``."""
+
     merge_id: str
     survivor: str
     restored: str
@@ -315,22 +374,24 @@ class CustomerUnmerged(_CustomerEventBase, tag="customer_unmerged"):
     threads: tuple[str, ...] = ()
     by: str = ""
     reason: str = ""
+    pointers: tuple[PointerChange, ...] = ()
+    resumed: tuple[SuspendedThread, ...] = ()
 
 
-class MergeSuggested(_CustomerEventBase, tag="merge_suggested"):
+class MergeSuggested(_CustomerEventBase, tag="merge_suggested", frozen=True):
     suggestion_id: str
     other: str
     identifier: Identifier
     decision: Decision
 
 
-class MergeSuggestionResolved(_CustomerEventBase, tag="merge_suggestion_resolved"):
+class MergeSuggestionResolved(_CustomerEventBase, tag="merge_suggestion_resolved", frozen=True):
     suggestion_id: str
     accepted: bool
     by: str = ""
 
 
-class CustomerErased(_CustomerEventBase, tag="customer_erased"):
+class CustomerErased(_CustomerEventBase, tag="customer_erased", frozen=True):
     by: str = ""
 
 

@@ -106,4 +106,6 @@ class Unsupported(msgspec.Struct, frozen=True, kw_only=True, tag="unsupported"):
 
 
 #: Everything an adapter's ``parse`` may return.
-ChannelResult = Union[Inbound, StatusReport, EditReport, DeletionReport, ReactionReport, Unsupported]
+ChannelResult = Union[
+    Inbound, StatusReport, EditReport, DeletionReport, ReactionReport, Unsupported
+]

@@ -1,20 +1,60 @@
-"""The service layer: ``Conversations`` and ``AsyncConversations``."""
+"""The service layer: ``Conversations`` and ``AsyncConversations``, and their results."""
 
 from convthread.service._api import AsyncConversations, Conversations
+from convthread.service._erasure import (
+    ErasureReport,
+)
+from convthread.service._identity import (
+    Disclosure,
+    ExplainStep,
+    Explanation,
+    History,
+    MergeResult,
+    MergeSuggestion,
+    UnmergeResult,
+    VerificationResult,
+    VerificationStarted,
+)
 from convthread.service._results import (
+    ContinuationToken,
     CustomerView,
+    HandoffResult,
     IngestResult,
+    Redemption,
     SendResult,
     StoredEvent,
     ThreadView,
 )
+from convthread.service._threads import (
+    ApplyResult,
+    MessageLocation,
+    SweepResult,
+    ThreadPage,
+)
 
 __all__ = [
+    "ApplyResult",
     "AsyncConversations",
+    "ContinuationToken",
     "Conversations",
     "CustomerView",
+    "Disclosure",
+    "ErasureReport",
+    "ExplainStep",
+    "Explanation",
+    "HandoffResult",
+    "History",
     "IngestResult",
+    "MergeResult",
+    "MergeSuggestion",
+    "MessageLocation",
+    "Redemption",
     "SendResult",
     "StoredEvent",
+    "SweepResult",
+    "ThreadPage",
     "ThreadView",
+    "UnmergeResult",
+    "VerificationResult",
+    "VerificationStarted",
 ]

@@ -7,17 +7,37 @@ worker threads).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from convthread.domain.continuity import ContinuityPolicy
+from convthread.domain.events import ThreadStatus
+from convthread.domain.handoff import HandoffRecord, HandoffRule
 from convthread.domain.identifiers import IdentifierRegistry, default_registry
-from convthread.domain.model import Content, Identifier, Inbound, Party
-from convthread.domain.thread import ThreadState
+from convthread.domain.identity import DisclosurePolicy
+from convthread.domain.merge import MergePolicy
+from convthread.domain.model import Content, Identifier, Inbound, Party, SenderIdentifier, Trust
+from convthread.domain.redaction import RedactionPolicy
+from convthread.domain.snapshot import Snapshot
+from convthread.domain.thread import CustomerState, LifecyclePolicy, ThreadState
+from convthread.domain.timeline import TimelineEntry
+from convthread.domain.tokens import KeyRing
+from convthread.domain.updates import ChannelResult, Unsupported
 from convthread.errors import ValidationError
 from convthread.ports import AsyncStore, Clock, IdSource, RandomIds, Store, SystemClock
-from convthread.service import _messages, _reads
+from convthread.service import (
+    _erasure,
+    _handoff,
+    _identity,
+    _messages,
+    _reads,
+    _snapshots,
+    _threads,
+    _tokens,
+)
 from convthread.service._core import Config
 from convthread.service._drivers import (
     InlineAsyncStore,
@@ -25,12 +45,31 @@ from convthread.service._drivers import (
     run_async,
     run_sync,
 )
+from convthread.service._identity import (
+    Disclosure,
+    Explanation,
+    History,
+    MergeResult,
+    MergeSuggestion,
+    UnmergeResult,
+    VerificationResult,
+    VerificationStarted,
+)
 from convthread.service._results import (
+    ContinuationToken,
     CustomerView,
+    HandoffResult,
     IngestResult,
+    Redemption,
     SendResult,
     StoredEvent,
     ThreadView,
+)
+from convthread.service._threads import (
+    ApplyResult,
+    MessageLocation,
+    SweepResult,
+    ThreadPage,
 )
 
 if TYPE_CHECKING:
@@ -55,6 +94,43 @@ def _config(
         continuity=continuity or ContinuityPolicy(),
         max_retries=max_retries,
     )
+
+
+#: How long an offer stands unless ``ttl`` says otherwise.
+DEFAULT_OFFER_TTL: Final = timedelta(minutes=2)
+#: How long a continuation token lives unless ``ttl`` says otherwise.
+DEFAULT_TOKEN_TTL: Final = timedelta(minutes=15)
+
+
+def _party(value: Party | str | None) -> Party | None:
+    return None if value is None else Party.parse(value)
+
+
+def _configure_handoff(
+    config: Config,
+    handoff_rules: Sequence[HandoffRule] | None,
+    redaction: Mapping[str, RedactionPolicy] | None,
+    token_keys: KeyRing | None,
+) -> None:
+    if handoff_rules is not None:
+        config.handoff_rules = tuple(handoff_rules)
+    if redaction is not None:
+        config.redaction = dict(redaction)
+    if token_keys is not None:
+        if not isinstance(token_keys, KeyRing):
+            raise ValidationError("token_keys must be a KeyRing")
+        config.token_keys = token_keys
+
+
+def _session(
+    session: IngestResult | Identifier,
+) -> tuple[IngestResult | None, Identifier | None]:
+    """A session is the IngestResult of its message, or the identifier it arrived with."""
+    if isinstance(session, IngestResult):
+        return session, None
+    if isinstance(session, Identifier):
+        return None, session
+    raise ValidationError("a session is an IngestResult or an Identifier (with its trust)")
 
 
 def _content(content: str | Content) -> Content:
@@ -91,9 +167,22 @@ class Conversations:
         identifiers: IdentifierRegistry | None = None,
         continuity: ContinuityPolicy | None = None,
         max_retries: int = 10,
+        lifecycle: LifecyclePolicy | None = None,
+        merge_policy: MergePolicy | None = None,
+        disclosure: DisclosurePolicy | None = None,
+        handoff_rules: Sequence[HandoffRule] | None = None,
+        redaction: Mapping[str, RedactionPolicy] | None = None,
+        token_keys: KeyRing | None = None,
     ) -> None:
         self.store: Store = _open(store)
         self.config = _config(clock, ids, identifiers, continuity, max_retries)
+        if lifecycle is not None:
+            self.config.lifecycle = lifecycle
+        if merge_policy is not None:
+            self.config.merge_policy = merge_policy
+        if disclosure is not None:
+            self.config.disclosure = disclosure
+        _configure_handoff(self.config, handoff_rules, redaction, token_keys)
 
     def __repr__(self) -> str:
         return f"Conversations({self.store!r})"
@@ -132,11 +221,14 @@ class Conversations:
         provider_message_id: str | None = None,
         idempotency_key: str | None = None,
         reply_to: str | None = None,
+        embed_reference: bool = False,
     ) -> SendResult:
         """Record an outbound message by an agent, a bot or the system.
 
         ``channel`` defaults to the channel the customer last used. A controller (see
         handoff) passes the ``fencing_token`` it holds; a stale one is rejected.
+        ``embed_reference`` appends the thread's reference token (``[#th_...]``) to the
+        text, so a reply quoting it continues this thread on any channel.
         """
         op = partial(
             _messages.send,
@@ -149,6 +241,7 @@ class Conversations:
             provider_message_id,
             idempotency_key,
             reply_to,
+            embed_reference,
         )
         return run_sync(self.store, op, self.config.max_retries)
 
@@ -178,6 +271,518 @@ class Conversations:
         """The id of the customer an identifier is linked to, or None."""
         return run_sync(self.store, partial(_reads.find_customer, self.config, identifier), 0)
 
+    # -- erasure
+
+    def erase_customer(self, customer_id: str, *, by: str = "") -> _erasure.ErasureReport:
+        """Erase a customer: identifiers, message content, attributes, snapshots and every
+        index entry that carries personal data, then scrub the store. Idempotent.
+
+        Erasing either side of a merge erases the whole merged customer. See
+        :mod:`convthread.service._erasure` for exactly what goes and what remains.
+        """
+        return run_sync(
+            self.store,
+            partial(_erasure.erase_customer, self.config, customer_id, by),
+            self.config.max_retries,
+        )
+
+    # -- threads (lifecycle, reports, queries, batches)
+
+    def ingest_many(self, inbounds: Sequence[Inbound]) -> list[IngestResult]:
+        """Ingest several messages in one store transaction (all or nothing).
+
+        Each message sees the ones before it; a conflict with another writer retries the
+        whole batch; a typed error in any message writes nothing.
+        """
+        return run_sync(
+            self.store,
+            partial(_threads.ingest_many, self.config, list(inbounds)),
+            self.config.max_retries,
+        )
+
+    def apply(self, result: ChannelResult) -> ApplyResult:
+        """Record what a channel adapter produced: an inbound message, a delivery status,
+        an edit, a deletion, a reaction, or unsupported content (kept and reported)."""
+        return run_sync(
+            self.store, partial(_threads.apply, self.config, result), self.config.max_retries
+        )
+
+    def record_provider_id(
+        self, thread_id: str, seq: int, provider_message_id: str
+    ) -> ApplyResult:
+        """Record the provider's id of outbound message ``seq``, learnt after ``send``;
+        statuses the provider reported for it earlier are applied."""
+        op = partial(_threads.record_provider_id, self.config, thread_id, seq, provider_message_id)
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def set_status(
+        self,
+        thread_id: str,
+        status: ThreadStatus | str,
+        *,
+        until: datetime | None = None,
+        by: Party | str | None = None,
+        reason: str = "",
+    ) -> ThreadState:
+        """Move a thread through its lifecycle; InvalidTransition if the move is not
+        allowed (see ``LIFECYCLE``)."""
+        op = partial(
+            _threads.set_status,
+            self.config,
+            thread_id,
+            status,
+            until,
+            Party.parse(by) if by is not None else None,
+            reason,
+        )
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def resolve(
+        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
+    ) -> ThreadState:
+        """Resolve a thread (it may reopen within the reopen window)."""
+        return self.set_status(thread_id, ThreadStatus.RESOLVED, by=by, reason=reason)
+
+    def reopen(
+        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
+    ) -> ThreadState:
+        """Reopen a resolved thread (or wake a pending or snoozed one)."""
+        return self.set_status(thread_id, ThreadStatus.OPEN, by=by, reason=reason)
+
+    def snooze(
+        self,
+        thread_id: str,
+        until: datetime,
+        *,
+        by: Party | str | None = None,
+        reason: str = "",
+    ) -> ThreadState:
+        """Snooze a thread until a time; ``sweep`` wakes it, as does a customer message."""
+        return self.set_status(
+            thread_id, ThreadStatus.SNOOZED, until=until, by=by, reason=reason
+        )
+
+    def close_thread(
+        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
+    ) -> ThreadState:
+        """Close a thread for good (a later message starts a successor)."""
+        return self.set_status(thread_id, ThreadStatus.CLOSED, by=by, reason=reason)
+
+    def sweep(
+        self, now: datetime, *, policy: LifecyclePolicy | None = None
+    ) -> SweepResult:
+        """Apply the time-based lifecycle moves due at ``now``: wake snoozed threads,
+        auto-resolve inactive ones (``policy``, default the service's). Nothing runs in
+        the background: call this from your scheduler."""
+        return run_sync(
+            self.store,
+            partial(_threads.sweep, self.config, now, policy),
+            self.config.max_retries,
+        )
+
+    def timeline(self, thread_id: str) -> list[TimelineEntry]:
+        """A thread's messages as they stand now, ordered by the channel's timestamps."""
+        return run_sync(self.store, partial(_threads.timeline, thread_id), 0)
+
+    def find_message(self, channel: str, provider_message_id: str) -> MessageLocation | None:
+        """Where a provider message id landed (thread and sequence number), or None."""
+        return run_sync(
+            self.store, partial(_threads.find_message, channel, provider_message_id), 0
+        )
+
+    def threads(
+        self,
+        *,
+        customer: str | None = None,
+        status: ThreadStatus | str | None = None,
+        channel: str | None = None,
+        controller: Party | str | None = None,
+        active_after: datetime | None = None,
+        active_before: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> ThreadPage:
+        """Threads matching all the filters given, a page at a time (see ThreadPage)."""
+        op = partial(
+            _threads.threads,
+            customer=customer,
+            status=status,
+            channel=channel,
+            controller=Party.parse(controller) if controller is not None else None,
+            active_after=active_after,
+            active_before=active_before,
+            limit=limit,
+            cursor=cursor,
+        )
+        return run_sync(self.store, op, 0)
+
+    def unsupported(
+        self, *, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[tuple[datetime, Unsupported]], str | None]:
+        """Unsupported content kept by ``apply``, oldest first, and the next cursor."""
+        return run_sync(self.store, partial(_threads.unsupported, limit, cursor), 0)
+
+    # -- identity (merge policy, ledger, verification, disclosure)
+
+    def link(
+        self,
+        customer_id: str,
+        identifier: Identifier,
+        *,
+        trust: Trust = Trust.CLAIMED,
+        by: str = "",
+        method: str = "agent",
+        channel: str = "",
+        detail: str = "",
+    ) -> CustomerState:
+        """Link ``identifier`` to a customer at ``trust`` (or raise its trust), with evidence.
+
+        PolicyViolation when it belongs to another customer, is blocklisted, or would
+        break a per-kind limit."""
+        op = partial(
+            _identity.link,
+            self.config,
+            customer_id,
+            identifier,
+            trust,
+            by=by,
+            method=method,
+            channel=channel,
+            detail=detail,
+        )
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def unlink(self, identifier: Identifier, *, by: str = "", reason: str = "") -> str:
+        """Remove ``identifier`` from its customer (an ``IdentifierUnlinked`` event); returns
+        the customer id."""
+        op = partial(_identity.unlink, self.config, identifier, by=by, reason=reason)
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def merge(
+        self, a: str, b: str, *, by: str = "", reason: str = "", dry_run: bool = False
+    ) -> MergeResult:
+        """Merge two customers (the merge policy's survivor rule says who survives).
+
+        The hard rules (per-kind limits, verified account ids, blocklist) raise
+        PolicyViolation. ``dry_run=True`` returns what would change without writing."""
+        op = partial(_identity.merge, self.config, a, b, by=by, reason=reason, dry_run=dry_run)
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def unmerge(self, merge_id: str, *, by: str = "", reason: str = "") -> UnmergeResult:
+        """Undo a merge: identifiers, their trust, threads and topic pointers go back."""
+        op = partial(_identity.unmerge, self.config, merge_id, by=by, reason=reason)
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def explain(self, identifier: Identifier) -> Explanation:
+        """The chain of identity events that put ``identifier`` where it is."""
+        op = partial(_identity.explain, self.config, identifier)
+        return run_sync(self.store, op, 0)
+
+    def merge_suggestions(
+        self, *, customer_id: str | None = None, status: str | None = "pending"
+    ) -> list[MergeSuggestion]:
+        """Recorded merge suggestions (pending by default), oldest first."""
+        op = partial(_identity.suggestions, customer_id, status)
+        return run_sync(self.store, op, 0)
+
+    def accept_suggestion(
+        self, suggestion_id: str, *, by: str = "", dry_run: bool = False
+    ) -> MergeResult:
+        """Accept a merge suggestion: the customers merge (hard rules still apply)."""
+        op = partial(
+            _identity.accept_suggestion, self.config, suggestion_id, by=by, dry_run=dry_run
+        )
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def reject_suggestion(self, suggestion_id: str, *, by: str = "") -> MergeSuggestion:
+        """Reject a merge suggestion; the pair is not suggested again."""
+        op = partial(_identity.reject_suggestion, self.config, suggestion_id, by=by)
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def start_verification(
+        self,
+        identifier: Identifier,
+        *,
+        customer_id: str | None = None,
+        session_trust: Trust = Trust.CLAIMED,
+        channel: str = "",
+        by: str = "",
+        ttl: timedelta = timedelta(minutes=10),
+        attempts: int = 5,
+    ) -> VerificationStarted:
+        """Start verifying ``identifier`` with a one-time code (deliver ``result.code``)."""
+        op = partial(
+            _identity.start_verification,
+            self.config,
+            identifier,
+            customer_id=customer_id,
+            session_trust=session_trust,
+            channel=channel,
+            by=by,
+            ttl=ttl,
+            attempts=attempts,
+        )
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def confirm_verification(
+        self, verification_id: str, code: str, *, by: str = ""
+    ) -> VerificationResult:
+        """Confirm a one-time code: the identifier becomes verified (VerificationError when
+        the code is wrong, expired or out of attempts)."""
+        op = partial(_identity.confirm_verification, self.config, verification_id, code, by=by)
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def history_for(
+        self,
+        session: IngestResult | Identifier,
+        *,
+        trust: Trust | None = None,
+        thread_id: str | None = None,
+        since: int | None = None,
+    ) -> History:
+        """What a session may see under the disclosure policy: the customer's threads when
+        it arrived with an asserted or verified linked identifier, else only its thread.
+
+        ``session`` is the session's IngestResult, or the identifier it arrived with
+        (then pass its ``trust``, and its ``thread_id`` if it has one)."""
+        op = partial(
+            _identity.history_for,
+            self.config,
+            *_session(session),
+            trust=trust,
+            thread_id=thread_id,
+            since=since,
+        )
+        return run_sync(self.store, op, 0)
+
+    def disclosure(
+        self,
+        session: IngestResult | Identifier,
+        *,
+        trust: Trust | None = None,
+        thread_id: str | None = None,
+        since: int | None = None,
+    ) -> Disclosure:
+        """What a session may see (the disclosure policy's answer), without reading
+        the history: for any read made on a session's behalf. ``session`` as for
+        :meth:`history_for`."""
+        op = partial(
+            _identity.disclosure,
+            self.config,
+            *_session(session),
+            trust=trust,
+            thread_id=thread_id,
+            since=since,
+        )
+        return run_sync(self.store, op, 0)
+
+    # -- handoff and control (issue 5)
+
+    def request_handoff(
+        self,
+        thread_id: str,
+        *,
+        to: Party | str,
+        reason: str = "",
+        by: Party | str | None = None,
+        fencing_token: int | None = None,
+        handoff_id: str | None = None,
+    ) -> HandoffResult:
+        """Ask for ``to`` (a queue, an agent or a bot) to take the thread over. At most one
+        handoff is pending per thread; the same ``handoff_id`` again is a repeat."""
+        op = partial(
+            _handoff.request,
+            self.config,
+            thread_id,
+            Party.parse(to),
+            reason,
+            _party(by),
+            fencing_token,
+            handoff_id,
+        )
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def offer_handoff(
+        self, handoff_id: str, *, to: Party | str, ttl: timedelta = DEFAULT_OFFER_TTL
+    ) -> HandoffResult:
+        """Offer a pending handoff to one party until ``ttl`` from now."""
+        op = partial(_handoff.offer, self.config, handoff_id, Party.parse(to), ttl)
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def accept_handoff(self, handoff_id: str, *, by: Party | str) -> HandoffResult:
+        """Take control: returns the new fencing token and the snapshot handed over (also
+        stored with the handoff). Of two parties accepting at once, one wins; the other
+        gets HandoffTaken."""
+        op = partial(_handoff.accept, self.config, handoff_id, Party.parse(by))
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def decline_handoff(
+        self, handoff_id: str, *, by: Party | str, reason: str = ""
+    ) -> HandoffResult:
+        """Decline an offer; the handoff stays pending, to be offered again."""
+        op = partial(_handoff.decline, self.config, handoff_id, Party.parse(by), reason)
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def release_control(
+        self,
+        thread_id: str,
+        *,
+        by: Party | str,
+        fencing_token: int,
+        reason: str = "",
+        handoff_id: str | None = None,
+    ) -> HandoffResult:
+        """The controller gives control up (the fencing token moves on)."""
+        op = partial(
+            _handoff.release,
+            self.config,
+            thread_id,
+            Party.parse(by),
+            fencing_token,
+            reason,
+            handoff_id,
+        )
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def transfer_control(
+        self,
+        thread_id: str,
+        *,
+        to: Party | str,
+        fencing_token: int,
+        by: Party | str | None = None,
+        reason: str = "",
+        handoff_id: str | None = None,
+    ) -> HandoffResult:
+        """Hand control straight to ``to``; ``fencing_token`` must be the current one (0 on
+        a thread nobody controlled yet)."""
+        op = partial(
+            _handoff.transfer,
+            self.config,
+            thread_id,
+            Party.parse(to),
+            _party(by),
+            fencing_token,
+            reason,
+            handoff_id,
+        )
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def expire_handoffs(self, *, now: datetime | None = None) -> list[HandoffResult]:
+        """Expire every offer due at ``now`` (default: the clock). Nothing runs in the
+        background: call this from your scheduler."""
+        when = now or self.config.clock.now()
+        due = run_sync(self.store, partial(_handoff.due_offers, when), self.config.max_retries)
+        out: list[HandoffResult] = []
+        for handoff_id in due:
+            op = partial(_handoff.expire_offer, self.config, handoff_id, when)
+            result = run_sync(self.store, op, self.config.max_retries)
+            if result is not None:
+                out.append(result)
+        return out
+
+    def handoff(self, handoff_id: str) -> HandoffRecord:
+        """A handoff's record as it stands."""
+        return run_sync(self.store, partial(_handoff.get_handoff, handoff_id), 0)
+
+    def handed_over_snapshot(self, thread_id: str, handoff_id: str) -> Snapshot:
+        """The snapshot stored with a handoff: exactly what its receiver was given."""
+        return run_sync(self.store, partial(_snapshots.handed_over, thread_id, handoff_id), 0)
+
+    def set_attribute(
+        self,
+        thread_id: str,
+        name: str,
+        value: object,
+        *,
+        by: Party | str | None = None,
+        fencing_token: int | None = None,
+    ) -> int:
+        """Set an attribute on the thread (last write wins); returns its sequence number."""
+        op = partial(
+            _handoff.set_attribute,
+            self.config,
+            thread_id,
+            name,
+            value,
+            _party(by),
+            fencing_token,
+        )
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def record_intent(
+        self,
+        thread_id: str,
+        name: str,
+        *,
+        confidence: float = 1.0,
+        by: Party | str | None = None,
+        fencing_token: int | None = None,
+    ) -> int:
+        """Record a detected intent (``"fallback"`` counts a bot failure); returns its
+        sequence number."""
+        op = partial(
+            _handoff.record_intent,
+            self.config,
+            thread_id,
+            name,
+            confidence,
+            _party(by),
+            fencing_token,
+        )
+        return run_sync(self.store, op, self.config.max_retries)
+
+    # -- context snapshots (issue 5)
+
+    def snapshot(
+        self,
+        thread_id: str,
+        *,
+        audience: str = "agent",
+        at_seq: int | None = None,
+        max_messages: int = 20,
+        max_chars: int | None = None,
+        session: IngestResult | None = None,
+    ) -> Snapshot:
+        """The context snapshot of a thread for ``audience`` (at ``at_seq``, default: now),
+        with at most ``max_messages`` recent messages totalling ``max_chars``.
+
+        A ``"customer"`` snapshot is read on a session's behalf: pass ``session`` (the
+        IngestResult of the session's message). Under the disclosure policy a session
+        that arrived with only a claim sees its own messages, nothing earlier."""
+        op = partial(
+            _snapshots.snapshot,
+            self.config,
+            thread_id,
+            audience,
+            at_seq,
+            max_messages,
+            max_chars,
+            session,
+        )
+        return run_sync(self.store, op, self.config.max_retries)
+
+    # -- continuation tokens (issue 5)
+
+    def issue_continuation(
+        self,
+        thread_id: str,
+        *,
+        ttl: timedelta = DEFAULT_TOKEN_TTL,
+        by: Party | str | None = None,
+    ) -> ContinuationToken:
+        """A single-use token for the thread: ``code`` to read out, ``signed`` for links."""
+        op = partial(_tokens.issue, self.config, thread_id, ttl, _party(by))
+        return run_sync(self.store, op, self.config.max_retries)
+
+    def redeem_continuation(
+        self, token: str, *, sender: SenderIdentifier, channel: str
+    ) -> Redemption:
+        """Redeem a code or signed token arriving on ``channel`` with ``sender``: links the
+        identifier to the customer (evidence "token") and continues the thread."""
+        op = partial(_tokens.redeem, self.config, token, sender, channel)
+        return run_sync(self.store, op, self.config.max_retries)
+
 
 class AsyncConversations:
     """The asyncio service. Same operations and results as :class:`Conversations`.
@@ -196,9 +801,22 @@ class AsyncConversations:
         identifiers: IdentifierRegistry | None = None,
         continuity: ContinuityPolicy | None = None,
         max_retries: int = 10,
+        lifecycle: LifecyclePolicy | None = None,
+        merge_policy: MergePolicy | None = None,
+        disclosure: DisclosurePolicy | None = None,
+        handoff_rules: Sequence[HandoffRule] | None = None,
+        redaction: Mapping[str, RedactionPolicy] | None = None,
+        token_keys: KeyRing | None = None,
     ) -> None:
         self.store: AsyncStore = _as_async(store)
         self.config = _config(clock, ids, identifiers, continuity, max_retries)
+        if lifecycle is not None:
+            self.config.lifecycle = lifecycle
+        if merge_policy is not None:
+            self.config.merge_policy = merge_policy
+        if disclosure is not None:
+            self.config.disclosure = disclosure
+        _configure_handoff(self.config, handoff_rules, redaction, token_keys)
 
     def __repr__(self) -> str:
         return f"AsyncConversations({self.store!r})"
@@ -233,6 +851,7 @@ class AsyncConversations:
         provider_message_id: str | None = None,
         idempotency_key: str | None = None,
         reply_to: str | None = None,
+        embed_reference: bool = False,
     ) -> SendResult:
         op = partial(
             _messages.send,
@@ -245,6 +864,7 @@ class AsyncConversations:
             provider_message_id,
             idempotency_key,
             reply_to,
+            embed_reference,
         )
         return await run_async(self.store, op, self.config.max_retries)
 
@@ -268,11 +888,523 @@ class AsyncConversations:
             self.store, partial(_reads.find_customer, self.config, identifier), 0
         )
 
+    async def erase_customer(self, customer_id: str, *, by: str = "") -> _erasure.ErasureReport:
+        """Erase a customer (see :meth:`Conversations.erase_customer`)."""
+        return await run_async(
+            self.store,
+            partial(_erasure.erase_customer, self.config, customer_id, by),
+            self.config.max_retries,
+        )
+
+    # -- threads (lifecycle, reports, queries, batches)
+
+    async def ingest_many(self, inbounds: Sequence[Inbound]) -> list[IngestResult]:
+        """Ingest several messages in one store transaction (all or nothing).
+
+        Each message sees the ones before it; a conflict with another writer retries the
+        whole batch; a typed error in any message writes nothing.
+        """
+        return await run_async(
+            self.store,
+            partial(_threads.ingest_many, self.config, list(inbounds)),
+            self.config.max_retries,
+        )
+
+    async def apply(self, result: ChannelResult) -> ApplyResult:
+        """Record what a channel adapter produced: an inbound message, a delivery status,
+        an edit, a deletion, a reaction, or unsupported content (kept and reported)."""
+        return await run_async(
+            self.store, partial(_threads.apply, self.config, result), self.config.max_retries
+        )
+
+    async def record_provider_id(
+        self, thread_id: str, seq: int, provider_message_id: str
+    ) -> ApplyResult:
+        """Record the provider's id of outbound message ``seq``, learnt after ``send``;
+        statuses the provider reported for it earlier are applied."""
+        op = partial(_threads.record_provider_id, self.config, thread_id, seq, provider_message_id)
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def set_status(
+        self,
+        thread_id: str,
+        status: ThreadStatus | str,
+        *,
+        until: datetime | None = None,
+        by: Party | str | None = None,
+        reason: str = "",
+    ) -> ThreadState:
+        """Move a thread through its lifecycle; InvalidTransition if the move is not
+        allowed (see ``LIFECYCLE``)."""
+        op = partial(
+            _threads.set_status,
+            self.config,
+            thread_id,
+            status,
+            until,
+            Party.parse(by) if by is not None else None,
+            reason,
+        )
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def resolve(
+        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
+    ) -> ThreadState:
+        """Resolve a thread (it may reopen within the reopen window)."""
+        return await self.set_status(thread_id, ThreadStatus.RESOLVED, by=by, reason=reason)
+
+    async def reopen(
+        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
+    ) -> ThreadState:
+        """Reopen a resolved thread (or wake a pending or snoozed one)."""
+        return await self.set_status(thread_id, ThreadStatus.OPEN, by=by, reason=reason)
+
+    async def snooze(
+        self,
+        thread_id: str,
+        until: datetime,
+        *,
+        by: Party | str | None = None,
+        reason: str = "",
+    ) -> ThreadState:
+        """Snooze a thread until a time; ``sweep`` wakes it, as does a customer message."""
+        return await self.set_status(
+            thread_id, ThreadStatus.SNOOZED, until=until, by=by, reason=reason
+        )
+
+    async def close_thread(
+        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
+    ) -> ThreadState:
+        """Close a thread for good (a later message starts a successor)."""
+        return await self.set_status(thread_id, ThreadStatus.CLOSED, by=by, reason=reason)
+
+    async def sweep(
+        self, now: datetime, *, policy: LifecyclePolicy | None = None
+    ) -> SweepResult:
+        """Apply the time-based lifecycle moves due at ``now``: wake snoozed threads,
+        auto-resolve inactive ones (``policy``, default the service's). Nothing runs in
+        the background: call this from your scheduler."""
+        return await run_async(
+            self.store,
+            partial(_threads.sweep, self.config, now, policy),
+            self.config.max_retries,
+        )
+
+    async def timeline(self, thread_id: str) -> list[TimelineEntry]:
+        """A thread's messages as they stand now, ordered by the channel's timestamps."""
+        return await run_async(self.store, partial(_threads.timeline, thread_id), 0)
+
+    async def find_message(self, channel: str, provider_message_id: str) -> MessageLocation | None:
+        """Where a provider message id landed (thread and sequence number), or None."""
+        return await run_async(
+            self.store, partial(_threads.find_message, channel, provider_message_id), 0
+        )
+
+    async def threads(
+        self,
+        *,
+        customer: str | None = None,
+        status: ThreadStatus | str | None = None,
+        channel: str | None = None,
+        controller: Party | str | None = None,
+        active_after: datetime | None = None,
+        active_before: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> ThreadPage:
+        """Threads matching all the filters given, a page at a time (see ThreadPage)."""
+        op = partial(
+            _threads.threads,
+            customer=customer,
+            status=status,
+            channel=channel,
+            controller=Party.parse(controller) if controller is not None else None,
+            active_after=active_after,
+            active_before=active_before,
+            limit=limit,
+            cursor=cursor,
+        )
+        return await run_async(self.store, op, 0)
+
+    async def unsupported(
+        self, *, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[tuple[datetime, Unsupported]], str | None]:
+        """Unsupported content kept by ``apply``, oldest first, and the next cursor."""
+        return await run_async(self.store, partial(_threads.unsupported, limit, cursor), 0)
+
+    # -- identity (merge policy, ledger, verification, disclosure)
+
+    async def link(
+        self,
+        customer_id: str,
+        identifier: Identifier,
+        *,
+        trust: Trust = Trust.CLAIMED,
+        by: str = "",
+        method: str = "agent",
+        channel: str = "",
+        detail: str = "",
+    ) -> CustomerState:
+        """Link ``identifier`` to a customer at ``trust`` (or raise its trust), with evidence.
+
+        PolicyViolation when it belongs to another customer, is blocklisted, or would
+        break a per-kind limit."""
+        op = partial(
+            _identity.link,
+            self.config,
+            customer_id,
+            identifier,
+            trust,
+            by=by,
+            method=method,
+            channel=channel,
+            detail=detail,
+        )
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def unlink(self, identifier: Identifier, *, by: str = "", reason: str = "") -> str:
+        """Remove ``identifier`` from its customer (an ``IdentifierUnlinked`` event); returns
+        the customer id."""
+        op = partial(_identity.unlink, self.config, identifier, by=by, reason=reason)
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def merge(
+        self, a: str, b: str, *, by: str = "", reason: str = "", dry_run: bool = False
+    ) -> MergeResult:
+        """Merge two customers (the merge policy's survivor rule says who survives).
+
+        The hard rules (per-kind limits, verified account ids, blocklist) raise
+        PolicyViolation. ``dry_run=True`` returns what would change without writing."""
+        op = partial(_identity.merge, self.config, a, b, by=by, reason=reason, dry_run=dry_run)
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def unmerge(self, merge_id: str, *, by: str = "", reason: str = "") -> UnmergeResult:
+        """Undo a merge: identifiers, their trust, threads and topic pointers go back."""
+        op = partial(_identity.unmerge, self.config, merge_id, by=by, reason=reason)
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def explain(self, identifier: Identifier) -> Explanation:
+        """The chain of identity events that put ``identifier`` where it is."""
+        op = partial(_identity.explain, self.config, identifier)
+        return await run_async(self.store, op, 0)
+
+    async def merge_suggestions(
+        self, *, customer_id: str | None = None, status: str | None = "pending"
+    ) -> list[MergeSuggestion]:
+        """Recorded merge suggestions (pending by default), oldest first."""
+        op = partial(_identity.suggestions, customer_id, status)
+        return await run_async(self.store, op, 0)
+
+    async def accept_suggestion(
+        self, suggestion_id: str, *, by: str = "", dry_run: bool = False
+    ) -> MergeResult:
+        """Accept a merge suggestion: the customers merge (hard rules still apply)."""
+        op = partial(
+            _identity.accept_suggestion, self.config, suggestion_id, by=by, dry_run=dry_run
+        )
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def reject_suggestion(self, suggestion_id: str, *, by: str = "") -> MergeSuggestion:
+        """Reject a merge suggestion; the pair is not suggested again."""
+        op = partial(_identity.reject_suggestion, self.config, suggestion_id, by=by)
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def start_verification(
+        self,
+        identifier: Identifier,
+        *,
+        customer_id: str | None = None,
+        session_trust: Trust = Trust.CLAIMED,
+        channel: str = "",
+        by: str = "",
+        ttl: timedelta = timedelta(minutes=10),
+        attempts: int = 5,
+    ) -> VerificationStarted:
+        """Start verifying ``identifier`` with a one-time code (deliver ``result.code``)."""
+        op = partial(
+            _identity.start_verification,
+            self.config,
+            identifier,
+            customer_id=customer_id,
+            session_trust=session_trust,
+            channel=channel,
+            by=by,
+            ttl=ttl,
+            attempts=attempts,
+        )
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def confirm_verification(
+        self, verification_id: str, code: str, *, by: str = ""
+    ) -> VerificationResult:
+        """Confirm a one-time code: the identifier becomes verified (VerificationError when
+        the code is wrong, expired or out of attempts)."""
+        op = partial(_identity.confirm_verification, self.config, verification_id, code, by=by)
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def history_for(
+        self,
+        session: IngestResult | Identifier,
+        *,
+        trust: Trust | None = None,
+        thread_id: str | None = None,
+        since: int | None = None,
+    ) -> History:
+        """What a session may see under the disclosure policy: the customer's threads when
+        it arrived with an asserted or verified linked identifier, else only its thread.
+
+        ``session`` is the session's IngestResult, or the identifier it arrived with
+        (then pass its ``trust``, and its ``thread_id`` if it has one)."""
+        op = partial(
+            _identity.history_for,
+            self.config,
+            *_session(session),
+            trust=trust,
+            thread_id=thread_id,
+            since=since,
+        )
+        return await run_async(self.store, op, 0)
+
+    async def disclosure(
+        self,
+        session: IngestResult | Identifier,
+        *,
+        trust: Trust | None = None,
+        thread_id: str | None = None,
+        since: int | None = None,
+    ) -> Disclosure:
+        """What a session may see (the disclosure policy's answer), without reading
+        the history: for any read made on a session's behalf. ``session`` as for
+        :meth:`history_for`."""
+        op = partial(
+            _identity.disclosure,
+            self.config,
+            *_session(session),
+            trust=trust,
+            thread_id=thread_id,
+            since=since,
+        )
+        return await run_async(self.store, op, 0)
+
+    # -- handoff and control (issue 5)
+
+    async def request_handoff(
+        self,
+        thread_id: str,
+        *,
+        to: Party | str,
+        reason: str = "",
+        by: Party | str | None = None,
+        fencing_token: int | None = None,
+        handoff_id: str | None = None,
+    ) -> HandoffResult:
+        """Ask for ``to`` (a queue, an agent or a bot) to take the thread over. At most one
+        handoff is pending per thread; the same ``handoff_id`` again is a repeat."""
+        op = partial(
+            _handoff.request,
+            self.config,
+            thread_id,
+            Party.parse(to),
+            reason,
+            _party(by),
+            fencing_token,
+            handoff_id,
+        )
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def offer_handoff(
+        self, handoff_id: str, *, to: Party | str, ttl: timedelta = DEFAULT_OFFER_TTL
+    ) -> HandoffResult:
+        """Offer a pending handoff to one party until ``ttl`` from now."""
+        op = partial(_handoff.offer, self.config, handoff_id, Party.parse(to), ttl)
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def accept_handoff(self, handoff_id: str, *, by: Party | str) -> HandoffResult:
+        """Take control: returns the new fencing token and the snapshot handed over (also
+        stored with the handoff). Of two parties accepting at once, one wins; the other
+        gets HandoffTaken."""
+        op = partial(_handoff.accept, self.config, handoff_id, Party.parse(by))
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def decline_handoff(
+        self, handoff_id: str, *, by: Party | str, reason: str = ""
+    ) -> HandoffResult:
+        """Decline an offer; the handoff stays pending, to be offered again."""
+        op = partial(_handoff.decline, self.config, handoff_id, Party.parse(by), reason)
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def release_control(
+        self,
+        thread_id: str,
+        *,
+        by: Party | str,
+        fencing_token: int,
+        reason: str = "",
+        handoff_id: str | None = None,
+    ) -> HandoffResult:
+        """The controller gives control up (the fencing token moves on)."""
+        op = partial(
+            _handoff.release,
+            self.config,
+            thread_id,
+            Party.parse(by),
+            fencing_token,
+            reason,
+            handoff_id,
+        )
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def transfer_control(
+        self,
+        thread_id: str,
+        *,
+        to: Party | str,
+        fencing_token: int,
+        by: Party | str | None = None,
+        reason: str = "",
+        handoff_id: str | None = None,
+    ) -> HandoffResult:
+        """Hand control straight to ``to``; ``fencing_token`` must be the current one (0 on
+        a thread nobody controlled yet)."""
+        op = partial(
+            _handoff.transfer,
+            self.config,
+            thread_id,
+            Party.parse(to),
+            _party(by),
+            fencing_token,
+            reason,
+            handoff_id,
+        )
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def expire_handoffs(self, *, now: datetime | None = None) -> list[HandoffResult]:
+        """Expire every offer due at ``now`` (default: the clock). Nothing runs in the
+        background: call this from your scheduler."""
+        when = now or self.config.clock.now()
+        due = await run_async(
+            self.store, partial(_handoff.due_offers, when), self.config.max_retries
+        )
+        out: list[HandoffResult] = []
+        for handoff_id in due:
+            op = partial(_handoff.expire_offer, self.config, handoff_id, when)
+            result = await run_async(self.store, op, self.config.max_retries)
+            if result is not None:
+                out.append(result)
+        return out
+
+    async def handoff(self, handoff_id: str) -> HandoffRecord:
+        """A handoff's record as it stands."""
+        return await run_async(self.store, partial(_handoff.get_handoff, handoff_id), 0)
+
+    async def handed_over_snapshot(self, thread_id: str, handoff_id: str) -> Snapshot:
+        """The snapshot stored with a handoff: exactly what its receiver was given."""
+        op = partial(_snapshots.handed_over, thread_id, handoff_id)
+        return await run_async(self.store, op, 0)
+
+    async def set_attribute(
+        self,
+        thread_id: str,
+        name: str,
+        value: object,
+        *,
+        by: Party | str | None = None,
+        fencing_token: int | None = None,
+    ) -> int:
+        """Set an attribute on the thread (last write wins); returns its sequence number."""
+        op = partial(
+            _handoff.set_attribute,
+            self.config,
+            thread_id,
+            name,
+            value,
+            _party(by),
+            fencing_token,
+        )
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def record_intent(
+        self,
+        thread_id: str,
+        name: str,
+        *,
+        confidence: float = 1.0,
+        by: Party | str | None = None,
+        fencing_token: int | None = None,
+    ) -> int:
+        """Record a detected intent (``"fallback"`` counts a bot failure); returns its
+        sequence number."""
+        op = partial(
+            _handoff.record_intent,
+            self.config,
+            thread_id,
+            name,
+            confidence,
+            _party(by),
+            fencing_token,
+        )
+        return await run_async(self.store, op, self.config.max_retries)
+
+    # -- context snapshots (issue 5)
+
+    async def snapshot(
+        self,
+        thread_id: str,
+        *,
+        audience: str = "agent",
+        at_seq: int | None = None,
+        max_messages: int = 20,
+        max_chars: int | None = None,
+        session: IngestResult | None = None,
+    ) -> Snapshot:
+        """The context snapshot of a thread for ``audience`` (at ``at_seq``, default: now),
+        with at most ``max_messages`` recent messages totalling ``max_chars``.
+
+        A ``"customer"`` snapshot is read on a session's behalf: pass ``session`` (the
+        IngestResult of the session's message). Under the disclosure policy a session
+        that arrived with only a claim sees its own messages, nothing earlier."""
+        op = partial(
+            _snapshots.snapshot,
+            self.config,
+            thread_id,
+            audience,
+            at_seq,
+            max_messages,
+            max_chars,
+            session,
+        )
+        return await run_async(self.store, op, self.config.max_retries)
+
+    # -- continuation tokens (issue 5)
+
+    async def issue_continuation(
+        self,
+        thread_id: str,
+        *,
+        ttl: timedelta = DEFAULT_TOKEN_TTL,
+        by: Party | str | None = None,
+    ) -> ContinuationToken:
+        """A single-use token for the thread: ``code`` to read out, ``signed`` for links."""
+        op = partial(_tokens.issue, self.config, thread_id, ttl, _party(by))
+        return await run_async(self.store, op, self.config.max_retries)
+
+    async def redeem_continuation(
+        self, token: str, *, sender: SenderIdentifier, channel: str
+    ) -> Redemption:
+        """Redeem a code or signed token arriving on ``channel`` with ``sender``: links the
+        identifier to the customer (evidence "token") and continues the thread."""
+        op = partial(_tokens.redeem, self.config, token, sender, channel)
+        return await run_async(self.store, op, self.config.max_retries)
+
 
 def _as_async(store: AsyncStore | Store | str) -> AsyncStore:
     from convthread.stores.memory import MemoryStore
 
     if isinstance(store, str):
+        if store.lower().startswith(("postgresql://", "postgres://")):
+            from convthread.stores import open_async_store
+
+            return open_async_store(store)  # the native asyncio store
         store = _open(store)
     if isinstance(store, MemoryStore):
         return InlineAsyncStore(store)

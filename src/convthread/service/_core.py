@@ -9,8 +9,9 @@ written once. A generator runs from scratch again when its commit conflicts.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -19,9 +20,26 @@ from convthread import codec
 from convthread.domain.continuity import ContinuityPolicy
 from convthread.domain.events import CustomerEvent, ThreadEvent
 from convthread.domain.identifiers import IdentifierRegistry, default_registry
-from convthread.domain.thread import CustomerState, ThreadState
+from convthread.domain.handoff import HandoffRule
+from convthread.domain.identity import DisclosurePolicy
+from convthread.domain.merge import MergePolicy
+from convthread.domain.redaction import DEFAULT_POLICIES, RedactionPolicy
+from convthread.domain.thread import CustomerState, LifecyclePolicy, ThreadState
+from convthread.domain.tokens import KeyRing
 from convthread.errors import NotFound
-from convthread.ports import Batch, Clock, IdSource, Item, RandomIds, Recorded, SystemClock
+from convthread.ports import (
+    ABSENT,
+    ANY,
+    Batch,
+    Clock,
+    Delete,
+    IdSource,
+    Item,
+    Put,
+    RandomIds,
+    Recorded,
+    SystemClock,
+)
 
 T = TypeVar("T")
 
@@ -39,6 +57,26 @@ NS_THREAD: Final = "thread"  # thread id -> ThreadState (cache of its stream)
 NS_OPEN: Final = "open"  # "{customer}|{topic}" -> thread id of the live thread
 NS_LATEST: Final = "latest"  # "{customer}|{topic}" -> thread id of the newest thread
 NS_CTHREADS: Final = "cthreads"  # "{customer}|{thread}" -> b"" (a customer's threads)
+# Threads (issue 4). Time keys are UTC microseconds since 1970, 17 digits (sortable).
+NS_TACTIVE: Final = "tactive"  # "{status}|{last active}|{thread}" -> b"" (every thread)
+NS_TCHANNEL: Final = "tchannel"  # "{channel}|{thread}" -> b"" (threads that used a channel)
+NS_SNOOZE: Final = "snooze"  # "{until}|{thread}" -> b"" (snoozed threads, by wake-up time)
+NS_MARK: Final = "mark"  # "{thread}|{seq}" -> MessageMark (status, edit, deletion, reactions)
+NS_EARLY: Final = "early"  # "{channel}|{provider message id}" -> EarlyStatuses (unknown msg)
+NS_UNSUPPORTED: Final = "unsupported"  # "{recorded at}|{id}" -> Unsupported (kept for review)
+# Identity (issue 3).
+NS_MERGE: Final = "merge"  # merge id -> MergeRef (survivor, absorbed, undone)
+NS_SUGGEST: Final = "suggest"  # suggestion id -> SuggestionRef (pair, status, decision)
+NS_SUGGEST_PAIR: Final = "suggestpair"  # "{customer a}|{customer b}" (sorted) -> suggestion id
+NS_VERIFY: Final = "verify"  # verification id -> VerificationRecord (hashed code, expiry)
+# Handoff, snapshots and continuation tokens (issue 5).
+NS_HANDOFF: Final = "handoff"  # handoff id -> HandoffRecord (thread, status, parties)
+NS_OFFERS: Final = "offers"  # "{expires at time_key}|{handoff id}" -> thread id (live offers)
+NS_HSNAP: Final = "hsnap"  # "{thread}|{handoff}" -> Snapshot JSON handed to the receiver;
+# "{thread}|" (empty handoff id) -> SnapshotState checkpoint (message text: erased with them)
+NS_TOKEN: Final = "token"  # token id -> TokenRecord (thread, customer, expiry, use)
+NS_TOKCODE: Final = "tokcode"  # "{key id}:{HMAC of code}" -> token id
+NS_TOKFAIL: Final = "tokfail"  # "{key id}:{HMAC of sender}" -> TokenFailures (attempts)
 
 
 class MsgRef(msgspec.Struct, frozen=True, array_like=True):
@@ -88,6 +126,13 @@ class Config:
     identifiers: IdentifierRegistry = default_registry
     continuity: ContinuityPolicy = field(default_factory=ContinuityPolicy)
     max_retries: int = 10
+    lifecycle: LifecyclePolicy = field(default_factory=LifecyclePolicy)
+    merge_policy: MergePolicy = field(default_factory=MergePolicy)
+    disclosure: DisclosurePolicy = field(default_factory=DisclosurePolicy)
+    # Handoff, snapshots, continuation tokens (issue 5).
+    handoff_rules: Sequence[HandoffRule] = ()
+    redaction: Mapping[str, RedactionPolicy] = field(default_factory=lambda: DEFAULT_POLICIES)
+    token_keys: KeyRing | None = None
 
 
 # --------------------------------------------------------------------------- store calls
@@ -146,3 +191,55 @@ def read_customer_events(customer_id: str) -> Op[list[tuple[int, CustomerEvent]]
 
 def open_key(customer_id: str, topic: str | None) -> str:
     return f"{customer_id}|{topic or ''}"
+
+
+# --------------------------------------------------------------------------- thread indexes
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US: Final = timedelta(microseconds=1)
+_NONE: Final = b""
+
+
+def time_key(value: datetime) -> str:
+    """A sortable key for a UTC time: microseconds since 1970, 17 digits."""
+    return f"{max((value - _EPOCH) // _US, 0):017d}"
+
+
+def activity_key(state: ThreadState) -> str:
+    """The NS_TACTIVE key of a thread: status, last activity (channel time), thread id."""
+    last = state.last_activity or state.created_at
+    return f"{state.status.value}|{time_key(last)}|{state.id}"
+
+
+def thread_index_ops(
+    old: ThreadState | None, new: ThreadState
+) -> tuple[list[Put], list[Delete]]:
+    """The index writes that go with replacing ``old`` by ``new`` in NS_THREAD.
+
+    Every operation that writes a thread's cached state must add these to its batch, so
+    the query indexes (NS_TACTIVE, NS_TCHANNEL, NS_SNOOZE) move with the events.
+    The thread's own stream and NS_THREAD entry are compare-and-set in the same batch,
+    which is what keeps these unconditional writes consistent.
+    """
+    puts: list[Put] = []
+    deletes: list[Delete] = []
+    new_key = activity_key(new)
+    if old is None:
+        puts.append(Put(NS_TACTIVE, new_key, _NONE, ABSENT))
+    else:
+        old_key = activity_key(old)
+        if old_key != new_key:
+            deletes.append(Delete(NS_TACTIVE, old_key, ANY))
+            puts.append(Put(NS_TACTIVE, new_key, _NONE, ANY))
+    old_channels = () if old is None else old.channels
+    if new.channels is not old_channels:
+        for channel in new.channels:
+            if channel not in old_channels:
+                puts.append(Put(NS_TCHANNEL, f"{channel}|{new.id}", _NONE, ANY))
+    old_until = old.snoozed_until if old is not None else None
+    if old_until != new.snoozed_until:
+        if old_until is not None:
+            deletes.append(Delete(NS_SNOOZE, f"{time_key(old_until)}|{new.id}", ANY))
+        if new.snoozed_until is not None:
+            puts.append(Put(NS_SNOOZE, f"{time_key(new.snoozed_until)}|{new.id}", _NONE, ANY))
+    return puts, deletes

@@ -6,16 +6,21 @@ all written in one batch (one store transaction).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
+import msgspec
+
 from convthread import codec
-from convthread.domain.continuity import Choice, ContinuityContext
+from convthread.domain.continuity import (
+    Choice,
+    ContinuityContext,
+    find_reference_tokens,
+    reference_token,
+)
 from convthread.domain.events import (
-    CustomerCreated,
     CustomerEvent,
     Decision,
-    Evidence,
-    IdentifierLinked,
     LifecycleChanged,
     MessageReceived,
     MessageSent,
@@ -23,34 +28,47 @@ from convthread.domain.events import (
     ThreadStarted,
     ThreadStatus,
 )
-from convthread.domain.identity import Resolution, resolve
+from convthread.domain.identity import Resolution
 from convthread.domain.model import Content, Inbound, Party, SenderIdentifier
-from convthread.domain.thread import CustomerState, ThreadState, evolve, evolve_customer, start_state
+from convthread.domain.thread import (
+    CustomerState,
+    ThreadState,
+    evolve,
+    start_state,
+    wake_on_inbound,
+)
+from convthread.domain.timeline import MessageMark
 from convthread.errors import (
+    ErasedError,
     IdempotencyError,
     InvalidTransition,
     StaleControllerError,
     ValidationError,
 )
-from convthread.ports import ABSENT, ANY, Append, Batch, Put
+from convthread.ports import ABSENT, ANY, Append, Batch, Delete, Item, Put
 from convthread.service import _core as core
+from convthread.service import _handoff, _identity
 from convthread.service._core import (
     NS_CTHREADS,
-    NS_CUSTOMER,
+    NS_EARLY,
     NS_IDEM,
-    NS_IDENT,
     NS_LATEST,
+    NS_MARK,
     NS_MSG,
     NS_OPEN,
     NS_THREAD,
     Config,
-    IdentRef,
     MsgRef,
     Op,
 )
+from convthread.service._marks import decode_early, early_events
 from convthread.service._results import IngestResult, SendResult
 
 _EMPTY = b""
+
+#: What _continuity_context loaded for _append_message: the open pointer's entry (if
+#: any) and the index versions of the threads it loaded.
+_Loaded = tuple["Item | None", dict[str, int]]
 
 
 class _Writes:
@@ -59,16 +77,31 @@ class _Writes:
     def __init__(self) -> None:
         self.appends: list[Append] = []
         self.puts: list[Put] = []
+        self.deletes: list[Delete] = []
 
-    def append(self, stream: str, expected: int, events: list[ThreadEvent] | list[CustomerEvent]) -> None:
+    def append(
+        self, stream: str, expected: int, events: Sequence[ThreadEvent | CustomerEvent]
+    ) -> None:
         self.appends.append(Append(stream, expected, tuple(codec.encode(e) for e in events)))
 
     def put(self, ns: str, key: str, value: object, expected: int = ANY) -> None:
         data = value if isinstance(value, bytes) else codec.encode(value)
         self.puts.append(Put(ns, key, data, expected))
 
+    def delete(self, ns: str, key: str, expected: int = ANY) -> None:
+        self.deletes.append(Delete(ns, key, expected))
+
+    def thread(self, old: ThreadState | None, new: ThreadState, expected: int) -> None:
+        """Write a thread's cached state and move its query indexes with it."""
+        self.puts.append(Put(NS_THREAD, new.id, codec.encode(new), expected))
+        puts, deletes = core.thread_index_ops(old, new)
+        self.puts.extend(puts)
+        self.deletes.extend(deletes)
+
     def batch(self) -> Batch:
-        return Batch(appends=tuple(self.appends), puts=tuple(self.puts))
+        return Batch(
+            appends=tuple(self.appends), puts=tuple(self.puts), deletes=tuple(self.deletes)
+        )
 
 
 def normalize_sender(config: Config, inbound: Inbound) -> tuple[SenderIdentifier, ...]:
@@ -105,14 +138,9 @@ def ingest(config: Config, inbound: Inbound) -> Op[IngestResult]:
     now = config.clock.now()
     writes = _Writes()
 
-    # 2. Resolve identity.
-    keys = [s.identifier.key for s in sender]
-    owned = yield from core.get_many(NS_IDENT, keys)
-    owners = {k: core.decode_identref(item.value).customer_id for k, item in owned.items()}
-    owner_ids = list(dict.fromkeys(owners.values()))
-    cust_items = yield from core.get_many(NS_CUSTOMER, owner_ids)
-    customers = {cid: core.decode_customer_state(item.value) for cid, item in cust_items.items()}
-    resolution = resolve(sender, owners, customers)
+    # 2. Resolve identity (the merge policy's automatic merges commit first, each in its
+    # own batch; links, upgrades and merge suggestions go into this batch).
+    resolution, customers, cust_items = yield from _identity.resolve_sender(config, sender)
     customer_id, new_customer = _apply_resolution(
         config, resolution, customers, cust_items, writes, inbound, now
     )
@@ -146,6 +174,10 @@ def ingest(config: Config, inbound: Inbound) -> Op[IngestResult]:
     writes.put(NS_MSG, msg_key, ref, ABSENT)
     if custom_key is not None:
         writes.put(NS_IDEM, custom_key, ref, ABSENT)
+    # 5. Handoff rules and the snapshot checkpoint, in the same batch.
+    handoff = yield from _handoff.after_ingest(
+        config, writes, choice.thread, thread_id, event, seq
+    )
     yield from core.commit(writes.batch())
     return IngestResult(
         customer_id=customer_id,
@@ -157,6 +189,7 @@ def ingest(config: Config, inbound: Inbound) -> Op[IngestResult]:
         new_customer=new_customer,
         decision=choice.decision,
         resolution=resolution.decision,
+        handoff=handoff,
     )
 
 
@@ -196,81 +229,78 @@ def _apply_resolution(
     config: Config,
     resolution: Resolution,
     customers: dict[str, CustomerState],
-    items: dict[str, object],
+    items: dict[str, Item],
     writes: _Writes,
     inbound: Inbound,
     now: datetime,
 ) -> tuple[str, bool]:
-    events: list[CustomerEvent] = []
-    if resolution.customer_id is None:
-        customer_id = config.ids.new_id("cu")
-        events.append(CustomerCreated(at=now, decision=resolution.decision))
-        state: CustomerState | None = None
-        expected_stream = 0
-        expected_item = ABSENT
-        new = True
-    else:
-        customer_id = resolution.customer_id
-        state = customers[customer_id]
-        expected_stream = state.version
-        item = items[customer_id]
-        expected_item = item.version  # type: ignore[attr-defined]
-        new = False
-    for s in (*resolution.links, *resolution.upgrades):
-        events.append(
-            IdentifierLinked(
-                at=now,
-                identifier=s.identifier,
-                trust=s.trust,
-                evidence=Evidence(
-                    channel=inbound.channel,
-                    method=s.method or ("channel" if s.trust.rank > 0 else "claim"),
-                    by=f"channel:{inbound.channel}",
-                    at=inbound.sent_at,
-                    detail=f"arrived with message {inbound.provider_message_id}",
-                ),
-            )
-        )
-    for s in resolution.links:
-        writes.put(NS_IDENT, s.identifier.key, IdentRef(customer_id), ABSENT)
-    if events:
-        seq = expected_stream
-        for ev in events:
-            seq += 1
-            state = evolve_customer(state, customer_id, seq, ev)
-        writes.append(customer_id, expected_stream, events)
-        writes.put(NS_CUSTOMER, customer_id, state, expected_item)
+    """Add what the resolution says to the batch: a new customer, links and upgrades
+    with their evidence, merge suggestions (see :mod:`convthread.service._identity`)."""
+    customer_id, new, appends, puts = _identity.resolution_writes(
+        config, resolution, customers, items, inbound, now
+    )
+    writes.appends.extend(appends)
+    writes.puts.extend(puts)
     return customer_id, new
 
 
 def _continuity_context(
     inbound: Inbound, customer_id: str, topic: str | None, new_customer: bool
-) -> Op[tuple[ContinuityContext, object]]:
+) -> Op[tuple[ContinuityContext, _Loaded | None]]:
+    """Load what the continuity rules look at: referenced threads (reply-to, references,
+    reference tokens), the live and the latest thread for the customer and topic, and
+    the live threads of the referenced threads' topics."""
     if new_customer:
         return ContinuityContext(inbound=inbound, customer_id=customer_id, topic=topic), None
     okey = core.open_key(customer_id, topic)
     ref_ids = ([inbound.reply_to] if inbound.reply_to else []) + list(inbound.references)
     ref_keys = [f"{inbound.channel}|{r}" for r in ref_ids]
+    token_ids = find_reference_tokens(inbound)
     refs = yield from core.get_many(NS_MSG, ref_keys)
-    pointers = yield from core.get_many(NS_OPEN, [okey])
-    latest_ptr = yield from core.get_many(NS_LATEST, [okey])
+    open_item = yield from core.get(NS_OPEN, okey)
+    # The newest thread for the topic matters only when none is live (to reopen it or
+    # to name it as predecessor): skip that read in the common case.
+    latest_item = None if open_item is not None else (yield from core.get(NS_LATEST, okey))
     wanted: dict[str, str] = {}
-    for rid, rkey in zip(ref_ids, ref_keys):
+    for rid, rkey in zip(ref_ids, ref_keys, strict=True):
         if rkey in refs:
             wanted[rid] = core.decode_msgref(refs[rkey].value).thread_id
-    open_item = pointers.get(okey)
     live_id = open_item.value.decode() if open_item is not None else None
-    latest_id = latest_ptr[okey].value.decode() if okey in latest_ptr else None
-    ids = list(dict.fromkeys([*wanted.values(), *(x for x in (live_id, latest_id) if x)]))
+    latest_id = latest_item.value.decode() if latest_item is not None else None
+    ids = list(
+        dict.fromkeys([*wanted.values(), *token_ids, *(x for x in (live_id, latest_id) if x)])
+    )
     items = yield from core.get_many(NS_THREAD, ids)
     states = {tid: core.decode_thread_state(it.value) for tid, it in items.items()}
-    referenced = {
-        rid: states[tid]
-        for rid, tid in wanted.items()
-        if tid in states and states[tid].customer_id == customer_id
+    versions = {tid: it.version for tid, it in items.items()}
+    mine = {tid: st for tid, st in states.items() if st.customer_id == customer_id}
+    referenced = {rid: mine[tid] for rid, tid in wanted.items() if tid in mine}
+    tokens = {tid: mine[tid] for tid in token_ids if tid in mine}
+    live = mine.get(live_id) if live_id else None
+    latest = mine.get(latest_id) if latest_id and latest_id != live_id else None
+    if live is not None and not live.is_open:
+        # a stale pointer (the next new thread takes it over): it names the newest thread
+        live, latest = None, latest or live
+    live_by_topic: dict[str, ThreadState] = {}
+    if live is not None:
+        live_by_topic[live.topic_key] = live
+    # A referenced thread that is no longer live may have a live sibling for its topic.
+    other_keys = {
+        core.open_key(customer_id, st.topic): st.topic_key
+        for st in (*referenced.values(), *tokens.values())
+        if not st.is_open and st.topic_key != (topic or "")
     }
-    live = states.get(live_id) if live_id else None
-    latest = states.get(latest_id) if latest_id and latest_id != live_id else None
+    if other_keys:
+        more = yield from core.get_many(NS_OPEN, list(other_keys))
+        sib_ids = [it.value.decode() for it in more.values()]
+        sib_items = yield from core.get_many(NS_THREAD, [i for i in sib_ids if i not in states])
+        for tid, it in sib_items.items():
+            states[tid] = core.decode_thread_state(it.value)
+            versions[tid] = it.version
+        for key, item in more.items():
+            sib = states.get(item.value.decode())
+            if sib is not None and sib.is_open and sib.customer_id == customer_id:
+                live_by_topic[other_keys[key]] = sib
     ctx = ContinuityContext(
         inbound=inbound,
         customer_id=customer_id,
@@ -278,27 +308,29 @@ def _continuity_context(
         referenced=referenced,
         live=live,
         latest=latest,
+        tokens=tokens,
+        live_by_topic=live_by_topic,
     )
-    return ctx, (open_item, {tid: it.version for tid, it in items.items()})
+    return ctx, (open_item, versions)
 
 
 def _append_message(
     config: Config,
     choice: Choice,
     ctx: ContinuityContext,
-    loaded: object,
+    loaded: _Loaded | None,
     customer_id: str,
     topic: str | None,
     event: MessageReceived,
     writes: _Writes,
     now: datetime,
 ) -> Op[tuple[str, int, bool]]:
-    open_item, versions = loaded if loaded is not None else (None, {})  # type: ignore[misc]
+    open_item, versions = loaded if loaded is not None else (None, {})
     okey = core.open_key(customer_id, topic)
     if choice.thread is not None:
         thread = choice.thread
         item_version = versions.get(thread.id)
-        if item_version is None:  # referenced thread loaded lazily
+        if item_version is None:  # a thread a custom rule found: load it
             thread, item_version = yield from core.load_thread(thread.id)
         events: list[ThreadEvent] = []
         if choice.reopen:
@@ -310,6 +342,10 @@ def _append_message(
                     reopened=True,
                 )
             )
+        else:
+            wake = wake_on_inbound(thread, now, event.channel)
+            if wake is not None:
+                events.append(wake)
         events.append(event)
         state = thread
         seq = thread.version
@@ -317,11 +353,12 @@ def _append_message(
             seq += 1
             state = evolve(state, seq, ev)
         writes.append(thread.id, thread.version, events)
-        writes.put(NS_THREAD, thread.id, state, item_version)
+        writes.thread(thread, state, item_version)
         if choice.reopen:
             # The thread becomes live again for its topic: claim the open pointer.
             reopen_key = core.open_key(thread.customer_id, thread.topic)
-            writes.put(NS_OPEN, reopen_key, thread.id.encode(), ABSENT)
+            expected = open_item.version if reopen_key == okey and open_item else ABSENT
+            writes.put(NS_OPEN, reopen_key, thread.id.encode(), expected)
         return thread.id, seq, False
 
     # A new thread.
@@ -329,6 +366,9 @@ def _append_message(
     predecessor = choice.predecessor
     if choice.supersede is not None:
         old = choice.supersede
+        old_version = versions.get(old.id)
+        if old_version is None:
+            old, old_version = yield from core.load_thread(old.id)
         resolved = LifecycleChanged(
             at=now,
             status=ThreadStatus.RESOLVED,
@@ -336,7 +376,10 @@ def _append_message(
         )
         old_state = evolve(old, old.version + 1, resolved)
         writes.append(old.id, old.version, [resolved])
-        writes.put(NS_THREAD, old.id, old_state, versions[old.id])
+        writes.thread(old, old_state, old_version)
+        old_key = core.open_key(old.customer_id, old.topic)
+        if old_key != okey:
+            writes.delete(NS_OPEN, old_key, ANY)
     started = ThreadStarted(
         at=now,
         customer_id=customer_id,
@@ -348,7 +391,7 @@ def _append_message(
     state = start_state(thread_id, started)
     state = evolve(state, 2, event)
     writes.append(thread_id, 0, [started, event])
-    writes.put(NS_THREAD, thread_id, state, ABSENT)
+    writes.thread(None, state, ABSENT)
     if open_item is not None:
         # The open pointer names a thread that is being superseded, or that is no longer
         # live (resolved through a path that kept the pointer): take it over atomically.
@@ -370,18 +413,17 @@ def send(
     provider_message_id: str | None,
     idempotency_key: str | None,
     reply_to: str | None,
+    embed_reference: bool = False,
 ) -> Op[SendResult]:
     fp = codec.fingerprint_outbound(thread_id, content, sender, channel, provider_message_id)
     if idempotency_key is not None:
         existing = yield from core.get(NS_IDEM, idempotency_key)
         if existing is not None:
-            ref = core.decode_msgref(existing.value)
-            records = yield from core.read(ref.thread_id, ref.seq - 1, 1)
-            event = codec.decode_event(records[0].data) if records else None
-            if not isinstance(event, MessageSent) or event.fingerprint != fp:
-                raise IdempotencyError(idempotency_key)
-            return SendResult(thread_id=ref.thread_id, seq=ref.seq, event=event, duplicate=True)
+            return (yield from _original_send(existing.value, fp, idempotency_key))
     state, item_version = yield from core.load_thread(thread_id)
+    owner = yield from core.get(core.NS_CUSTOMER, state.customer_id)
+    if owner is not None and core.decode_customer_state(owner.value).erased:
+        raise ErasedError(f"thread {thread_id!r} belongs to an erased customer; nothing is sent")
     if state.status is ThreadStatus.CLOSED:
         raise InvalidTransition(f"thread {thread_id!r} is closed; nothing more can be sent on it")
     if fencing_token is not None and fencing_token != state.fencing_token:
@@ -393,30 +435,70 @@ def send(
         and sender.kind.value in ("bot", "agent", "queue")
     ):
         raise StaleControllerError(thread_id, -1, state.fencing_token)
+    out_channel = channel or state.last_channel
+    msg_key = f"{out_channel}|{provider_message_id}" if provider_message_id is not None else ""
+    early = None
+    if provider_message_id is not None:
+        # The provider id names one message: a retry of this send is a duplicate, any
+        # other use is key misuse. Statuses reported before this call are applied now.
+        known = yield from core.get(NS_MSG, msg_key)
+        if known is not None:
+            return (yield from _original_send(known.value, fp, msg_key))
+        early = yield from core.get(NS_EARLY, msg_key)
     now = config.clock.now()
+    token = reference_token(thread_id) if embed_reference else ""
+    if token and token not in content.text:
+        text = f"{content.text}\n\n{token}" if content.text else token
+        content = msgspec.structs.replace(content, text=text)
     event = MessageSent(
         at=now,
-        channel=channel or state.last_channel,
+        channel=out_channel,
         sender=sender,
         content=content,
         provider_message_id=provider_message_id,
         reply_to=reply_to,
         fencing_token=state.fencing_token,
+        reference_token=token,
         idempotency_key=idempotency_key,
         fingerprint=fp,
     )
     seq = state.version + 1
-    new_state = evolve(state, seq, event)
+    events: list[ThreadEvent] = [event]
+    if early is not None:
+        statuses, mark = early_events(decode_early(early.value), MessageMark(), seq, now)
+        events.extend(statuses)
+        writes_mark: MessageMark | None = mark
+    else:
+        writes_mark = None
+    new_state = state
+    for i, ev in enumerate(events):
+        new_state = evolve(new_state, seq + i, ev)
     writes = _Writes()
-    writes.append(thread_id, state.version, [event])
-    writes.put(NS_THREAD, thread_id, new_state, item_version)
+    writes.append(thread_id, state.version, events)
+    writes.thread(state, new_state, item_version)
     ref = MsgRef(thread_id, seq, state.customer_id)
     if provider_message_id is not None:
-        writes.put(NS_MSG, f"{event.channel}|{provider_message_id}", ref, ABSENT)
+        writes.put(NS_MSG, msg_key, ref, ABSENT)
+    if early is not None:
+        writes.delete(NS_EARLY, msg_key, early.version)
+        writes.put(NS_MARK, f"{thread_id}|{seq}", writes_mark, ABSENT)
+    elif provider_message_id is not None:
+        # Assert no status was held meanwhile (deleting a missing key is a no-op): a
+        # status report racing this send makes one of the two retry, never lost.
+        writes.delete(NS_EARLY, msg_key, ABSENT)
     if idempotency_key is not None:
         writes.put(NS_IDEM, idempotency_key, ref, ABSENT)
     yield from core.commit(writes.batch())
     return SendResult(thread_id=thread_id, seq=seq, event=event, duplicate=False)
+
+
+def _original_send(value: bytes, fp: str, key: str) -> Op[SendResult]:
+    ref = core.decode_msgref(value)
+    records = yield from core.read(ref.thread_id, ref.seq - 1, 1)
+    event = codec.decode_event(records[0].data) if records else None
+    if not isinstance(event, MessageSent) or event.fingerprint != fp:
+        raise IdempotencyError(key)
+    return SendResult(thread_id=ref.thread_id, seq=ref.seq, event=event, duplicate=True)
 
 
 __all__ = ["ingest", "send"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 
 from convthread.domain.events import (
@@ -11,9 +13,20 @@ from convthread.domain.events import (
     MessageSent,
     ThreadEvent,
 )
+from convthread.domain.handoff import HandoffRecord
+from convthread.domain.snapshot import Snapshot
 from convthread.domain.thread import CustomerState, ThreadState
 
-__all__ = ["CustomerView", "IngestResult", "SendResult", "StoredEvent", "ThreadView"]
+__all__ = [
+    "ContinuationToken",
+    "CustomerView",
+    "HandoffResult",
+    "IngestResult",
+    "Redemption",
+    "SendResult",
+    "StoredEvent",
+    "ThreadView",
+]
 
 
 class IngestResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +47,8 @@ class IngestResult(msgspec.Struct, frozen=True, kw_only=True):
     decision: Decision
     #: why this customer: the identity rule, a sentence, the evidence
     resolution: Decision
+    #: the handoff a handoff rule requested with this message (in the same batch), if any
+    handoff: HandoffRecord | None = None
 
 
 class SendResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,3 +88,47 @@ class CustomerView(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def id(self) -> str:
         return self.state.id
+
+
+class HandoffResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of a handoff operation: the handoff's record as it stands, the
+    snapshot handed to the receiver (accept and transfer), and whether the operation was
+    a repeat (same handoff id: nothing new was written)."""
+
+    record: HandoffRecord
+    snapshot: Snapshot | None = None
+    repeat: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.record.handoff_id
+
+    @property
+    def thread_id(self) -> str:
+        return self.record.thread_id
+
+    @property
+    def fencing_token(self) -> int:
+        """The token the new controller holds (accept, transfer) or that a release left."""
+        return self.record.fencing_token
+
+
+class ContinuationToken(msgspec.Struct, frozen=True, kw_only=True):
+    """A continuation token: ``code`` for people (``"ABC-DEF-GHJ"``), ``signed`` for links."""
+
+    token_id: str
+    thread_id: str
+    code: str
+    signed: str
+    expires_at: datetime
+
+
+class Redemption(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of redeeming a continuation token."""
+
+    token_id: str
+    thread_id: str
+    customer_id: str
+    #: True when the identifier was newly linked to the customer (evidence "token")
+    linked: bool
+    seq: int
