@@ -26,3 +26,20 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     test_command = sh_blocks()[1]
     assert test_command in ci.splitlines()
+
+
+def test_readme_quick_start_runs(tmp_path: Path, monkeypatch: object) -> None:
+    import os
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks, "the README has a quick start"
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the quick start writes support.db
+    try:
+        namespace: dict[str, object] = {"__name__": "readme"}
+        for block in blocks:
+            exec(compile(block, "README.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    assert (tmp_path / "support.db").exists()
