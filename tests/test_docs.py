@@ -1,0 +1,57 @@
+"""Every ```python block of docs/*.md runs, in order, in one fresh namespace per file.
+
+A block may define a test function and call it. Blocks run in a temporary working
+directory, so files they create do not land in the repository. A file with no python
+block is reported as skipped with that reason, never passed over silently.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+
+
+def python_blocks(path: Path) -> list[tuple[int, str]]:
+    """``(line number, code)`` of each ```python block of ``path``."""
+    text = path.read_text(encoding="utf-8")
+    return [(text.count("\n", 0, m.start()) + 2, m.group(1)) for m in FENCE.finditer(text)]
+
+
+DOC_FILES = sorted(DOCS.glob("*.md"))
+
+
+def test_there_are_docs() -> None:
+    assert DOC_FILES, f"no docs/*.md found under {DOCS}"
+
+
+def test_block_extraction() -> None:
+    sample = "text\n```python\nx = 1\n```\n```text\nnot code\n```\n```python\ny = x\n```\n"
+    path = Path(__file__).with_name("_docs_sample.md")
+    try:
+        path.write_text(sample, encoding="utf-8")
+        assert python_blocks(path) == [(3, "x = 1\n"), (9, "y = x\n")]
+    finally:
+        path.unlink()
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.name)
+def test_doc_python_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = python_blocks(path)
+    if not blocks:
+        pytest.skip(f"docs/{path.name} has no ```python block")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": f"docs_{path.stem}"}
+    for number, (line, code) in enumerate(blocks, 1):
+        where = f"docs/{path.name}, python block {number} (line {line})"
+        try:
+            exec(compile(code, where, "exec"), namespace)
+        except BaseException as exc:  # reported with the block's location
+            if isinstance(exc, (KeyboardInterrupt, pytest.skip.Exception)):
+                raise
+            pytest.fail(f"{where} failed:\n{traceback.format_exc()}", pytrace=False)
