@@ -232,7 +232,9 @@ def test_a_handler_that_ignores_duplicates_shrinks_to_two_steps() -> None:
     def broken(journey: cts.Journey) -> bool:
         return len(ingest_twice_counted(journey, fresh())) != journey.distinct_messages
 
-    smallest = find(cts.journeys(), broken, settings=settings(database=None, max_examples=30))
+    smallest = find(
+        cts.journeys(), broken, settings=settings(database=None, max_examples=30, derandomize=True)
+    )
     assert len(smallest.steps) <= 3  # typically [a message, its redelivery]
     redelivery = next(
         n for n, st_ in enumerate(smallest.steps, 1) if isinstance(st_, cts.Redeliver)

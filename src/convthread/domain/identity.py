@@ -3,26 +3,73 @@
 Pure: the service loads who owns each identifier and those customers' states, calls
 :func:`resolve`, and writes what the returned :class:`Resolution` says.
 
-The first rule is an exact match on normalized identifiers:
+Rules, in order:
 
-* no identifier is known: a new customer, every identifier linked with its trust;
+* blocklisted identifiers (see :class:`~convthread.domain.merge.MergePolicy`) are set
+  aside: they resolve nothing and are never linked;
+* no remaining identifier is known: a new customer, every identifier linked with its
+  trust (up to the policy's per-kind limits);
 * all known identifiers belong to one customer: that customer; unknown identifiers that
   arrived with them are linked (co-occurrence, at the trust the channel gave them), and a
-  known identifier presented at a higher trust is upgraded;
-* known identifiers belong to several customers: the customer owning the most trusted
-  identifier is chosen, nothing is merged, and the others are reported in
-  ``Resolution.others`` for the merge policy.
+  known identifier presented at a higher trust is upgraded (within the limits); both are
+  capped at the tie of the message to the customer (a message tied only by a claim
+  links and upgrades nothing above ``claimed``);
+* known identifiers belong to several customers: the customer tied to the message most
+  strongly is chosen (the tie of an identifier is the lower of its presented and its
+  linked trust), and the merge policy gives a verdict for each other customer: merge
+  automatically, suggest to an agent, or refuse. Nothing else is linked until the
+  customers are one;
+* a claim never captures a holder: an identifier presented at ``asserted`` or better
+  that its owner holds only as a claim does not tie the message to that owner. When the
+  message is tied to the same owner by another identifier at ``asserted`` or better, it
+  is an upgrade; otherwise the identifier is *taken over*: it moves to the customer the
+  message's other identifiers tie it to at ``asserted`` or better, or to a new customer
+  (claims alone do not choose a customer for a message that carries such a proof), and a
+  merge suggestion between the two customers is recorded (they may be the same person).
+
+The disclosure policy (:class:`DisclosurePolicy`) says what a session that arrived with
+an identifier of a given trust may see.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from convthread.domain.events import Decision
+from convthread.domain.merge import MergeAction, MergePolicy, MergeVerdict
 from convthread.domain.model import Identifier, SenderIdentifier, Trust
 from convthread.domain.thread import CustomerState
+from convthread.errors import ValidationError
 
-__all__ = ["Resolution", "resolve"]
+__all__ = [
+    "DisclosurePolicy",
+    "Resolution",
+    "Takeover",
+    "proven_claims",
+    "resolve",
+    "takeover_suggestion",
+    "tie_trust",
+]
+
+_DEFAULT_POLICY = MergePolicy()
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """An identifier presented at ``asserted`` or better that another customer (the
+    claimant) held only as a claim: it is unlinked from the claimant and linked to the
+    message's customer at ``identifier.trust``."""
+
+    identifier: SenderIdentifier
+    claimant: str
+    #: the trust it was presented with
+    presented: Trust
+    #: the merge suggestion to record between the two customers (on the first takeover
+    #: from a claimant); None: none (the same pair is suggested or decided otherwise)
+    suggestion: Decision | None = None
 
 
 @dataclass(frozen=True)
@@ -42,59 +89,430 @@ class Resolution:
     #: the highest trust among the identifiers that tie the message to the customer
     trust: Trust = Trust.CLAIMED
     extra: dict[str, str] = field(default_factory=dict)
+    #: blocklisted identifiers that were set aside
+    ignored: tuple[SenderIdentifier, ...] = ()
+    #: identifiers not linked (or not upgraded) because of a per-kind limit, with why
+    refused: tuple[tuple[SenderIdentifier, str], ...] = ()
+    #: the merge policy's verdict for each of ``others``
+    verdicts: tuple[MergeVerdict, ...] = ()
+    #: identifiers the message proves that another customer only claimed: they move to
+    #: the message's customer (see :func:`proven_claims`)
+    takeovers: tuple[Takeover, ...] = ()
+
+    @property
+    def merges(self) -> tuple[MergeVerdict, ...]:
+        """Verdicts that merge automatically."""
+        return tuple(v for v in self.verdicts if v.action is MergeAction.MERGE)
+
+    @property
+    def suggestions(self) -> tuple[MergeVerdict, ...]:
+        """Verdicts an agent must decide (merge suggestions)."""
+        return tuple(v for v in self.verdicts if v.action is MergeAction.SUGGEST)
+
+
+def tie_trust(presented: Trust, linked: Trust | None) -> Trust:
+    """How strongly a presented identifier ties a message to the customer it is linked to:
+    the lower of the two trusts (a claimed link presented as asserted is still a claim)."""
+    if linked is None:
+        return presented
+    return presented if presented <= linked else linked
+
+
+def _capped(s: SenderIdentifier, limit: Trust) -> SenderIdentifier:
+    if s.trust <= limit:
+        return s
+    return SenderIdentifier(s.identifier, limit, s.method)
+
+
+def _names(items: tuple[SenderIdentifier, ...] | list[SenderIdentifier]) -> str:
+    return ", ".join(f"{s.identifier} ({s.trust.value})" for s in items)
+
+
+def _admit(
+    policy: MergePolicy,
+    idents: dict[str, tuple[Identifier, Trust]],
+    candidates: list[SenderIdentifier],
+) -> tuple[list[SenderIdentifier], list[tuple[SenderIdentifier, str]]]:
+    """Split candidate links (or upgrades) into admitted and refused (per-kind limits),
+    in order, each checked with those admitted before it; ``idents`` is updated."""
+    admitted: list[SenderIdentifier] = []
+    refused: list[tuple[SenderIdentifier, str]] = []
+    for s in candidates:
+        why = policy.link_refusal(idents, s.identifier, s.trust)
+        if why is None:
+            admitted.append(s)
+            idents[s.identifier.key] = (s.identifier, s.trust)
+        else:
+            refused.append((s, why))
+    return admitted, refused
+
+
+def proven_claims(
+    sender: tuple[SenderIdentifier, ...] | list[SenderIdentifier],
+    owners: Mapping[str, str],
+    customers: Mapping[str, CustomerState],
+) -> list[SenderIdentifier]:
+    """The identifiers of ``sender`` presented at ``asserted`` or better that their owner
+    holds only as a claim: they do not tie the message to that owner (a claim never
+    captures a holder); they are taken over, or upgraded when the message is tied to the
+    same customer by another identifier at ``asserted`` or better."""
+    out: list[SenderIdentifier] = []
+    for s in sender:
+        if s.trust < Trust.ASSERTED:
+            continue
+        owner = owners.get(s.identifier.key)
+        state = customers.get(owner) if owner is not None else None
+        if state is not None and state.trust_of(s.identifier) is Trust.CLAIMED:
+            out.append(s)
+    return out
+
+
+def takeover_suggestion(
+    policy: MergePolicy,
+    holder: CustomerState,
+    claimant: CustomerState,
+    identifier: Identifier,
+    trust: Trust,
+    how: str = "",
+) -> tuple[Decision | None, str]:
+    """After ``identifier`` moved from ``claimant`` (a claim) to ``holder`` (at
+    ``trust``): the merge suggestion to record between the two (they may be the same
+    person), or None when merging them would break a hard rule; and a note saying which.
+    ``holder`` and ``claimant`` are the states after the move; ``how`` says how the
+    identifier came (default "it arrived")."""
+    hard = policy.hard_violations(holder, claimant)
+    if hard:
+        return None, f"no merge with {claimant.id} suggested: " + "; ".join(hard)
+    decision = Decision(
+        rule="merge_suggested",
+        reason=(
+            f"{identifier} was only claimed by {claimant.id}; {how or 'it arrived'} "
+            f"{trust.value}, "
+            f"so it moved to the customer who holds it: the two may be the same person; "
+            "a claim never merges, an agent decides"
+        ),
+        evidence={"via": str(identifier), "claimant": claimant.id, "trust": trust.value},
+    )
+    return decision, f"merge with {claimant.id} suggested"
+
+
+def _without(state: CustomerState, keys: set[str]) -> CustomerState:
+    idents = {k: v for k, v in state.identifiers.items() if k not in keys}
+    return CustomerState(
+        id=state.id,
+        version=state.version,
+        created_at=state.created_at,
+        identifiers=idents,
+        merged_into=state.merged_into,
+        erased=state.erased,
+    )
+
+
+def _takeovers(
+    policy: MergePolicy,
+    admitted: list[SenderIdentifier],
+    proven: dict[str, SenderIdentifier],
+    owners: Mapping[str, str],
+    customers: Mapping[str, CustomerState],
+    holder: CustomerState,
+    holder_id: str | None,
+    skip: set[str],
+    suggested: Collection[frozenset[str]],
+    holder_name: str = "this customer",
+) -> tuple[tuple[Takeover, ...], list[str]]:
+    """Takeovers of the admitted identifiers, one suggestion per claimant, and notes."""
+    by_claimant: dict[str, list[SenderIdentifier]] = {}
+    for s in admitted:
+        by_claimant.setdefault(owners[s.identifier.key], []).append(s)
+    out: list[Takeover] = []
+    notes: list[str] = []
+    for claimant, moved in by_claimant.items():
+        names = ", ".join(str(s.identifier) for s in moved)
+        how = ", ".join(sorted({proven[s.identifier.key].trust.value for s in moved}))
+        note = (
+            f"{names} {'was' if len(moved) == 1 else 'were'} only claimed by {claimant}; "
+            f"it arrived {how}, so it now belongs to {holder_name}"
+        )
+        decision: Decision | None = None
+        claimant_state = customers.get(claimant)
+        if claimant in skip:
+            pass  # the merge policy's verdict about the pair is already in the resolution
+        elif holder_id is not None and frozenset((holder_id, claimant)) in suggested:
+            note += f"; a merge suggestion with {claimant} is already on record"
+        elif claimant_state is not None:
+            after = _without(claimant_state, {s.identifier.key for s in moved})
+            decision, more = takeover_suggestion(
+                policy, holder, after, moved[0].identifier, moved[0].trust
+            )
+            note += f"; {more}"
+        notes.append(note)
+        for i, s in enumerate(moved):
+            out.append(
+                Takeover(
+                    identifier=s,
+                    claimant=claimant,
+                    presented=proven[s.identifier.key].trust,
+                    suggestion=decision if i == 0 else None,
+                )
+            )
+    return tuple(out), notes
+
+
+def _holding(
+    base: CustomerState | None, customer_id: str, work: dict[str, tuple[Identifier, Trust]]
+) -> CustomerState:
+    """The state a customer will have (for the merge policy's hard rules)."""
+    if base is None:
+        return CustomerState(id=customer_id, version=0, created_at=_EPOCH, identifiers=work)
+    return CustomerState(
+        id=base.id,
+        version=base.version,
+        created_at=base.created_at,
+        identifiers=dict(work),
+        merged_into=base.merged_into,
+        erased=base.erased,
+    )
 
 
 def resolve(
     sender: tuple[SenderIdentifier, ...],
     owners: dict[str, str],
     customers: dict[str, CustomerState],
+    policy: MergePolicy | None = None,
+    suggested: Collection[frozenset[str]] = (),
 ) -> Resolution:
-    """Resolve ``sender`` identifiers given ``owners`` (identifier key -> customer id)."""
-    known = [s for s in sender if s.identifier.key in owners]
-    unknown = [s for s in sender if s.identifier.key not in owners]
-    if not known:
-        names = ", ".join(f"{s.identifier} ({s.trust.value})" for s in sender)
+    """Resolve ``sender`` identifiers given ``owners`` (identifier key -> customer id).
+
+    ``suggested``: pairs of customer ids with a merge suggestion on record (no second
+    suggestion is made for them)."""
+    policy = policy or _DEFAULT_POLICY
+    ignored = tuple(s for s in sender if policy.is_blocked(s.identifier))
+    usable = [s for s in sender if not policy.is_blocked(s.identifier)]
+    known = [s for s in usable if s.identifier.key in owners]
+    unknown = [s for s in usable if s.identifier.key not in owners]
+    ignored_note = f"; set aside blocklisted {_names(ignored)}" if ignored else ""
+
+    def tie(s: SenderIdentifier) -> Trust:
+        state = customers.get(owners[s.identifier.key])
+        linked = state.trust_of(s.identifier) if state is not None else None
+        return tie_trust(s.trust, linked)
+
+    # A claim never captures a holder: an identifier presented at asserted or better
+    # that its owner only claimed does not tie the message to that owner.
+    proven = {s.identifier.key: s for s in proven_claims(known, owners, customers)}
+    deciding = [s for s in known if s.identifier.key not in proven]
+    best = max(deciding, key=lambda s: (tie(s).rank, s.trust.rank)) if deciding else None
+    if best is None or (proven and tie(best) < Trust.ASSERTED):
+        # No known identifier, or only claims besides the proof: a new customer.
+        candidates = [
+            s for s in usable if s.identifier.key not in owners or s.identifier.key in proven
+        ]
+        admitted, new_refused = _admit(policy, {}, candidates)
+        new_links = [s for s in admitted if s.identifier.key not in proven]
+        taken = [s for s in admitted if s.identifier.key in proven]
+        top = max((s.trust for s in usable), key=lambda t: t.rank, default=Trust.CLAIMED)
+        takeovers: tuple[Takeover, ...] = ()
+        notes: list[str] = []
+        if taken:
+            holder = _holding(
+                None, "", {s.identifier.key: (s.identifier, s.trust) for s in admitted}
+            )
+            takeovers, notes = _takeovers(
+                policy,
+                taken,
+                proven,
+                owners,
+                customers,
+                holder,
+                None,
+                set(),
+                suggested,
+                "this customer, a new one",
+            )
+        if notes:
+            reason = "; ".join(notes)
+            if deciding:
+                reason += (
+                    f"; the claims presented with it ({_names(deciding)}) do not choose a customer"
+                )
+        elif proven:
+            claimants = ", ".join(dict.fromkeys(owners[k] for k in proven))
+            reason = (
+                f"{_names(list(proven.values()))} only claimed by {claimants}: a claim does "
+                "not capture the holder; a new customer"
+            )
+        elif usable:
+            reason = f"no known identifier among {_names(usable)}; a new customer"
+        else:
+            reason = "only blocklisted identifiers; a new customer with no identifiers"
+        if takeovers and new_links:
+            reason += "; linked " + _names(new_links)
+        if new_refused:
+            reason += "; not linked: " + "; ".join(why for _s, why in new_refused)
+        evidence = {"identifiers": _names(usable)}
+        if takeovers:
+            evidence["taken_over"] = ",".join(
+                f"{t.identifier.identifier}<-{t.claimant}" for t in takeovers
+            )
         return Resolution(
-            decision=Decision(
-                rule="new_customer",
-                reason=f"no known identifier among {names}; a new customer",
-                evidence={"identifiers": names},
-            ),
+            decision=Decision(rule="new_customer", reason=reason + ignored_note, evidence=evidence),
             customer_id=None,
-            links=tuple(unknown),
-            trust=max((s.trust for s in sender), key=lambda t: t.rank),
+            links=tuple(new_links),
+            trust=top,
+            ignored=ignored,
+            refused=tuple(new_refused),
+            takeovers=takeovers,
         )
-    # The strongest presented known identifier decides the customer.
-    best = max(known, key=lambda s: s.trust.rank)
+
     customer_id = owners[best.identifier.key]
     others = tuple(
-        dict.fromkeys(owners[s.identifier.key] for s in known if owners[s.identifier.key] != customer_id)
+        dict.fromkeys(
+            owners[s.identifier.key] for s in deciding if owners[s.identifier.key] != customer_id
+        )
     )
     state = customers.get(customer_id)
-    upgrades: list[SenderIdentifier] = []
-    for s in known:
-        if owners[s.identifier.key] != customer_id or state is None:
+    work: dict[str, tuple[Identifier, Trust]] = dict(state.identifiers) if state else {}
+    # What arrives with the message is tied to the customer no more strongly than the
+    # message itself is: links and upgrades are capped at the chosen customer's tie (a
+    # claimed e-mail address cannot attach an asserted phone number to its customer).
+    chosen_tie = tie(best)
+    rising = [
+        _capped(s, chosen_tie)
+        for s in known
+        if owners[s.identifier.key] == customer_id
+        and state is not None
+        and (current := state.trust_of(s.identifier)) is not None
+        and _capped(s, chosen_tie).trust > current
+    ]
+    upgrades, refused = _admit(policy, work, rising)
+    verdicts: list[MergeVerdict] = []
+    for other in others:
+        other_state = customers.get(other)
+        if state is None or other_state is None:
             continue
-        current = state.trust_of(s.identifier)
-        if current is not None and s.trust > current:
-            upgrades.append(s)
+        ties = [s for s in deciding if owners[s.identifier.key] == other]
+        strongest = max(ties, key=lambda s: tie(s).rank)
+        verdicts.append(
+            policy.evaluate(
+                state,
+                other_state,
+                trust_a=chosen_tie,
+                trust_b=tie(strongest),
+                via=(best.identifier, strongest.identifier),
+            )
+        )
+    # Identifiers the message proves that another customer only claimed move to this
+    # customer (at no more than the message's tie, which is asserted or better here).
+    taken, more = _admit(
+        policy,
+        work,
+        [
+            _capped(s, chosen_tie)
+            for s in proven.values()
+            if owners[s.identifier.key] != customer_id
+        ],
+    )
+    refused.extend(more)
     # Unknown identifiers are linked to the chosen customer only when no other customer
     # is involved; otherwise it is not clear whose they are.
-    links = tuple(unknown) if not others else ()
+    links: list[SenderIdentifier] = []
+    if not others:
+        links, more = _admit(policy, work, [_capped(s, chosen_tie) for s in unknown])
+        refused.extend(more)
+    takeovers = ()
+    notes = []
+    if taken:
+        takeovers, notes = _takeovers(
+            policy,
+            taken,
+            proven,
+            owners,
+            customers,
+            _holding(state, customer_id, work),
+            customer_id,
+            set(others),
+            suggested,
+        )
     reason = f"{best.identifier} ({best.trust.value}) belongs to customer {customer_id}"
     if links:
-        reason += "; linked " + ", ".join(f"{s.identifier} ({s.trust.value})" for s in links)
-    if others:
-        reason += "; other identifiers point at " + ", ".join(others) + " (not merged)"
+        reason += "; linked " + _names(links)
+    for note in notes:
+        reason += f"; {note}"
+    if refused:
+        reason += "; not linked: " + "; ".join(why for _s, why in refused)
+    for v in verdicts:
+        reason += f"; {v.decision.reason}"
+    reason += ignored_note
     evidence = {"identifier": str(best.identifier), "trust": best.trust.value}
     if others:
         evidence["others"] = ",".join(others)
+    if takeovers:
+        evidence["taken_over"] = ",".join(
+            f"{t.identifier.identifier}<-{t.claimant}" for t in takeovers
+        )
+    if ignored:
+        evidence["ignored"] = _names(ignored)
     return Resolution(
         decision=Decision(rule="exact_match", reason=reason, evidence=evidence),
         customer_id=customer_id,
-        links=links,
+        links=tuple(links),
         upgrades=tuple(upgrades),
         others=others,
         matched=best.identifier,
-        trust=best.trust,
+        trust=chosen_tie,
+        ignored=ignored,
+        refused=tuple(refused),
+        verdicts=tuple(verdicts),
+        takeovers=takeovers,
     )
+
+
+@dataclass(frozen=True)
+class DisclosurePolicy:
+    """What a session may see, by the trust of the identifier it arrived with.
+
+    A session tied to a customer through an identifier presented **and** linked at
+    ``min_trust`` or better (default ``asserted``) sees the customer's earlier history
+    (all their threads). Anything weaker (a claim) sees only the current thread, from
+    the session's own first message on. ``min_trust`` cannot be ``claimed``.
+    """
+
+    min_trust: Trust = Trust.ASSERTED
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_trust, Trust) or self.min_trust < Trust.ASSERTED:
+            raise ValidationError("the disclosure minimum trust must be asserted or verified")
+
+    def decide(
+        self, identifier: Identifier | None, presented: Trust, linked: Trust | None
+    ) -> Decision:
+        """``rule`` is ``"history"`` (earlier history visible) or ``"current_thread"``."""
+        name = str(identifier) if identifier is not None else "no identifier"
+        effective = tie_trust(presented, linked) if linked is not None else None
+        evidence = {
+            "identifier": name,
+            "presented": presented.value,
+            "linked": linked.value if linked is not None else "not linked",
+            "minimum": self.min_trust.value,
+        }
+        if effective is not None and effective >= self.min_trust:
+            return Decision(
+                rule="history",
+                reason=(
+                    f"{name} is {effective.value} (presented {presented.value}, linked "
+                    f"{linked.value if linked else '-'}); earlier history is disclosed"
+                ),
+                evidence=evidence,
+            )
+        if linked is None:
+            why = f"{name} is not linked to the customer"
+        else:
+            why = (
+                f"{name} is only {effective.value if effective else presented.value} "
+                f"(presented {presented.value}, linked {linked.value})"
+            )
+        return Decision(
+            rule="current_thread",
+            reason=f"{why}; history needs {self.min_trust.value}: only the current thread",
+            evidence=evidence,
+        )
