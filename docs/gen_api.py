@@ -46,8 +46,18 @@ def _signature(obj: object) -> str:
         text = str(inspect.signature(obj))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return ""
-    # object reprs in defaults carry memory addresses: keep the output reproducible
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+    # object reprs in defaults carry memory addresses, and set reprs follow hash order:
+    # keep the output reproducible
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+    return re.sub(r"(frozenset\(|set\()?\{([^{}]*)\}", _sorted_set, text)
+
+
+def _sorted_set(match: re.Match[str]) -> str:
+    prefix, body = match.group(1) or "", match.group(2)
+    if not prefix and ":" in body:  # a dict literal: insertion order is stable
+        return match.group(0)
+    items = sorted(item.strip() for item in body.split(",") if item.strip())
+    return prefix + "{" + ", ".join(items) + "}"
 
 
 def _describe(name: str, obj: object) -> list[str]:

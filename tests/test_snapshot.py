@@ -433,7 +433,14 @@ def test_customer_snapshot_applies_the_disclosure_policy() -> None:
             sent_at=clock.now(),
         )
 
-    first = convs.ingest(msg("SM1", "my card ends 4242, order AC-1", phone, ct.SenderIdentifier(mail, ct.Trust.CLAIMED)))
+    first = convs.ingest(
+        msg(
+            "SM1",
+            "my card ends 4242, order AC-1",
+            phone,
+            ct.SenderIdentifier(mail, ct.Trust.CLAIMED),
+        )
+    )
     claimed = convs.ingest(msg("<m1@x>", "any news?", ct.SenderIdentifier(mail, ct.Trust.CLAIMED)))
     assert claimed.thread_id == first.thread_id
 

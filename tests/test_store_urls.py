@@ -106,7 +106,9 @@ def test_postgres_url_with_schema(pg_schema: str) -> None:
     assert isinstance(store, PostgresStore) and store.schema == pg_schema
     store.commit(Batch(puts=(Put("ns", "k", b"v"),)))
     store.close()
-    again = open_store(f"{POSTGRES_URL.replace('postgresql://', 'postgres://')}{sep}schema={pg_schema}")
+    again = open_store(
+        f"{POSTGRES_URL.replace('postgresql://', 'postgres://')}{sep}schema={pg_schema}"
+    )
     assert again.get("ns", "k") == Item(b"v", 1)
     again.close()
 
@@ -262,6 +264,7 @@ class _Blocking:
 
 class TestAsyncPostgresStore(StoreConformance):
     """The kit's required cases and state machines, through the asyncio store."""
+
     # Every example is a fresh schema (a pool, a migration, a drop): fewer of them.
     machine_settings = settings(
         max_examples=12,

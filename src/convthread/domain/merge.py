@@ -179,9 +179,7 @@ class MergePolicy:
         kind = identifier.kind
         answer = (
             identifier in self.blocked
-            or any(
-                p.fullmatch(str(identifier)) for k, p in self._compiled if not k or k == kind
-            )
+            or any(p.fullmatch(str(identifier)) for k, p in self._compiled if not k or k == kind)
             or any(pred(identifier) for pred in self.blocked_if)
         )
         if len(cache) >= _CACHE_LIMIT:

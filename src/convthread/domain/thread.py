@@ -173,9 +173,7 @@ def lifecycle_change(
     elif until is not None:
         raise ValidationError("'until' only applies when snoozing")
     reopened = to is ThreadStatus.OPEN and state.status is ThreadStatus.RESOLVED
-    return LifecycleChanged(
-        at=now, status=to, reason=reason, by=by, until=until, reopened=reopened
-    )
+    return LifecycleChanged(at=now, status=to, reason=reason, by=by, until=until, reopened=reopened)
 
 
 def wake_on_inbound(state: ThreadState, now: datetime, channel: str) -> LifecycleChanged | None:

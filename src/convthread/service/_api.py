@@ -45,6 +45,7 @@ from convthread.service._drivers import (
     run_async,
     run_sync,
 )
+from convthread.service._erasure import ErasureReport
 from convthread.service._identity import (
     Disclosure,
     Explanation,
@@ -273,7 +274,7 @@ class Conversations:
 
     # -- erasure
 
-    def erase_customer(self, customer_id: str, *, by: str = "") -> _erasure.ErasureReport:
+    def erase_customer(self, customer_id: str, *, by: str = "") -> ErasureReport:
         """Erase a customer: identifiers, message content, attributes, snapshots and every
         index entry that carries personal data, then scrub the store. Idempotent.
 
@@ -307,9 +308,7 @@ class Conversations:
             self.store, partial(_threads.apply, self.config, result), self.config.max_retries
         )
 
-    def record_provider_id(
-        self, thread_id: str, seq: int, provider_message_id: str
-    ) -> ApplyResult:
+    def record_provider_id(self, thread_id: str, seq: int, provider_message_id: str) -> ApplyResult:
         """Record the provider's id of outbound message ``seq``, learnt after ``send``;
         statuses the provider reported for it earlier are applied."""
         op = partial(_threads.record_provider_id, self.config, thread_id, seq, provider_message_id)
@@ -358,9 +357,7 @@ class Conversations:
         reason: str = "",
     ) -> ThreadState:
         """Snooze a thread until a time; ``sweep`` wakes it, as does a customer message."""
-        return self.set_status(
-            thread_id, ThreadStatus.SNOOZED, until=until, by=by, reason=reason
-        )
+        return self.set_status(thread_id, ThreadStatus.SNOOZED, until=until, by=by, reason=reason)
 
     def close_thread(
         self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
@@ -368,9 +365,7 @@ class Conversations:
         """Close a thread for good (a later message starts a successor)."""
         return self.set_status(thread_id, ThreadStatus.CLOSED, by=by, reason=reason)
 
-    def sweep(
-        self, now: datetime, *, policy: LifecyclePolicy | None = None
-    ) -> SweepResult:
+    def sweep(self, now: datetime, *, policy: LifecyclePolicy | None = None) -> SweepResult:
         """Apply the time-based lifecycle moves due at ``now``: wake snoozed threads,
         auto-resolve inactive ones (``policy``, default the service's). Nothing runs in
         the background: call this from your scheduler."""
@@ -386,9 +381,7 @@ class Conversations:
 
     def find_message(self, channel: str, provider_message_id: str) -> MessageLocation | None:
         """Where a provider message id landed (thread and sequence number), or None."""
-        return run_sync(
-            self.store, partial(_threads.find_message, channel, provider_message_id), 0
-        )
+        return run_sync(self.store, partial(_threads.find_message, channel, provider_message_id), 0)
 
     def threads(
         self,
@@ -888,7 +881,7 @@ class AsyncConversations:
             self.store, partial(_reads.find_customer, self.config, identifier), 0
         )
 
-    async def erase_customer(self, customer_id: str, *, by: str = "") -> _erasure.ErasureReport:
+    async def erase_customer(self, customer_id: str, *, by: str = "") -> ErasureReport:
         """Erase a customer (see :meth:`Conversations.erase_customer`)."""
         return await run_async(
             self.store,
@@ -978,9 +971,7 @@ class AsyncConversations:
         """Close a thread for good (a later message starts a successor)."""
         return await self.set_status(thread_id, ThreadStatus.CLOSED, by=by, reason=reason)
 
-    async def sweep(
-        self, now: datetime, *, policy: LifecyclePolicy | None = None
-    ) -> SweepResult:
+    async def sweep(self, now: datetime, *, policy: LifecyclePolicy | None = None) -> SweepResult:
         """Apply the time-based lifecycle moves due at ``now``: wake snoozed threads,
         auto-resolve inactive ones (``policy``, default the service's). Nothing runs in
         the background: call this from your scheduler."""

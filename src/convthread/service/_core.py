@@ -19,8 +19,8 @@ import msgspec
 from convthread import codec
 from convthread.domain.continuity import ContinuityPolicy
 from convthread.domain.events import CustomerEvent, ThreadEvent
-from convthread.domain.identifiers import IdentifierRegistry, default_registry
 from convthread.domain.handoff import HandoffRule
+from convthread.domain.identifiers import IdentifierRegistry, default_registry
 from convthread.domain.identity import DisclosurePolicy
 from convthread.domain.merge import MergePolicy
 from convthread.domain.redaction import DEFAULT_POLICIES, RedactionPolicy
@@ -150,7 +150,9 @@ def get_many(ns: str, keys: Sequence[str]) -> Op[dict[str, Item]]:
     return result
 
 
-def scan(ns: str, prefix: str = "", after: str = "", limit: int = 1000) -> Op[list[tuple[str, Item]]]:
+def scan(
+    ns: str, prefix: str = "", after: str = "", limit: int = 1000
+) -> Op[list[tuple[str, Item]]]:
     result: list[tuple[str, Item]] = yield ("scan", (ns, prefix, after, limit))
     return result
 
@@ -211,9 +213,7 @@ def activity_key(state: ThreadState) -> str:
     return f"{state.status.value}|{time_key(last)}|{state.id}"
 
 
-def thread_index_ops(
-    old: ThreadState | None, new: ThreadState
-) -> tuple[list[Put], list[Delete]]:
+def thread_index_ops(old: ThreadState | None, new: ThreadState) -> tuple[list[Put], list[Delete]]:
     """The index writes that go with replacing ``old`` by ``new`` in NS_THREAD.
 
     Every operation that writes a thread's cached state must add these to its batch, so

@@ -32,7 +32,7 @@ def run_sync(store: Store, factory: Callable[[], Op[T]], max_retries: int) -> T:
             while True:
                 try:
                     result = getattr(store, name)(*args)
-                except ConflictError as exc:
+                except ConflictError:
                     if name != "commit" or attempt >= max_retries:
                         raise
                     gen.close()

@@ -111,7 +111,9 @@ def normalize_sender(config: Config, inbound: Inbound) -> tuple[SenderIdentifier
     registry = config.identifiers
     for s in inbound.sender:
         if not isinstance(s, SenderIdentifier):
-            raise ValidationError(f"sender entries must be SenderIdentifier, not {type(s).__name__}")
+            raise ValidationError(
+                f"sender entries must be SenderIdentifier, not {type(s).__name__}"
+            )
         ident = registry.renormalize(s.identifier)
         if ident.key in seen:
             continue
@@ -175,9 +177,7 @@ def ingest(config: Config, inbound: Inbound) -> Op[IngestResult]:
     if custom_key is not None:
         writes.put(NS_IDEM, custom_key, ref, ABSENT)
     # 5. Handoff rules and the snapshot checkpoint, in the same batch.
-    handoff = yield from _handoff.after_ingest(
-        config, writes, choice.thread, thread_id, event, seq
-    )
+    handoff = yield from _handoff.after_ingest(config, writes, choice.thread, thread_id, event, seq)
     yield from core.commit(writes.batch())
     return IngestResult(
         customer_id=customer_id,

@@ -55,9 +55,7 @@ def customer(customer_id: str) -> Op[CustomerView]:
     state, _version = yield from core.load_customer(customer_id)
     evs = yield from core.read_customer_events(customer_id)
     threads = yield from customer_threads(customer_id)
-    return CustomerView(
-        state=state, events=tuple(evs), thread_ids=tuple(t.id for t in threads)
-    )
+    return CustomerView(state=state, events=tuple(evs), thread_ids=tuple(t.id for t in threads))
 
 
 def find_customer(config: Config, identifier: Identifier) -> Op[str | None]:

@@ -212,8 +212,7 @@ def snapshot(
     if session is not None:
         if session.thread_id != thread_id:
             raise PolicyViolation(
-                f"the session's message is in thread {session.thread_id!r}, "
-                f"not {thread_id!r}"
+                f"the session's message is in thread {session.thread_id!r}, not {thread_id!r}"
             )
         seen = yield from _identity.disclosure(config, session)
         if seen.scope != "history":

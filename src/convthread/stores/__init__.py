@@ -58,9 +58,7 @@ def _postgres_args(url: str, parts: Any) -> tuple[str, dict[str, Any]]:
             options["schema"] = value
         else:
             rest.append((name, value))
-    clean = urlunsplit(
-        ("postgresql", parts.netloc, parts.path, urlencode(rest), parts.fragment)
-    )
+    clean = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), parts.fragment))
     return clean, options
 
 

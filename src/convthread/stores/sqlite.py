@@ -263,8 +263,7 @@ class SQLiteStore:
             current = row[0] or 0
             if current != append.expected:
                 raise ConflictError(
-                    f"stream {append.stream!r} is at version {current}, "
-                    f"expected {append.expected}"
+                    f"stream {append.stream!r} is at version {current}, expected {append.expected}"
                 )
         ops: tuple[Put | Delete, ...] = (*batch.puts, *batch.deletes)
         for op in ops:
