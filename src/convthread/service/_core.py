@@ -24,12 +24,13 @@ from convthread.domain.identifiers import IdentifierRegistry, default_registry
 from convthread.domain.identity import DisclosurePolicy
 from convthread.domain.merge import MergePolicy
 from convthread.domain.redaction import DEFAULT_POLICIES, RedactionPolicy
-from convthread.domain.thread import CustomerState, LifecyclePolicy, ThreadState
+from convthread.domain.thread import CustomerState, LifecyclePolicy, ThreadState, evolve_customer
 from convthread.domain.tokens import KeyRing
 from convthread.errors import NotFound
 from convthread.ports import (
     ABSENT,
     ANY,
+    Append,
     Batch,
     Clock,
     Delete,
@@ -243,3 +244,58 @@ def thread_index_ops(old: ThreadState | None, new: ThreadState) -> tuple[list[Pu
         if new.snoozed_until is not None:
             puts.append(Put(NS_SNOOZE, f"{time_key(new.snoozed_until)}|{new.id}", _NONE, ANY))
     return puts, deletes
+
+
+class Writes:
+    """Collects the batch of one operation: appends, puts and deletes, committed together.
+
+    Every service operation builds its batch with this, so how a thread's cached state
+    and its query indexes, or a customer's state and stream, are written lives here once.
+    """
+
+    def __init__(self) -> None:
+        self.appends: list[Append] = []
+        self.puts: list[Put] = []
+        self.deletes: list[Delete] = []
+
+    def append(
+        self, stream: str, expected: int, events: Sequence[ThreadEvent | CustomerEvent]
+    ) -> None:
+        self.appends.append(Append(stream, expected, tuple(codec.encode(e) for e in events)))
+
+    def put(self, ns: str, key: str, value: object, expected: int = ANY) -> None:
+        data = value if isinstance(value, bytes) else codec.encode(value)
+        self.puts.append(Put(ns, key, data, expected))
+
+    def delete(self, ns: str, key: str, expected: int = ANY) -> None:
+        self.deletes.append(Delete(ns, key, expected))
+
+    def thread(self, old: ThreadState | None, new: ThreadState, expected: int) -> None:
+        """Write a thread's cached state and move its query indexes with it."""
+        self.puts.append(Put(NS_THREAD, new.id, codec.encode(new), expected))
+        puts, deletes = thread_index_ops(old, new)
+        self.puts.extend(puts)
+        self.deletes.extend(deletes)
+
+    def customer(
+        self,
+        customer_id: str,
+        state: CustomerState | None,
+        item_version: int,
+        events: list[CustomerEvent],
+    ) -> CustomerState:
+        """Append ``events`` to the customer's stream and write the folded state."""
+        expected = state.version if state is not None else 0
+        seq = expected
+        for ev in events:
+            seq += 1
+            state = evolve_customer(state, customer_id, seq, ev)
+        assert state is not None
+        self.append(customer_id, expected, events)
+        self.put(NS_CUSTOMER, customer_id, state, item_version)
+        return state
+
+    def batch(self) -> Batch:
+        return Batch(
+            appends=tuple(self.appends), puts=tuple(self.puts), deletes=tuple(self.deletes)
+        )

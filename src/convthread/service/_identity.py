@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from convthread import codec
 from convthread.domain.events import (
     CustomerCreated,
     CustomerEvent,
@@ -70,7 +69,7 @@ from convthread.errors import (
     ValidationError,
     VerificationError,
 )
-from convthread.ports import ABSENT, ANY, Append, Batch, Delete, Item, Put
+from convthread.ports import ABSENT, ANY, Append, Delete, Item, Put
 from convthread.service import _core as core
 from convthread.service import _reads
 from convthread.service._core import (
@@ -88,6 +87,7 @@ from convthread.service._core import (
     IdentRef,
     Op,
 )
+from convthread.service._core import Writes as _Writes
 from convthread.service._results import IngestResult, StoredEvent, ThreadView
 
 __all__ = [
@@ -277,56 +277,6 @@ class History(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # --------------------------------------------------------------------------- writes
-
-
-class _Writes:
-    """The batch of one identity operation."""
-
-    def __init__(self) -> None:
-        self.appends: list[Append] = []
-        self.puts: list[Put] = []
-        self.deletes: list[Delete] = []
-
-    def append(
-        self, stream: str, expected: int, events: Sequence[ThreadEvent | CustomerEvent]
-    ) -> None:
-        self.appends.append(Append(stream, expected, tuple(codec.encode(e) for e in events)))
-
-    def put(self, ns: str, key: str, value: object, expected: int = ANY) -> None:
-        data = value if isinstance(value, bytes) else codec.encode(value)
-        self.puts.append(Put(ns, key, data, expected))
-
-    def delete(self, ns: str, key: str, expected: int = ANY) -> None:
-        self.deletes.append(Delete(ns, key, expected))
-
-    def thread(self, old: ThreadState, new: ThreadState, expected: int) -> None:
-        self.puts.append(Put(NS_THREAD, new.id, codec.encode(new), expected))
-        puts, deletes = core.thread_index_ops(old, new)
-        self.puts.extend(puts)
-        self.deletes.extend(deletes)
-
-    def customer(
-        self,
-        customer_id: str,
-        state: CustomerState | None,
-        item_version: int,
-        events: list[CustomerEvent],
-    ) -> CustomerState:
-        """Append ``events`` to the customer's stream and write the folded state."""
-        expected = state.version if state is not None else 0
-        seq = expected
-        for ev in events:
-            seq += 1
-            state = evolve_customer(state, customer_id, seq, ev)
-        assert state is not None
-        self.append(customer_id, expected, events)
-        self.put(NS_CUSTOMER, customer_id, state, item_version)
-        return state
-
-    def batch(self) -> Batch:
-        return Batch(
-            appends=tuple(self.appends), puts=tuple(self.puts), deletes=tuple(self.deletes)
-        )
 
 
 def sender_first(inbound: Inbound) -> Identifier:

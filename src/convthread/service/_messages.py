@@ -6,7 +6,6 @@ all written in one batch (one store transaction).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
@@ -19,7 +18,6 @@ from convthread.domain.continuity import (
     reference_token,
 )
 from convthread.domain.events import (
-    CustomerEvent,
     Decision,
     LifecycleChanged,
     MessageReceived,
@@ -45,7 +43,7 @@ from convthread.errors import (
     StaleControllerError,
     ValidationError,
 )
-from convthread.ports import ABSENT, ANY, Append, Batch, Delete, Item, Put
+from convthread.ports import ABSENT, ANY, Item
 from convthread.service import _core as core
 from convthread.service import _handoff, _identity
 from convthread.service._core import (
@@ -61,6 +59,7 @@ from convthread.service._core import (
     MsgRef,
     Op,
 )
+from convthread.service._core import Writes as _Writes
 from convthread.service._marks import decode_early, early_events
 from convthread.service._results import IngestResult, SendResult
 
@@ -69,39 +68,6 @@ _EMPTY = b""
 #: What _continuity_context loaded for _append_message: the open pointer's entry (if
 #: any) and the index versions of the threads it loaded.
 _Loaded = tuple["Item | None", dict[str, int]]
-
-
-class _Writes:
-    """Collects the batch of one operation."""
-
-    def __init__(self) -> None:
-        self.appends: list[Append] = []
-        self.puts: list[Put] = []
-        self.deletes: list[Delete] = []
-
-    def append(
-        self, stream: str, expected: int, events: Sequence[ThreadEvent | CustomerEvent]
-    ) -> None:
-        self.appends.append(Append(stream, expected, tuple(codec.encode(e) for e in events)))
-
-    def put(self, ns: str, key: str, value: object, expected: int = ANY) -> None:
-        data = value if isinstance(value, bytes) else codec.encode(value)
-        self.puts.append(Put(ns, key, data, expected))
-
-    def delete(self, ns: str, key: str, expected: int = ANY) -> None:
-        self.deletes.append(Delete(ns, key, expected))
-
-    def thread(self, old: ThreadState | None, new: ThreadState, expected: int) -> None:
-        """Write a thread's cached state and move its query indexes with it."""
-        self.puts.append(Put(NS_THREAD, new.id, codec.encode(new), expected))
-        puts, deletes = core.thread_index_ops(old, new)
-        self.puts.extend(puts)
-        self.deletes.extend(deletes)
-
-    def batch(self) -> Batch:
-        return Batch(
-            appends=tuple(self.appends), puts=tuple(self.puts), deletes=tuple(self.deletes)
-        )
 
 
 def normalize_sender(config: Config, inbound: Inbound) -> tuple[SenderIdentifier, ...]:

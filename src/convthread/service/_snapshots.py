@@ -13,13 +13,11 @@ it (see :func:`maintain_checkpoint`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from typing import Final
 
 import msgspec
 
 from convthread import codec
-from convthread.domain.events import CustomerEvent, ThreadEvent
 from convthread.domain.redaction import policy_for
 from convthread.domain.snapshot import (
     Snapshot,
@@ -28,17 +26,17 @@ from convthread.domain.snapshot import (
     fold_snapshot,
     project,
 )
-from convthread.domain.thread import CustomerState, ThreadState
+from convthread.domain.thread import CustomerState
 from convthread.errors import NotFound, PolicyViolation, ValidationError
-from convthread.ports import ABSENT, ANY, Append, Batch, Delete, Item, Put
+from convthread.ports import ABSENT, Append, Item, Put
 from convthread.service import _core as core
 from convthread.service import _identity
 from convthread.service._core import (
     NS_CUSTOMER,
     NS_HSNAP,
-    NS_THREAD,
     Config,
     Op,
+    Writes,
 )
 from convthread.service._results import IngestResult
 
@@ -64,39 +62,6 @@ class _SeqOnly(msgspec.Struct):
 
 
 _seq_only: Final = msgspec.msgpack.Decoder(_SeqOnly)  # reads a checkpoint's seq, skips the rest
-
-
-class Writes:
-    """Collects the batch of one operation (appends, puts, deletes)."""
-
-    def __init__(self) -> None:
-        self.appends: list[Append] = []
-        self.puts: list[Put] = []
-        self.deletes: list[Delete] = []
-
-    def append(
-        self, stream: str, expected: int, events: Sequence[ThreadEvent | CustomerEvent]
-    ) -> None:
-        self.appends.append(Append(stream, expected, tuple(codec.encode(e) for e in events)))
-
-    def put(self, ns: str, key: str, value: object, expected: int = ANY) -> None:
-        data = value if isinstance(value, bytes) else codec.encode(value)
-        self.puts.append(Put(ns, key, data, expected))
-
-    def delete(self, ns: str, key: str, expected: int = ANY) -> None:
-        self.deletes.append(Delete(ns, key, expected))
-
-    def thread(self, old: ThreadState, new: ThreadState, expected: int) -> None:
-        """Write a thread's cached state and move its query indexes with it."""
-        self.puts.append(Put(NS_THREAD, new.id, codec.encode(new), expected))
-        puts, deletes = core.thread_index_ops(old, new)
-        self.puts.extend(puts)
-        self.deletes.extend(deletes)
-
-    def batch(self) -> Batch:
-        return Batch(
-            appends=tuple(self.appends), puts=tuple(self.puts), deletes=tuple(self.deletes)
-        )
 
 
 def decode_snapshot_state(data: bytes) -> SnapshotState:

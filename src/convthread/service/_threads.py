@@ -90,6 +90,7 @@ from convthread.service._core import (
     MsgRef,
     Op,
 )
+from convthread.service._core import Writes as _Writes
 from convthread.service._marks import (
     MAX_EARLY,
     EarlyStatus,
@@ -98,7 +99,6 @@ from convthread.service._marks import (
     decode_mark,
     early_events,
 )
-from convthread.service._messages import _Writes
 from convthread.service._results import IngestResult
 
 __all__ = [
