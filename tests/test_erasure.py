@@ -374,3 +374,38 @@ def test_send_to_an_erased_customers_thread_is_refused() -> None:
     with pytest.raises(ErasedError):
         convs.send(result.thread_id, "are you still there?", sender="agent:alice")
     assert len(convs.events(result.thread_id)) == before
+
+
+def test_handoff_reasons_are_erased_from_records_and_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A handoff requested 'because the customer said X' must not keep X after erasure."""
+    from datetime import datetime, timezone
+
+    import convthread as ct
+    from convthread.stores import SQLiteStore
+
+    marker = "HANDOFF-MARKER-7Q2Z"
+    db = tmp_path / "handoff.db"
+    clock = ct.ManualClock(datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc))
+    convs = ct.Conversations(SQLiteStore(db), clock=clock, ids=ct.SequentialIds())
+    first = convs.ingest(
+        ct.Inbound(
+            channel="sms",
+            provider_message_id="SM-h1",
+            sender=(ct.SenderIdentifier(ct.phone("+447911123456"), ct.Trust.ASSERTED),),
+            content=ct.Content(text="please call me"),
+            sent_at=clock.now(),
+        )
+    )
+    h = convs.request_handoff(first.thread_id, to="queue:support", reason=f"customer says {marker}")
+    assert marker in convs.handoff(h.id).reason
+    convs.erase_customer(first.customer_id)
+    assert convs.handoff(h.id).reason == ""
+    assert convs.handoff(h.id).status is not None  # the skeleton stays
+    convs.erase_customer(first.customer_id)  # idempotent
+    convs.close()
+    data = b"".join(
+        p.read_bytes()
+        for p in (db, tmp_path / "handoff.db-wal", tmp_path / "handoff.db-shm")
+        if p.exists()
+    )
+    assert marker.encode() not in data

@@ -67,11 +67,12 @@ from convthread.domain.thread import CustomerState, evolve_customer, fold
 from convthread.errors import NotFound
 from convthread.ports import ANY, Append, Batch, Delete, Put, Rewrite
 from convthread.service import _core as core
-from convthread.service import _identity
+from convthread.service import _handoff, _identity
 from convthread.service._core import (
     NS_CTHREADS,
     NS_CUSTOMER,
     NS_EARLY,
+    NS_HANDOFF,
     NS_HSNAP,
     NS_IDEM,
     NS_IDENT,
@@ -246,7 +247,8 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
         if core.decode_identref(item.value).customer_id in member_ids:
             deletes.append(Delete(NS_IDENT, key, item.version))
 
-    # 3. Threads: content, cached state, message keys, marks, snapshots.
+    # 3. Threads: content, cached state, message keys, marks, snapshots, handoff records.
+    handoff_ids: set[str] = set()
     existing = yield from core.get_many(NS_THREAD, list(thread_ids))
     for tid in thread_ids:
         titem = existing.get(tid)
@@ -262,6 +264,9 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
             tev = codec.decode_event(rec.data)
             if isinstance(tev, MessageReceived | MessageSent):
                 channel_of[rec.seq] = tev.channel
+            handoff_id = getattr(tev, "handoff_id", "")
+            if handoff_id:
+                handoff_ids.add(handoff_id)
             deletes.extend(_message_keys(tev, channel_of))
             erased_tev = erased_thread_event(tev)
             data = codec.encode(erased_tev)
@@ -281,6 +286,15 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
         for ns in (NS_MARK, NS_HSNAP):
             entries = yield from _scan_all(ns, f"{tid}|")
             deletes.extend(Delete(ns, key, ANY) for key in entries)
+
+    # Handoff records keep the free-text reason a handoff was requested for (it may
+    # quote the customer): blanked, like the reasons in the rewritten events.
+    handoff_items = yield from core.get_many(NS_HANDOFF, sorted(handoff_ids))
+    for hid, hitem in handoff_items.items():
+        hrecord = _handoff.decode_record(hitem.value)
+        if hrecord.reason:
+            blank = msgspec.structs.replace(hrecord, reason="")
+            puts.append(Put(NS_HANDOFF, hid, codec.encode(blank), hitem.version))
 
     # 4. Records that name a member or one of the identifiers: verifications (they hold
     # the identifier), continuation tokens, token failure windows (keyed by identifier),
