@@ -97,6 +97,13 @@ def load_handoff(handoff_id: str) -> Op[tuple[HandoffRecord, Item]]:
     return decode_record(item.value), item
 
 
+def find_handoff(handoff_id: str) -> Op[HandoffRecord | None]:
+    """The handoff's record, or None when the id is new (a first request, release or
+    transfer under that id)."""
+    item = yield from core.get(NS_HANDOFF, handoff_id)
+    return None if item is None else decode_record(item.value)
+
+
 def get_handoff(handoff_id: str) -> Op[HandoffRecord]:
     record, _item = yield from load_handoff(handoff_id)
     return record
@@ -165,8 +172,7 @@ def request(
     handoff_id: str | None,
 ) -> Op[HandoffResult]:
     hid = handoff_id or config.ids.new_id("ho")
-    existing = yield from core.get(NS_HANDOFF, hid)
-    record = decode_record(existing.value) if existing is not None else None
+    record = yield from find_handoff(hid)
     state, item_version = yield from core.load_thread(thread_id)
     step = decide_request(
         state,
@@ -279,8 +285,7 @@ def release(
     handoff_id: str | None,
 ) -> Op[HandoffResult]:
     hid = handoff_id or config.ids.new_id("ho")
-    existing = yield from core.get(NS_HANDOFF, hid)
-    record = decode_record(existing.value) if existing is not None else None
+    record = yield from find_handoff(hid)
     state, item_version = yield from core.load_thread(thread_id)
     step = decide_release(
         state,
@@ -309,8 +314,7 @@ def transfer(
     handoff_id: str | None,
 ) -> Op[HandoffResult]:
     hid = handoff_id or config.ids.new_id("ho")
-    existing = yield from core.get(NS_HANDOFF, hid)
-    record = decode_record(existing.value) if existing is not None else None
+    record = yield from find_handoff(hid)
     state, item_version = yield from core.load_thread(thread_id)
     now = config.clock.now()
     step = decide_transfer(
