@@ -87,6 +87,123 @@ def run_memory(messages: list[ct.Inbound], profile: bool) -> float:
     return len(messages) / elapsed
 
 
+def floor(messages: list[ct.Inbound]) -> float:
+    """The least work any event-sourced ingest with explained continuity does per message,
+    written as tightly as CPython allows, with none of convthread's checks: look up the
+    dedupe key, the sender's customer and its live thread in dicts; build the
+    ``MessageReceived`` event with its two decisions; encode it; append it; write the
+    dedupe entry and the thread's new state (version, last activity). No identity policy,
+    no continuity rules, no validation, no fingerprint, no store protocol, no indexes.
+
+    What this reaches bounds what the full pipeline can reach on this interpreter."""
+    from convthread.domain.events import Decision, MessageReceived
+
+    encode = codec.encode
+    seen: dict[str, tuple[str, int]] = {}
+    owner: dict[str, str] = {}
+    live: dict[str, list[object]] = {}
+    streams: dict[str, list[bytes]] = {}
+    now = T0
+    start = time.perf_counter()
+    for m in messages:
+        key = f"{m.channel}|{m.provider_message_id}"
+        if key in seen:
+            continue
+        sender = m.sender[0]
+        ikey = sender.identifier.key
+        cid = owner.get(ikey)
+        if cid is None:
+            cid = owner[ikey] = f"cu_{len(owner)}"
+        thread = live.get(cid)
+        if thread is None:
+            thread = live[cid] = [f"th_{cid}", 0, now]
+        tid = str(thread[0])
+        event = MessageReceived(
+            at=now,
+            channel=m.channel,
+            provider_message_id=m.provider_message_id,
+            idempotency_key=key,
+            fingerprint="",
+            sender=sender,
+            content=m.content,
+            sent_at=m.sent_at,
+            decision=Decision(rule="recency", reason=f"continues {tid}"),
+            resolution=Decision(rule="known", reason=f"{ikey} -> {cid}"),
+        )
+        streams.setdefault(tid, []).append(encode(event))
+        thread[1] = int(thread[1]) + 1  # type: ignore[call-overload]
+        thread[2] = m.sent_at
+        seen[key] = (tid, int(thread[1]))  # type: ignore[call-overload]
+    return len(messages) / (time.perf_counter() - start)
+
+
+def floor_store(messages: list[ct.Inbound]) -> float:
+    """:func:`floor`, plus what the store protocol asks of every ingest (the batch that
+    ``ingest`` commits for a message continuing a live thread): the thread's cached state
+    encoded and put by compare-and-set, its activity index entry moved, the dedupe entry
+    put, all committed atomically to a ``MemoryStore``. Still no identity policy,
+    continuity rules, validation or fingerprint."""
+    from convthread.domain.events import Decision, MessageReceived, ThreadStarted
+    from convthread.domain.thread import evolve, start_state
+    from convthread.ports import ABSENT, Append, Batch, Delete, Put
+    from convthread.service._core import NS_MSG, NS_TACTIVE, NS_THREAD, MsgRef, activity_key
+
+    encode = codec.encode
+    store = MemoryStore()
+    owner: dict[str, str] = {}
+    live: dict[str, tuple[object, int]] = {}  # customer -> (ThreadState, item version)
+    now = T0
+    start = time.perf_counter()
+    for m in messages:
+        key = f"{m.channel}|{m.provider_message_id}"
+        if store.get(NS_MSG, key) is not None:
+            continue
+        sender = m.sender[0]
+        ikey = sender.identifier.key
+        cid = owner.get(ikey)
+        if cid is None:
+            cid = owner[ikey] = f"cu_{len(owner)}"
+        entry = live.get(cid)
+        if entry is None:
+            tid = f"th_{cid}"
+            started = ThreadStarted(at=now, customer_id=cid, channel=m.channel)
+            state, version, appends = start_state(tid, started), ABSENT, [encode(started)]
+        else:
+            state, version = entry  # type: ignore[assignment]
+            tid, appends = state.id, []  # type: ignore[attr-defined]
+        event = MessageReceived(
+            at=now,
+            channel=m.channel,
+            provider_message_id=m.provider_message_id,
+            idempotency_key=key,
+            fingerprint="",
+            sender=sender,
+            content=m.content,
+            sent_at=m.sent_at,
+            decision=Decision(rule="recency", reason=f"continues {tid}"),
+            resolution=Decision(rule="known", reason=f"{ikey} -> {cid}"),
+        )
+        appends.append(encode(event))
+        base = 0 if entry is None else state.version  # type: ignore[attr-defined]
+        seq = state.version + 1  # type: ignore[attr-defined]
+        new = evolve(state, seq, event)  # type: ignore[arg-type]
+        puts = [
+            Put(NS_THREAD, tid, encode(new), version),
+            Put(NS_MSG, key, encode(MsgRef(tid, seq, cid)), ABSENT),
+            Put(NS_TACTIVE, activity_key(new), b"", ABSENT),
+        ]
+        deletes = () if entry is None else (Delete(NS_TACTIVE, activity_key(state), -1),)  # type: ignore[arg-type]
+        store.commit(
+            Batch(
+                appends=(Append(tid, base, tuple(appends)),),
+                puts=tuple(puts),
+                deletes=deletes,
+            )
+        )
+        live[cid] = (new, 1 if entry is None else version + 1)
+    return len(messages) / (time.perf_counter() - start)
+
+
 def run_sqlite(messages: list[ct.Inbound], path: Path, batched: bool) -> float:
     store = SQLiteStore(path)
     convs = ct.Conversations(store, clock=ct.ManualClock(T0))
@@ -158,6 +275,17 @@ def main(argv: list[str]) -> int:
         mem = run_memory(messages, args.profile)
         print(
             f"memory   ingest                      {mem:>10,.0f} msg/s   (aim {AIM_MEMORY:,})",
+            flush=True,
+        )
+        low = max(floor(messages) for _ in range(3))
+        print(
+            f"floor    least work per message      {low:>10,.0f} msg/s   (see floor(): an upper"
+            " bound for any full pipeline here)",
+            flush=True,
+        )
+        low_store = max(floor_store(messages) for _ in range(3))
+        print(
+            f"floor    + the store protocol        {low_store:>10,.0f} msg/s   (see floor_store())",
             flush=True,
         )
         base1 = baseline(messages, d / "base1.db", 1)

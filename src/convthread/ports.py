@@ -33,6 +33,12 @@ Clarifications (the conformance kit checks each):
   ``scan`` orders by code point; ``after=""`` means from the start.
 * A closed store raises StoreError; driver errors are translated into ConflictError
   (another writer won), StoreUnavailable (connection lost) or StoreError.
+
+Optional capability: a store whose reads cost a round trip (a database server, a file)
+may also offer ``get_multi(keys)`` (:class:`MultiGet` / :class:`AsyncMultiGet`): the
+entries of several namespaces in one call. The service then fetches what an ingest will
+read in a few calls instead of one per namespace and step. A store without it works
+unchanged; the conformance kit checks it where a store declares it.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ __all__ = [
     "ABSENT",
     "ANY",
     "Append",
+    "AsyncMultiGet",
     "AsyncStore",
     "Batch",
     "Clock",
@@ -60,6 +67,7 @@ __all__ = [
     "IdSource",
     "Item",
     "ManualClock",
+    "MultiGet",
     "Put",
     "RandomIds",
     "Recorded",
@@ -202,6 +210,23 @@ class AsyncStore(Protocol):
     async def scrub(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class MultiGet(Protocol):
+    """Optional: reads of several namespaces in one call (see the module notes)."""
+
+    def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        """The entries that exist among ``keys``, (namespace, key) pairs, keyed by pair.
+        Duplicates are allowed; an empty ``keys`` gives an empty dict."""
+        ...
+
+
+@runtime_checkable
+class AsyncMultiGet(Protocol):
+    """The asyncio form of :class:`MultiGet`."""
+
+    async def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]: ...
 
 
 # --------------------------------------------------------------------------- clock, ids

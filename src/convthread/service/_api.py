@@ -7,7 +7,7 @@ worker threads).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from types import TracebackType
@@ -27,18 +27,28 @@ from convthread.domain.timeline import TimelineEntry
 from convthread.domain.tokens import KeyRing
 from convthread.domain.updates import ChannelResult, Unsupported
 from convthread.errors import ValidationError
-from convthread.ports import AsyncStore, Clock, IdSource, RandomIds, Store, SystemClock
+from convthread.ports import (
+    AsyncMultiGet,
+    AsyncStore,
+    Clock,
+    IdSource,
+    MultiGet,
+    RandomIds,
+    Store,
+    SystemClock,
+)
 from convthread.service import (
     _erasure,
     _handoff,
     _identity,
     _messages,
+    _prefetch,
     _reads,
     _snapshots,
     _threads,
     _tokens,
 )
-from convthread.service._core import Config
+from convthread.service._core import NS_IDENT, Config, Op
 from convthread.service._drivers import (
     InlineAsyncStore,
     ThreadedAsyncStore,
@@ -177,6 +187,7 @@ class Conversations:
     ) -> None:
         self.store: Store = _open(store)
         self.config = _config(clock, ids, identifiers, continuity, max_retries)
+        self.config.prefetch = isinstance(self.store, MultiGet)
         if lifecycle is not None:
             self.config.lifecycle = lifecycle
         if merge_policy is not None:
@@ -207,9 +218,8 @@ class Conversations:
 
     def ingest(self, inbound: Inbound) -> IngestResult:
         """Store an inbound message: deduplicate, resolve the customer, choose the thread."""
-        return run_sync(
-            self.store, partial(_messages.ingest, self.config, inbound), self.config.max_retries
-        )
+        op = partial(_ingest_op(self.config), self.config, inbound)
+        return run_sync(self.store, op, self.config.max_retries)
 
     def send(
         self,
@@ -270,7 +280,7 @@ class Conversations:
 
     def find_customer(self, identifier: Identifier) -> str | None:
         """The id of the customer an identifier is linked to, or None."""
-        return run_sync(self.store, partial(_reads.find_customer, self.config, identifier), 0)
+        return _reads.owner_of(self.store.get(NS_IDENT, _reads.ident_key(self.config, identifier)))
 
     # -- erasure
 
@@ -803,6 +813,7 @@ class AsyncConversations:
     ) -> None:
         self.store: AsyncStore = _as_async(store)
         self.config = _config(clock, ids, identifiers, continuity, max_retries)
+        self.config.prefetch = _has_multi(self.store)
         if lifecycle is not None:
             self.config.lifecycle = lifecycle
         if merge_policy is not None:
@@ -830,7 +841,9 @@ class AsyncConversations:
 
     async def ingest(self, inbound: Inbound) -> IngestResult:
         return await run_async(
-            self.store, partial(_messages.ingest, self.config, inbound), self.config.max_retries
+            self.store,
+            partial(_ingest_op(self.config), self.config, inbound),
+            self.config.max_retries,
         )
 
     async def send(
@@ -1386,6 +1399,17 @@ class AsyncConversations:
         identifier to the customer (evidence "token") and continues the thread."""
         op = partial(_tokens.redeem, self.config, token, sender, channel)
         return await run_async(self.store, op, self.config.max_retries)
+
+
+def _ingest_op(config: Config) -> Callable[[Config, Inbound], Op[IngestResult]]:
+    """Ingest with its reads prefetched where the store offers get_multi."""
+    return _prefetch.ingest if config.prefetch else _messages.ingest
+
+
+def _has_multi(store: AsyncStore) -> bool:
+    if isinstance(store, (InlineAsyncStore, ThreadedAsyncStore)):
+        return isinstance(store.sync, MultiGet)
+    return isinstance(store, AsyncMultiGet)
 
 
 def _as_async(store: AsyncStore | Store | str) -> AsyncStore:

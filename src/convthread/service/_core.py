@@ -134,6 +134,8 @@ class Config:
     handoff_rules: Sequence[HandoffRule] = ()
     redaction: Mapping[str, RedactionPolicy] = field(default_factory=lambda: DEFAULT_POLICIES)
     token_keys: KeyRing | None = None
+    # Set by the API from the store: it offers get_multi, so ingest prefetches its reads.
+    prefetch: bool = False
 
 
 # --------------------------------------------------------------------------- store calls

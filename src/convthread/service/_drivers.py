@@ -85,6 +85,10 @@ class InlineAsyncStore:
     async def get_many(self, ns: str, keys: Sequence[str]) -> dict[str, Item]:
         return self.sync.get_many(ns, keys)
 
+    async def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        """Only where the wrapped store offers it (see :class:`~convthread.ports.MultiGet`)."""
+        return self.sync.get_multi(keys)  # type: ignore[attr-defined,no-any-return]
+
     async def scan(
         self, ns: str, prefix: str = "", after: str = "", limit: int = 1000
     ) -> list[tuple[str, Item]]:
@@ -123,6 +127,10 @@ class ThreadedAsyncStore:
 
     async def get_many(self, ns: str, keys: Sequence[str]) -> dict[str, Item]:
         return await self._call(self.sync.get_many, ns, keys)
+
+    async def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        """Only where the wrapped store offers it (see :class:`~convthread.ports.MultiGet`)."""
+        return await self._call(self.sync.get_multi, keys)  # type: ignore[attr-defined]
 
     async def scan(
         self, ns: str, prefix: str = "", after: str = "", limit: int = 1000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from convthread.domain.model import Identifier
 from convthread.domain.thread import ThreadState
+from convthread.ports import Item
 from convthread.service import _core as core
 from convthread.service._core import NS_CTHREADS, NS_IDENT, NS_THREAD, Config, Op
 from convthread.service._results import CustomerView, StoredEvent, ThreadView
@@ -58,7 +59,18 @@ def customer(customer_id: str) -> Op[CustomerView]:
     return CustomerView(state=state, events=tuple(evs), thread_ids=tuple(t.id for t in threads))
 
 
-def find_customer(config: Config, identifier: Identifier) -> Op[str | None]:
-    ident = config.identifiers.renormalize(identifier)
-    item = yield from core.get(NS_IDENT, ident.key)
+def ident_key(config: Config, identifier: Identifier) -> str:
+    """The NS_IDENT key of ``identifier`` (normalized by the configured registry)."""
+    return config.identifiers.renormalize(identifier).key
+
+
+def owner_of(item: Item | None) -> str | None:
+    """The customer an NS_IDENT entry names (None for no entry)."""
     return None if item is None else core.decode_identref(item.value).customer_id
+
+
+def find_customer(config: Config, identifier: Identifier) -> Op[str | None]:
+    """As a store-call generator (the async API). The sync API makes the one read
+    directly: a lookup is on the hot path of every channel webhook."""
+    item = yield from core.get(NS_IDENT, ident_key(config, identifier))
+    return owner_of(item)

@@ -73,7 +73,7 @@ from convthread.errors import (
 )
 from convthread.ports import ABSENT, Append, Batch, Delete, Item, Put, Recorded
 from convthread.service import _core as core
-from convthread.service import _messages
+from convthread.service import _messages, _prefetch
 from convthread.service._core import (
     NS_CTHREADS,
     NS_EARLY,
@@ -99,6 +99,7 @@ from convthread.service._marks import (
     decode_mark,
     early_events,
 )
+from convthread.service._prefetch import Cache
 from convthread.service._results import IngestResult
 
 __all__ = [
@@ -704,9 +705,12 @@ def threads(
 class _Overlay:
     """The writes of a batch in progress, seen by the operations that follow in it."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: Cache | None = None) -> None:
         self.streams: dict[str, tuple[int, list[bytes]]] = {}  # stream -> (base, events)
         self.kv: dict[tuple[str, str], tuple[int, Item | None]] = {}  # -> (first exp., item)
+        # Entries read ahead of the batch (see _prefetch): consulted after the batch's own
+        # writes, before the store.
+        self.cache: Cache = cache if cache is not None else {}
         self._fake = 1 << 40
 
     def version(self, stream: str) -> int | None:
@@ -768,15 +772,24 @@ def _through(overlay: _Overlay, op: Op[Any]) -> Op[Any]:
             elif name == "get":
                 ns, key = args
                 hit = overlay.kv.get((ns, key))
-                result = hit[1] if hit is not None else (yield call)
+                if hit is not None:
+                    result = hit[1]
+                elif (ns, key) in overlay.cache:
+                    result = overlay.cache[(ns, key)]
+                else:
+                    result = yield call
             elif name == "get_many":
                 ns, keys = args
                 result = {}
                 missing = []
+                cache = overlay.cache
                 for k in keys:
                     hit = overlay.kv.get((ns, k))
                     if hit is None:
-                        missing.append(k)
+                        if (ns, k) not in cache:
+                            missing.append(k)
+                        elif (got := cache[(ns, k)]) is not None:
+                            result[k] = got
                     elif hit[1] is not None:
                         result[k] = hit[1]
                 if missing:
@@ -843,7 +856,8 @@ def ingest_many(config: Config, inbounds: Sequence[Inbound]) -> Op[list[IngestRe
     message (a typed error such as IdempotencyError or ValidationError) writes nothing;
     a conflict with another writer retries the whole batch.
     """
-    overlay = _Overlay()
+    cache = (yield from _prefetch.plan_ingest(config, inbounds)) if config.prefetch else None
+    overlay = _Overlay(cache)
     results: list[IngestResult] = []
     for inbound in inbounds:
         r = yield from _through(overlay, _messages.ingest(config, inbound))

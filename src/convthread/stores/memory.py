@@ -12,7 +12,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 
 from convthread.errors import ConflictError, StoreError
-from convthread.ports import ABSENT, ANY, Batch, Delete, Item, Put, Recorded
+from convthread.ports import ABSENT, ANY, Batch, Item, Recorded
 
 __all__ = ["MemoryStore"]
 
@@ -132,43 +132,56 @@ class MemoryStore:
 
     def commit(self, batch: Batch) -> None:
         self._check_open()
+        appends, puts, deletes, rewrites = batch.appends, batch.puts, batch.deletes, batch.rewrites
+        streams, kv = self._streams, self._kv
         with self._lock:
-            # Check every expectation first: a batch that conflicts writes nothing.
-            for append in batch.appends:
-                current = len(self._streams.get(append.stream, ()))
+            # Check every expectation first, against the state before the batch: a batch
+            # that conflicts writes nothing.
+            for append in appends:
+                events = streams.get(append.stream)
+                current = 0 if events is None else len(events)
                 if current != append.expected:
                     raise ConflictError(
                         f"stream {append.stream!r} is at version {current}, "
                         f"expected {append.expected}"
                     )
-            seen_streams = [a.stream for a in batch.appends]
-            if len(set(seen_streams)) != len(seen_streams):
+            if len(appends) > 1 and len({a.stream for a in appends}) != len(appends):
                 raise StoreError("a batch may append to each stream at most once")
-            ops: tuple[Put | Delete, ...] = (*batch.puts, *batch.deletes)
-            for op in ops:
-                item = self._kv.get(op.ns, {}).get(op.key)
-                _check_expected(op.ns, op.key, item, op.expected)
-            for rw in batch.rewrites:
-                if not 1 <= rw.seq <= len(self._streams.get(rw.stream, ())):
+            for ops in (puts, deletes):
+                for op in ops:
+                    if op.expected != ANY:
+                        table = kv.get(op.ns)
+                        item = None if table is None else table.get(op.key)
+                        _check_expected(op.ns, op.key, item, op.expected)
+            for rw in rewrites:
+                if not 1 <= rw.seq <= len(streams.get(rw.stream, ())):
                     raise StoreError(f"cannot rewrite missing event {rw.stream!r}#{rw.seq}")
             # Apply.
-            for append in batch.appends:
-                self._streams.setdefault(append.stream, []).extend(append.events)
-            for put in batch.puts:
-                table = self._kv.setdefault(put.ns, {})
+            for append in appends:
+                events = streams.get(append.stream)
+                if events is None:
+                    streams[append.stream] = list(append.events)
+                else:
+                    events.extend(append.events)
+            for put in puts:
+                table = kv.get(put.ns)
+                if table is None:
+                    table = kv[put.ns] = {}
                 old = table.get(put.key)
                 if old is None:
                     index = self._keys.get(put.ns)
                     if index is None:
                         index = self._keys[put.ns] = _SortedKeys()
                     index.add(put.key)
-                table[put.key] = Item(put.value, 1 if old is None else old.version + 1)
-            for delete in batch.deletes:
-                table = self._kv.get(delete.ns, {})
-                if table.pop(delete.key, None) is not None:
+                    table[put.key] = Item(put.value, 1)
+                else:
+                    table[put.key] = Item(put.value, old.version + 1)
+            for delete in deletes:
+                table = kv.get(delete.ns)
+                if table is not None and table.pop(delete.key, None) is not None:
                     self._keys[delete.ns].remove(delete.key)
-            for rw in batch.rewrites:
-                self._streams[rw.stream][rw.seq - 1] = rw.data
+            for rw in rewrites:
+                streams[rw.stream][rw.seq - 1] = rw.data
 
     def scrub(self) -> None:
         self._check_open()

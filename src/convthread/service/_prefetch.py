@@ -1,0 +1,217 @@
+"""Prefetching what ingest will read, for stores that offer ``get_multi``.
+
+On a store whose every read is a round trip (PostgreSQL, and to a lesser degree a
+SQLite file), ingest's reads dominate: deduplicate, identifiers, customers, the open
+pointer, the live thread, each a separate call made after the previous one answered.
+:func:`plan_ingest` walks the same chain for one message or a whole ``ingest_many``
+batch *level by level*, one ``get_multi`` per level for every message at once, and
+returns what it found (and what it found absent) as a cache.
+
+The pipeline then runs unchanged with its reads answered from the cache
+(:func:`through_cache`, or the batch overlay of ``ingest_many``); a read the plan did
+not foresee (a custom continuity rule, a merge) goes to the store as before. Nothing
+about correctness depends on the plan: every read it answers is one the pipeline would
+have made before the same commit, whose compare-and-set expectations (and the retry of
+the whole operation on conflict, with a fresh plan) guard against concurrent writers
+exactly as they do without prefetching. After a commit inside the operation (an
+automatic merge commits on its own before the message), the cache is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from convthread.domain.continuity import find_reference_tokens
+from convthread.domain.model import Inbound
+from convthread.ports import Item
+from convthread.service import _core as core
+from convthread.service._core import (
+    NS_CUSTOMER,
+    NS_IDEM,
+    NS_IDENT,
+    NS_LATEST,
+    NS_MSG,
+    NS_OPEN,
+    NS_THREAD,
+    Call,
+    Config,
+    Op,
+)
+from convthread.service._results import IngestResult
+
+#: (namespace, key) -> the entry, or None for "absent when prefetched".
+Cache = dict[tuple[str, str], "Item | None"]
+
+#: Keys per ``get_multi`` call (bounded statements; many stores cap bound parameters).
+CHUNK = 500
+
+
+def fetch(cache: Cache, keys: Iterable[tuple[str, str]]) -> Op[None]:
+    """Add ``keys`` not yet in ``cache`` to it, with one ``get_multi`` call per chunk."""
+    want = [k for k in dict.fromkeys(keys) if k not in cache]
+    for i in range(0, len(want), CHUNK):
+        part = want[i : i + CHUNK]
+        found: dict[tuple[str, str], Item] = yield ("get_multi", (part,))
+        for k in part:
+            cache[k] = found.get(k)
+
+
+class _Plan:
+    __slots__ = ("ident_keys", "inbound", "msg_key", "ref_keys", "tokens", "topic")
+
+    def __init__(
+        self,
+        inbound: Inbound,
+        msg_key: str,
+        topic: str | None,
+        ident_keys: list[str],
+        ref_keys: list[str],
+        tokens: list[str],
+    ) -> None:
+        self.inbound = inbound
+        self.msg_key = msg_key
+        self.topic = topic
+        self.ident_keys = ident_keys
+        self.ref_keys = ref_keys
+        self.tokens = tokens
+
+
+def _plans(config: Config, inbounds: Sequence[object]) -> list[_Plan]:
+    from convthread.service._messages import normalize_sender
+
+    plans: list[_Plan] = []
+    for inbound in inbounds:
+        if not isinstance(inbound, Inbound):
+            continue  # the pipeline raises the typed error
+        try:
+            sender = normalize_sender(config, inbound)
+            topic = config.continuity.topic_of(inbound)
+        except Exception:
+            continue
+        refs = ([inbound.reply_to] if inbound.reply_to else []) + list(inbound.references)
+        plans.append(
+            _Plan(
+                inbound,
+                f"{inbound.channel}|{inbound.provider_message_id}",
+                topic,
+                [s.identifier.key for s in sender],
+                [f"{inbound.channel}|{r}" for r in refs],
+                find_reference_tokens(inbound),
+            )
+        )
+    return plans
+
+
+def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[Cache]:
+    """Prefetch, level by level, what ingesting ``inbounds`` in order will read."""
+    from convthread.service._snapshots import CHECKPOINT_EVERY, checkpoint_key
+
+    cache: Cache = {}
+    plans = _plans(config, inbounds)
+    # Level 1: deduplication, identifiers, referenced messages.
+    level: list[tuple[str, str]] = []
+    for p in plans:
+        level.append((NS_MSG, p.msg_key))
+        if p.inbound.idempotency_key is not None:
+            level.append((NS_IDEM, p.inbound.idempotency_key))
+        level.extend((NS_IDENT, k) for k in p.ident_keys)
+        level.extend((NS_MSG, k) for k in p.ref_keys)
+    yield from fetch(cache, level)
+    # Level 2: the owners' states and open pointers; referenced and named threads.
+    fresh = [p for p in plans if cache.get((NS_MSG, p.msg_key)) is None]
+    owners: list[tuple[_Plan, list[str]]] = []
+    level = []
+    for p in fresh:
+        ids: list[str] = []
+        for k in p.ident_keys:
+            item = cache.get((NS_IDENT, k))
+            if item is not None:
+                ids.append(core.decode_identref(item.value).customer_id)
+        ids = list(dict.fromkeys(ids))
+        owners.append((p, ids))
+        for cid in ids:
+            level.append((NS_CUSTOMER, cid))
+            level.append((NS_OPEN, core.open_key(cid, p.topic)))
+        for k in p.ref_keys:
+            ref = cache.get((NS_MSG, k))
+            if ref is not None:
+                level.append((NS_THREAD, core.decode_msgref(ref.value).thread_id))
+        level.extend((NS_THREAD, t) for t in p.tokens)
+    yield from fetch(cache, level)
+    # Level 3: the live threads, or the newest ones where none is live.
+    level = []
+    for p, ids in owners:
+        for cid in ids:
+            okey = core.open_key(cid, p.topic)
+            live = cache.get((NS_OPEN, okey))
+            if live is not None:
+                level.append((NS_THREAD, live.value.decode()))
+            else:
+                level.append((NS_LATEST, okey))
+    yield from fetch(cache, level)
+    # Level 4: the newest threads; checkpoints of threads long enough to need one.
+    level = []
+    for p, ids in owners:
+        for cid in ids:
+            latest = cache.get((NS_LATEST, core.open_key(cid, p.topic)))
+            if latest is not None:
+                level.append((NS_THREAD, latest.value.decode()))
+    # Each message appends one or two events (a wake-up): in a batch a thread may grow by
+    # twice the batch's length before its checkpoint is probed.
+    growth = 2 * len(plans)
+    for (ns, key), item in list(cache.items()):
+        if ns == NS_THREAD and item is not None:
+            version = core.decode_thread_state(item.value).version
+            if version + growth >= CHECKPOINT_EVERY:
+                level.append((core.NS_HSNAP, checkpoint_key(key)))
+    yield from fetch(cache, level)
+    return cache
+
+
+def answer(cache: Cache, call: Call) -> tuple[bool, Any]:
+    """Answer ``call`` from ``cache`` if it can: (True, result), else (False, None)."""
+    name, args = call
+    if name == "get":
+        key = (args[0], args[1])
+        if key in cache:
+            return True, cache[key]
+    elif name == "get_many":
+        ns, keys = args
+        out: dict[str, Item] = {}
+        for k in keys:
+            if (ns, k) not in cache:
+                return False, None
+            item = cache[(ns, k)]
+            if item is not None:
+                out[k] = item
+        return True, out
+    return False, None
+
+
+def through_cache(cache: Cache, op: Op[Any]) -> Op[Any]:
+    """Run ``op`` with its reads answered from ``cache`` where it can; a commit drops the
+    cache (what follows reads the store)."""
+    try:
+        call: Call = next(op)
+        while True:
+            hit, result = answer(cache, call) if cache else (False, None)
+            if not hit:
+                result = yield call
+                if call[0] == "commit":
+                    cache.clear()
+            call = op.send(result)
+    except StopIteration as stop:
+        return stop.value
+
+
+def ingest(config: Config, inbound: Inbound) -> Op[IngestResult]:
+    """``_messages.ingest`` with its reads prefetched."""
+    from convthread.service._messages import ingest as plain
+
+    cache = yield from plan_ingest(config, [inbound])
+    result: IngestResult = yield from through_cache(cache, plain(config, inbound))
+    return result
+
+
+__all__ = ["Cache", "answer", "fetch", "ingest", "plan_ingest", "through_cache"]
