@@ -219,9 +219,11 @@ def _continuity_context(
     if new_customer:
         return ContinuityContext(inbound=inbound, customer_id=customer_id, topic=topic), None
     okey = core.open_key(customer_id, topic)
+    token_ids = find_reference_tokens(inbound)
+    if not (inbound.reply_to or inbound.references or token_ids):
+        return (yield from _live_context(inbound, customer_id, topic, okey))
     ref_ids = ([inbound.reply_to] if inbound.reply_to else []) + list(inbound.references)
     ref_keys = [f"{inbound.channel}|{r}" for r in ref_ids]
-    token_ids = find_reference_tokens(inbound)
     refs = yield from core.get_many(NS_MSG, ref_keys)
     open_item = yield from core.get(NS_OPEN, okey)
     # The newest thread for the topic matters only when none is live (to reopen it or
@@ -276,6 +278,38 @@ def _continuity_context(
         latest=latest,
         tokens=tokens,
         live_by_topic=live_by_topic,
+    )
+    return ctx, (open_item, versions)
+
+
+def _live_context(
+    inbound: Inbound, customer_id: str, topic: str | None, okey: str
+) -> Op[tuple[ContinuityContext, _Loaded]]:
+    """_continuity_context for a message with no reference of any kind (the common case):
+    only the live thread matters, or the newest one when none is live."""
+    open_item = yield from core.get(NS_OPEN, okey)
+    pointer = open_item if open_item is not None else (yield from core.get(NS_LATEST, okey))
+    live: ThreadState | None = None
+    latest: ThreadState | None = None
+    versions: dict[str, int] = {}
+    if pointer is not None:
+        item = yield from core.get(NS_THREAD, pointer.value.decode())
+        state = core.decode_thread_state(item.value) if item is not None else None
+        if state is not None and state.customer_id == customer_id:
+            versions[state.id] = item.version  # type: ignore[union-attr]
+            if open_item is not None and state.is_open:
+                live = state
+            else:
+                # no live thread, or a stale pointer (the next new thread takes it over):
+                # it names the newest thread
+                latest = state
+    ctx = ContinuityContext(
+        inbound=inbound,
+        customer_id=customer_id,
+        topic=topic,
+        live=live,
+        latest=latest,
+        live_by_topic={live.topic_key: live} if live is not None else {},
     )
     return ctx, (open_item, versions)
 
