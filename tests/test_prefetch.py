@@ -168,3 +168,14 @@ def test_an_automatic_merge_inside_ingest_drops_the_prefetched_reads() -> None:
         out.append(convs.ingest(both))
         assert convs.find_customer(phone) == convs.find_customer(mail)
     assert out[0] == out[1]
+
+
+def test_apply_prefetches_an_inbound_message_too() -> None:
+    plain, multi = pair()
+    out = []
+    for convs in (plain, multi):
+        convs.apply(msg(0, 1))
+        calls(convs).clear()
+        out.append(convs.apply(msg(1, 1, channel="whatsapp")))
+    assert out[0] == out[1]
+    assert calls(multi) == Counter(get_multi=3, commit=1)

@@ -301,7 +301,8 @@ def _sweep_one(config: Config, thread_id: str, now: datetime, policy: LifecycleP
 
 def apply(config: Config, result: object) -> Op[ApplyResult]:
     if isinstance(result, Inbound):
-        r = yield from _messages.ingest(config, result)
+        ingest = _prefetch.ingest if config.prefetch else _messages.ingest
+        r = yield from ingest(config, result)
         return ApplyResult(
             kind="inbound",
             outcome="duplicate" if r.duplicate else "ingested",
