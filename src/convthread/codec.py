@@ -112,7 +112,13 @@ def fingerprint(inbound: Inbound) -> str:
     Two deliveries of the same payload have the same fingerprint; a key reused with a
     different payload does not.
     """
-    payload = msgspec.structs.replace(inbound, idempotency_key=None)
+    # Without a key, the message is its own payload: the same bytes as a copy with the
+    # key cleared, without building (and validating) that copy.
+    payload = (
+        inbound
+        if inbound.idempotency_key is None
+        else msgspec.structs.replace(inbound, idempotency_key=None)
+    )
     return hashlib.blake2b(_inbound_fp_encoder.encode(payload), digest_size=16).hexdigest()
 
 

@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Final, Protocol
 
 from convthread.domain.events import Decision, ThreadStatus
@@ -186,6 +187,8 @@ def _continue(
 def explicit_reference(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
     """Continue the thread of a message this one replies to or references."""
     inbound = ctx.inbound
+    if inbound.reply_to is None and not inbound.references:
+        return None
     refs: list[tuple[str, str]] = []
     if inbound.reply_to is not None:
         refs.append(("reply_to", inbound.reply_to))
@@ -267,9 +270,13 @@ def recency(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
             )
             return Choice(decision=decision, thread=ctx.latest, reopen=True)
         return None
-    window = policy.window_for(thread.last_channel, ctx.inbound.channel)
+    channel = ctx.inbound.channel
+    window = policy.window_for(thread.last_channel, channel)
     last = thread.last_activity or thread.created_at
     gap = ctx.inbound.sent_at - last
+    # the gap in whole seconds, worked out once for the sentence and the evidence
+    seconds = int(gap.total_seconds())
+    active = _active_seconds(gap, seconds)
     if thread.status is not ThreadStatus.OPEN:
         # Pending (waiting on the customer) or snoozed: the business expects this
         # conversation to go on, however long the customer takes.
@@ -277,47 +284,48 @@ def recency(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
             rule="recency",
             reason=(
                 f"thread {thread.id} is {thread.status.value} (the conversation is expected "
-                f"to go on), last active {_active(gap)}; continuing on {ctx.inbound.channel}"
+                f"to go on), last active {active}; continuing on {channel}"
             ),
             evidence={
                 "thread": thread.id,
                 "status": thread.status.value,
                 "last_activity": _iso(last),
-                "gap_seconds": str(int(gap.total_seconds())),
+                "gap_seconds": str(seconds),
             },
         )
         return Choice(decision=decision, thread=thread)
+    window_text, window_seconds = _window_texts(window)
     if gap <= window:
         across = (
-            f"on {ctx.inbound.channel} after {thread.last_channel}"
-            if thread.last_channel != ctx.inbound.channel
-            else f"on {ctx.inbound.channel}"
+            f"on {channel} after {thread.last_channel}"
+            if thread.last_channel != channel
+            else f"on {channel}"
         )
         decision = Decision(
             rule="recency",
             reason=(
-                f"open thread {thread.id} was last active {_active(gap)}, within the "
-                f"{_fmt(window)} window; continuing {across}"
+                f"open thread {thread.id} was last active {active}, within the "
+                f"{window_text} window; continuing {across}"
             ),
             evidence={
                 "thread": thread.id,
                 "last_activity": _iso(last),
-                "gap_seconds": str(int(gap.total_seconds())),
-                "window_seconds": str(int(window.total_seconds())),
+                "gap_seconds": str(seconds),
+                "window_seconds": window_seconds,
             },
         )
         return Choice(decision=decision, thread=thread)
     decision = Decision(
         rule="recency",
         reason=(
-            f"open thread {thread.id} was last active {_active(gap)}, beyond the "
-            f"{_fmt(window)} window; it is resolved and a new thread follows it"
+            f"open thread {thread.id} was last active {active}, beyond the "
+            f"{window_text} window; it is resolved and a new thread follows it"
         ),
         evidence={
             "previous": thread.id,
             "last_activity": _iso(last),
-            "gap_seconds": str(int(gap.total_seconds())),
-            "window_seconds": str(int(window.total_seconds())),
+            "gap_seconds": str(seconds),
+            "window_seconds": window_seconds,
         },
     )
     return Choice(decision=decision, predecessor=thread.id, supersede=thread)
@@ -342,9 +350,14 @@ def new_thread(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | Non
 
 
 def _fmt(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
+    return _fmt_seconds(int(delta.total_seconds()))
+
+
+def _fmt_seconds(seconds: int) -> str:
+    """:func:`_fmt` of a duration of ``seconds`` whole seconds (``int(total_seconds())``
+    of a negated duration is the negated count: the division is exactly rounded)."""
     if seconds < 0:
-        return f"-{_fmt(-delta)}"
+        return f"-{_fmt_seconds(-seconds)}"
     if seconds < 120:
         return f"{seconds}s"
     if seconds < 7200:
@@ -354,12 +367,27 @@ def _fmt(delta: timedelta) -> str:
     return f"{seconds // 86400}d"
 
 
+@lru_cache(maxsize=256)
+def _window_texts(window: timedelta) -> tuple[str, str]:
+    """A window as the sentences say it (:func:`_fmt`) and as evidence (whole seconds);
+    windows are few (a policy's settings), so they are worked out once."""
+    return _fmt(window), str(int(window.total_seconds()))
+
+
+_ZERO: Final = timedelta(0)
+
+
 def _active(gap: timedelta) -> str:
     """How long ago a thread was active, seen from a message ``gap`` after it. A negative
     gap is a late arrival: the message was sent before the thread's last activity."""
-    if gap >= timedelta(0):
-        return f"{_fmt(gap)} ago"
-    return f"{_fmt(-gap)} after this message was sent (a late arrival)"
+    return _active_seconds(gap, int(gap.total_seconds()))
+
+
+def _active_seconds(gap: timedelta, seconds: int) -> str:
+    """:func:`_active`, given ``seconds == int(gap.total_seconds())``."""
+    if gap >= _ZERO:
+        return f"{_fmt_seconds(seconds)} ago"
+    return f"{_fmt_seconds(-seconds)} after this message was sent (a late arrival)"
 
 
 def _ago(now: datetime, then: datetime | None) -> str:

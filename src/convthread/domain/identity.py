@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Final
 
 from convthread.domain.events import Decision
 from convthread.domain.merge import MergeAction, MergePolicy, MergeVerdict
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 _DEFAULT_POLICY = MergePolicy()
+_RANK: Final = {Trust.CLAIMED: 0, Trust.ASSERTED: 1, Trust.VERIFIED: 2}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -102,11 +104,15 @@ class Resolution:
     @property
     def merges(self) -> tuple[MergeVerdict, ...]:
         """Verdicts that merge automatically."""
+        if not self.verdicts:
+            return ()
         return tuple(v for v in self.verdicts if v.action is MergeAction.MERGE)
 
     @property
     def suggestions(self) -> tuple[MergeVerdict, ...]:
         """Verdicts an agent must decide (merge suggestions)."""
+        if not self.verdicts:
+            return ()
         return tuple(v for v in self.verdicts if v.action is MergeAction.SUGGEST)
 
 
@@ -158,12 +164,19 @@ def proven_claims(
     same customer by another identifier at ``asserted`` or better."""
     out: list[SenderIdentifier] = []
     for s in sender:
-        if s.trust < Trust.ASSERTED:
+        trust = s.trust
+        # (the identity tests spare Trust.__lt__ for the members; anything else compares)
+        if trust is not Trust.ASSERTED and trust is not Trust.VERIFIED and trust < Trust.ASSERTED:
             continue
-        owner = owners.get(s.identifier.key)
-        state = customers.get(owner) if owner is not None else None
-        if state is not None and state.trust_of(s.identifier) is Trust.CLAIMED:
-            out.append(s)
+        key = s.identifier.key
+        owner = owners.get(key)
+        if owner is None:
+            continue
+        state = customers.get(owner)
+        if state is not None:
+            entry = state.identifiers.get(key)  # CustomerState.trust_of, inlined
+            if entry is not None and entry[1] is Trust.CLAIMED:
+                out.append(s)
     return out
 
 
@@ -286,6 +299,87 @@ def resolve(
     ``suggested``: pairs of customer ids with a merge suggestion on record (no second
     suggestion is made for them)."""
     policy = policy or _DEFAULT_POLICY
+    found = _resolve_linked(sender, owners, customers, policy)
+    if found is not None:
+        return found
+    return _resolve_general(sender, owners, customers, policy, suggested)
+
+
+def _resolve_linked(
+    sender: tuple[SenderIdentifier, ...],
+    owners: Mapping[str, str],
+    customers: Mapping[str, CustomerState],
+    policy: MergePolicy,
+) -> Resolution | None:
+    """The common case of :func:`resolve`, cheaply; None when it does not apply.
+
+    It applies when no identifier is blocklisted, every identifier is known and belongs
+    to one customer whose state is loaded, and each is linked there at (at least) the
+    trust it is presented with. Then nothing is a proven claim (a claim is linked below
+    any asserted presentation), every identifier ties the message at its presented
+    trust, nothing rises (links and upgrades are capped at presented trust), no other
+    customer is involved and nothing is unknown: the general rules choose the first
+    identifier presented at the highest trust and return exactly what this returns
+    (``tests/test_fastpaths.py`` checks the two agree)."""
+    if not sender:
+        return None
+    is_blocked = policy.is_blocked
+    customer_id: str | None = None
+    held: Mapping[str, tuple[Identifier, Trust]] = {}
+    best: SenderIdentifier | None = None
+    best_rank = -1
+    for s in sender:
+        ident = s.identifier
+        if is_blocked(ident):
+            return None
+        key = ident.key
+        owner = owners.get(key)
+        if owner is None:
+            return None
+        if customer_id is None:
+            state = customers.get(owner)
+            if state is None:
+                return None
+            customer_id = owner
+            held = state.identifiers
+        elif owner != customer_id:
+            return None
+        entry = held.get(key)
+        if entry is None:
+            return None
+        presented = s.trust
+        linked = entry[1]
+        if type(presented) is not Trust or type(linked) is not Trust:
+            return None
+        rank = _RANK[presented]
+        if rank > _RANK[linked]:
+            return None
+        if rank > best_rank:
+            best, best_rank = s, rank
+    if best is None or customer_id is None:  # pragma: no cover (sender is not empty)
+        return None
+    name = str(best.identifier)
+    trust = best.trust
+    return Resolution(
+        decision=Decision(
+            rule="exact_match",
+            reason=f"{name} ({trust.value}) belongs to customer {customer_id}",
+            evidence={"identifier": name, "trust": trust.value},
+        ),
+        customer_id=customer_id,
+        matched=best.identifier,
+        trust=trust,
+    )
+
+
+def _resolve_general(
+    sender: tuple[SenderIdentifier, ...],
+    owners: Mapping[str, str],
+    customers: Mapping[str, CustomerState],
+    policy: MergePolicy,
+    suggested: Collection[frozenset[str]],
+) -> Resolution:
+    """:func:`resolve` by its rules, in full (every case)."""
     ignored = tuple(s for s in sender if policy.is_blocked(s.identifier))
     usable = [s for s in sender if not policy.is_blocked(s.identifier)]
     known = [s for s in usable if s.identifier.key in owners]

@@ -54,6 +54,8 @@ _ZERO: Final = timedelta(0)
 
 def ensure_utc(value: datetime, what: str = "timestamp") -> datetime:
     """Return ``value`` converted to UTC; reject naive datetimes with a typed error."""
+    if value.__class__ is datetime and value.tzinfo is _UTC:
+        return value  # already UTC (a plain datetime: its offset is timezone.utc's)
     if not isinstance(value, datetime):
         raise ValidationError(f"{what} must be a datetime, not {type(value).__name__}")
     offset = value.utcoffset()
@@ -226,12 +228,21 @@ class Channel:
     @staticmethod
     def validate(name: str) -> str:
         """Return ``name`` if it is a valid channel name, else raise ValidationError."""
+        if name.__class__ is str and name in _VALID_CHANNELS:
+            return name  # seen before and valid (the names in use are few)
         if not isinstance(name, str) or not _CHANNEL_RE.match(name):
             raise ValidationError(
                 f"channel name must be lowercase letters, digits, '_', '.', '-' "
                 f"(1-32, starting with a letter), got {name!r}"
             )
+        if name.__class__ is str and len(_VALID_CHANNELS) < _VALID_CHANNELS_LIMIT:
+            _VALID_CHANNELS.add(name)
         return name
+
+
+#: Channel names found valid so far (a bounded set: the names in use are few).
+_VALID_CHANNELS: Final[set[str]] = set()
+_VALID_CHANNELS_LIMIT: Final = 1024
 
 
 class DeliveryStatus(str, enum.Enum):
