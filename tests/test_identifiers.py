@@ -267,3 +267,37 @@ def test_invalid_identifier_at_ingest_stores_nothing(
         assert store.scan(ns) == []
     assert store.version("cu_0001") == 0
     assert store.read("th_0001") == []
+
+
+def test_a_registry_remembers_results_and_their_normal_forms() -> None:
+    calls: list[str] = []
+
+    def member(raw: str, scope: str) -> str:
+        calls.append(raw)
+        return raw.strip().lower()
+
+    reg = ct.IdentifierRegistry(cache_size=4)
+    reg.register("member", member)
+    first = reg.normalize("member", "  ABC ")
+    assert first == ct.Identifier("member", "abc") and calls == ["  ABC "]
+    # the normal form, and the raw value again, cost no normalizer call
+    assert reg.renormalize(first) == first
+    assert reg.normalize("member", "  ABC ") == first
+    assert calls == ["  ABC "]
+    # full (4 entries: 2 per result): it starts afresh, and still answers right
+    reg.normalize("member", "XYZ")
+    assert reg.renormalize(first) == first
+    assert calls == ["  ABC ", "XYZ"]
+    reg.normalize("member", "Q")
+    assert reg.renormalize(first) == first
+    assert calls == ["  ABC ", "XYZ", "Q", "abc"]
+    # re-registering a kind forgets what the old normalizer said
+    reg.register("member", lambda raw, scope: raw.upper())
+    assert reg.renormalize(first) == ct.Identifier("member", "ABC")
+
+
+def test_a_registry_rejects_bad_cache_sizes_and_unhashable_values() -> None:
+    with pytest.raises(ValidationError, match="cache_size"):
+        ct.IdentifierRegistry(cache_size=1)
+    with pytest.raises(InvalidIdentifier, match="must be a string"):
+        ct.IdentifierRegistry().normalize("email", ["a@example.com"])  # type: ignore[arg-type]

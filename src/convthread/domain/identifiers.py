@@ -48,7 +48,12 @@ from typing import Final
 import phonenumbers
 
 from convthread.domain.model import MAX_PROVIDER_ID, Identifier, IdentifierKind
-from convthread.errors import ConvthreadError, InvalidIdentifier, UnknownIdentifierKind
+from convthread.errors import (
+    ConvthreadError,
+    InvalidIdentifier,
+    UnknownIdentifierKind,
+    ValidationError,
+)
 
 __all__ = [
     "IdentifierRegistry",
@@ -291,7 +296,7 @@ class IdentifierRegistry:
             default_region = region
         self._region = default_region
         self._normalizers: dict[str, tuple[Normalizer, bool]] = {}
-        self._cached = lru_cache(maxsize=cache_size)(self._normalize)
+        self._memo = _Memo(cache_size)
         self.register(IdentifierKind.PHONE, self._phone)
         self.register(IdentifierKind.EMAIL, _email)
         self.register(IdentifierKind.HANDLE, _handle, scoped=True)
@@ -313,19 +318,32 @@ class IdentifierRegistry:
         if not callable(normalizer):
             raise InvalidIdentifier("kind", kind, "the normalizer must be callable")
         self._normalizers[kind] = (normalizer, scoped)
-        self._cached.cache_clear()
+        self._memo.clear()
 
     @property
     def kinds(self) -> frozenset[str]:
         return frozenset(self._normalizers)
 
     def normalize(self, kind: str, value: str, *, scope: str = "") -> Identifier:
-        """Normalize ``value`` as an identifier of ``kind`` (within ``scope``)."""
-        return self._cached(kind, value, scope)
+        """Normalize ``value`` as an identifier of ``kind`` (within ``scope``).
+
+        Results are remembered (``cache_size`` of them), and so is each result as its own
+        normal form: normalizing an identifier this registry produced costs a lookup.
+        Normalizers must therefore be idempotent (normalizing a normal form returns it),
+        which every built-in one is.
+        """
+        try:
+            hit = self._memo.get((kind, value, scope))
+        except TypeError:  # unhashable input: _normalize says what is wrong with it
+            hit = None
+        if hit is None:
+            hit = self._normalize(kind, value, scope)
+            self._memo.add((kind, value, scope), hit)
+        return hit
 
     def renormalize(self, identifier: Identifier) -> Identifier:
         """Return ``identifier`` normalized by this registry (a no-op when it already is)."""
-        return self._cached(identifier.kind, identifier.value, identifier.scope)
+        return self.normalize(identifier.kind, identifier.value, scope=identifier.scope)
 
     def _normalize(self, kind: str, value: str, scope: str) -> Identifier:
         try:
@@ -355,6 +373,33 @@ class IdentifierRegistry:
         if len(normalized) > MAX_PROVIDER_ID:
             raise InvalidIdentifier(kind, value[:40], "normalized value longer than 512")
         return Identifier(kind, normalized, scope)
+
+
+class _Memo:
+    """What a registry normalized: (kind, value, scope) -> Identifier, at most ``size``
+    entries; when full it starts afresh (a clear is one atomic step, so threads sharing
+    the registry need no lock). Each result is also remembered as its own normal form."""
+
+    __slots__ = ("_map", "_size")
+
+    def __init__(self, size: int) -> None:
+        if not isinstance(size, int) or size < 2:
+            raise ValidationError(f"cache_size must be an int of at least 2, got {size!r}")
+        self._size = size
+        self._map: dict[tuple[str, str, str], Identifier] = {}
+
+    def get(self, key: tuple[str, str, str]) -> Identifier | None:
+        return self._map.get(key)
+
+    def add(self, key: tuple[str, str, str], result: Identifier) -> None:
+        memo = self._map
+        if len(memo) + 2 > self._size:
+            memo.clear()
+        memo[key] = result
+        memo[(result.kind, result.value, result.scope)] = result
+
+    def clear(self) -> None:
+        self._map.clear()
 
 
 #: The registry used when none is configured (no default phone region).
