@@ -890,9 +890,8 @@ class AsyncConversations:
         return await run_async(self.store, partial(_reads.customer_threads, customer_id), 0)
 
     async def find_customer(self, identifier: Identifier) -> str | None:
-        return await run_async(
-            self.store, partial(_reads.find_customer, self.config, identifier), 0
-        )
+        key = _reads.ident_key(self.config, identifier)
+        return _reads.owner_of(await self.store.get(NS_IDENT, key))
 
     async def erase_customer(self, customer_id: str, *, by: str = "") -> ErasureReport:
         """Erase a customer (see :meth:`Conversations.erase_customer`)."""

@@ -6,10 +6,10 @@ from convthread.domain.model import Identifier
 from convthread.domain.thread import ThreadState
 from convthread.ports import Item
 from convthread.service import _core as core
-from convthread.service._core import NS_CTHREADS, NS_IDENT, NS_THREAD, Config, Op
+from convthread.service._core import NS_CTHREADS, NS_THREAD, Config, Op
 from convthread.service._results import CustomerView, StoredEvent, ThreadView
 
-__all__ = ["customer", "customer_threads", "events", "find_customer", "thread", "thread_state"]
+__all__ = ["customer", "customer_threads", "events", "thread", "thread_state"]
 
 
 def thread_state(thread_id: str) -> Op[ThreadState]:
@@ -67,10 +67,3 @@ def ident_key(config: Config, identifier: Identifier) -> str:
 def owner_of(item: Item | None) -> str | None:
     """The customer an NS_IDENT entry names (None for no entry)."""
     return None if item is None else core.decode_identref(item.value).customer_id
-
-
-def find_customer(config: Config, identifier: Identifier) -> Op[str | None]:
-    """As a store-call generator (the async API). The sync API makes the one read
-    directly: a lookup is on the hot path of every channel webhook."""
-    item = yield from core.get(NS_IDENT, ident_key(config, identifier))
-    return owner_of(item)
