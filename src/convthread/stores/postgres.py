@@ -2,17 +2,19 @@
 
 Install the extra: ``pip install 'convthread[postgres]'`` (psycopg 3 and psycopg_pool).
 
-Schema. Two tables in a schema of their own (``schema="convthread"`` by default; tests
-pass a fresh one to isolate themselves)::
+Schema. Two tables and a function in a schema of their own (``schema="convthread"`` by
+default; tests pass a fresh one to isolate themselves)::
 
     events(stream text, seq bigint, data bytea, PRIMARY KEY (stream, seq))
     kv(ns text, key bytea, version bigint, value bytea, PRIMARY KEY (ns, key))
     schema_version(version int PRIMARY KEY, applied_at timestamptz)
+    refuse_batch(code text, message text)  -- a function: raises, aborting a batch
 
 Index keys are stored as UTF-8 ``bytea``: byte order of UTF-8 is code-point order, which
 is the order :meth:`scan` must return, whatever the database's collation, and a key may
 hold any character (``text`` cannot hold NUL). Stream names are ``text`` (ids; NUL is
-refused by the driver and surfaces as :class:`~convthread.errors.StoreError`).
+refused, by the driver or the server, and surfaces as
+:class:`~convthread.errors.StoreError`).
 
 Migrations are forward steps (:data:`MIGRATIONS`), applied when a store is opened, inside
 one transaction that holds an advisory lock, so several processes starting at once
@@ -20,29 +22,44 @@ migrate once. A database whose schema is newer than this library raises
 :class:`~convthread.errors.SchemaError`.
 
 How a batch stays atomic and correct under concurrent writers (READ COMMITTED, no
-explicit locks, no SERIALIZABLE retries): every expectation is turned into a statement
-whose outcome proves it, inside one transaction:
+explicit locks, no SERIALIZABLE retries): every expectation is turned into a
+sub-statement whose outcome proves it, and the outcome is checked on the server:
 
 * **append at an expected version**: the stream's ``max(seq)`` must equal the expected
   version, and the new rows take ``expected + 1 ...``. Two writers expecting the same
   version both pass the check, but only one can insert ``expected + 1``: the primary key
   makes the second wait for the first and then fail with a unique violation.
-* **put expecting ABSENT**: a plain ``INSERT``; the primary key on ``(ns, key)`` lets
-  exactly one of two concurrent inserts win.
+* **put expecting ABSENT**: ``INSERT ... ON CONFLICT DO NOTHING``; the primary key on
+  ``(ns, key)`` lets exactly one of two concurrent inserts win, and the loser sees that
+  it inserted nothing.
 * **put or delete expecting version v**: ``UPDATE ... WHERE version = v`` (or ``DELETE``
   returning the old version). In READ COMMITTED a row another transaction is changing is
   waited for and the condition re-evaluated on its newest version, so this is a true
   compare-and-set.
 * **put with ANY**: ``INSERT ... ON CONFLICT DO UPDATE SET version = version + 1``.
+* **rewrite**: an ``UPDATE`` that must find every event it names.
 
-The statements of a batch are sent in one pipeline (one network round trip), then the
-results are checked, then ``COMMIT`` is sent: two round trips per batch. A failed
-expectation, a unique violation, a serialization failure or a deadlock rolls the whole
-transaction back and raises :class:`~convthread.errors.ConflictError`. A lost connection
-raises :class:`~convthread.errors.StoreUnavailable`; if it was lost before ``COMMIT``
-was sent, nothing was written (the server rolls back a transaction whose connection
-dies), so the operation can be retried. If it is lost while ``COMMIT`` is in flight the
-outcome is unknown; the service's idempotency keys make a retry safe.
+All of a batch is **one statement**: a ``WITH`` clause holds one data-modifying
+sub-statement per kind of write (each over ``unnest`` of array parameters), and the main
+query gathers the rows whose expectation failed and calls ``refuse_batch(code,
+message)`` (schema version 2, PL/pgSQL) for the first: it raises SQLSTATE ``TC409``
+(:class:`~convthread.errors.ConflictError`) or ``TC422`` (a batch that can never apply:
+:class:`~convthread.errors.StoreError`), which aborts the transaction. Every
+sub-statement sees the state before the statement, so every expectation is checked
+against the state before the batch, and a rewrite cannot reach an event the batch
+appends. The statement goes in a pipeline ending in a single Sync, which PostgreSQL runs
+as an implicit transaction (committed at the Sync if it succeeded, rolled back if not):
+**one network round trip per batch**, with no BEGIN or COMMIT of its own. (A batch that
+is wrong on its face, a stream appended to twice or a key expected at two versions,
+adds a second statement that refuses it once the stream versions have been checked.)
+
+A failed expectation, a unique violation, a serialization failure or a deadlock rolls
+the whole transaction back and raises :class:`~convthread.errors.ConflictError`. A lost
+connection raises :class:`~convthread.errors.StoreUnavailable`; the server rolls back a
+transaction whose connection dies before it commits (as when the batch waits on a lock),
+so nothing is written and the operation can be retried. If the connection is lost after
+the server committed but before the answer arrived, the outcome is unknown; the
+service's idempotency keys make a retry safe.
 
 Within one batch, every put and delete is checked against the state *before* the batch;
 puts apply before deletes (the reference store's order).
@@ -58,15 +75,20 @@ WAL and backup retention within its erasure deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import re
+import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
+from psycopg import pq
+from psycopg.adapt import AdaptersMap, Dumper
 
 from convthread.errors import ConflictError, SchemaError, StoreError, StoreUnavailable
 from convthread.ports import ABSENT, ANY, Batch, Item, Recorded
@@ -91,6 +113,19 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             PRIMARY KEY (ns, key)
         )""",
     ),
+    # Every expectation of a batch is checked on the server, inside the transaction, so
+    # a whole batch (its statements, in one implicit transaction) is one network round
+    # trip. A check that fails calls this function, which aborts the transaction with a
+    # SQLSTATE of our own: TC409 (a failed expectation: ConflictError) or TC422 (a batch
+    # that can never apply: StoreError).
+    2: (
+        """CREATE FUNCTION {s}.refuse_batch(code text, message text) RETURNS boolean
+        LANGUAGE plpgsql VOLATILE AS $fn$
+        BEGIN
+            RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message;
+        END
+        $fn$""",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 
@@ -99,6 +134,9 @@ ScrubMode = Literal["vacuum", "full"]
 _SCHEMA_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # SQLSTATEs that mean "another writer won": retry the operation.
 _CONFLICT_STATES: Final = frozenset({"23505", "40001", "40P01"})
+# SQLSTATEs raised by the schema's refuse_batch() (see MIGRATIONS[2]).
+_REFUSED_CONFLICT: Final = "TC409"
+_REFUSED_INVALID: Final = "TC422"
 
 
 def _enc(key: str) -> bytes:
@@ -107,6 +145,12 @@ def _enc(key: str) -> bytes:
 
 def _dec(key: bytes) -> str:
     return bytes(key).decode("utf-8", "surrogatepass")
+
+
+def _label(text: str) -> str:
+    """``text`` made safe for a ``text`` parameter (no NUL, no lone surrogate), for
+    error messages built on the server."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def _prefix_upper(prefix: bytes) -> bytes | None:
@@ -118,6 +162,99 @@ def _prefix_upper(prefix: bytes) -> bytes | None:
             return bytes(data)
         data.pop()
     return None
+
+
+# --------------------------------------------------------------------------- array params
+#
+# Every statement takes its rows as arrays (``unnest(%s::text[], ...)``). psycopg's
+# generic list adapter inspects every list on every call, which made adapting the
+# arrays most of a commit's client time; these three list types carry their PostgreSQL
+# type, and their dumpers write the binary array format directly.
+
+
+class _Text(list[str]):
+    """A ``text[]`` parameter. Text is sent as UTF-8 as is: the server refuses NUL and
+    lone surrogates (SQLSTATE 22021, a StoreError), as it refuses them in any text."""
+
+
+class _Bytes(list[bytes]):
+    """A ``bytea[]`` parameter."""
+
+
+class _Int8(list[int]):
+    """A ``bigint[]`` parameter."""
+
+
+_ARRAY_HEAD: Final = struct.Struct("!iiiii")  # ndim, has nulls, element oid, length, lbound
+_EMPTY_ARRAY: Final = struct.Struct("!iii")  # ndim 0, has nulls, element oid
+_INT8_ITEM: Final = struct.Struct("!iq")  # length 8, value
+_LENGTH: Final = struct.Struct("!i")
+_TEXT_OID, _BYTEA_OID, _INT8_OID = 25, 17, 20
+
+
+def _pack_array(element_oid: int, items: Sequence[bytes]) -> bytes:
+    if not items:
+        return _EMPTY_ARRAY.pack(0, 0, element_oid)
+    head = _ARRAY_HEAD.pack(1, 0, element_oid, len(items), 1)
+    pack = _LENGTH.pack
+    return head + b"".join(pack(len(item)) + item for item in items)
+
+
+class _TextDumper(Dumper):
+    format = pq.Format.BINARY
+    oid = 1009  # text[]
+
+    def dump(self, obj: Any) -> bytes:
+        return _pack_array(_TEXT_OID, [s.encode("utf-8", "surrogatepass") for s in obj])
+
+
+class _BytesDumper(Dumper):
+    format = pq.Format.BINARY
+    oid = 1001  # bytea[]
+
+    def dump(self, obj: Any) -> bytes:
+        return _pack_array(_BYTEA_OID, [bytes(b) for b in obj])
+
+
+class _Int8Dumper(Dumper):
+    format = pq.Format.BINARY
+    oid = 1016  # bigint[]
+
+    def dump(self, obj: Any) -> bytes:
+        if not obj:
+            return _EMPTY_ARRAY.pack(0, 0, _INT8_OID)
+        pack = _INT8_ITEM.pack
+        head = _ARRAY_HEAD.pack(1, 0, _INT8_OID, len(obj), 1)
+        return head + b"".join(pack(8, value) for value in obj)
+
+
+def _register_arrays(adapters: AdaptersMap) -> None:
+    adapters.register_dumper(_Text, _TextDumper)
+    adapters.register_dumper(_Bytes, _BytesDumper)
+    adapters.register_dumper(_Int8, _Int8Dumper)
+
+
+# Session settings of the pool's connections. A batch statement is planned once per
+# connection: psycopg prepares it after five uses, but PostgreSQL would plan a prepared
+# statement anew on every execution (a "custom plan", because it cannot tell how long
+# the arrays are), and planning the batch statement cost more than executing it. A plan
+# made once must stay right as the tables grow from empty: every statement of the store
+# finds its rows by primary key, so sequential scans are ruled out (a plan made on a
+# small table would otherwise keep scanning it whole as it grows).
+_SESSION: Final = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off"
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Set up a new pooled connection."""
+    _register_arrays(conn.adapters)
+    if conn.info.server_version >= 120000:  # plan_cache_mode is PostgreSQL 12+
+        conn.execute(_SESSION)
+
+
+async def _configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    _register_arrays(conn.adapters)
+    if conn.info.server_version >= 120000:
+        await conn.execute(_SESSION)
 
 
 # --------------------------------------------------------------------------- SQL
@@ -160,59 +297,29 @@ class _Sql:
         )
 
     @property
-    def stream_versions(self) -> str:
+    def get_multi(self) -> str:
         return (
-            f"SELECT stream, max(seq) FROM {self.q}.events "
-            f"WHERE stream = ANY(%s::text[]) GROUP BY stream"
+            f"SELECT k.ns, k.key, k.value, k.version "
+            f"FROM unnest(%s::text[], %s::bytea[]) AS w(ns, key) "
+            f"JOIN {self.q}.kv AS k ON k.ns = w.ns AND k.key = w.key"
         )
 
-    @property
-    def insert_events(self) -> str:
-        return (
-            f"INSERT INTO {self.q}.events (stream, seq, data) "
-            f"SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bytea[])"
-        )
+    # -- commit: one statement per batch. Its WITH clause holds one data-modifying
+    # sub-statement per kind of write, each over ``unnest`` of array parameters; the main
+    # query collects the rows whose expectation failed and calls refuse_batch() for the
+    # first (streams, then index entries, then rewrites), which aborts the transaction.
+    # All sub-statements see the state before the statement (one snapshot) and none sees
+    # another's writes: expectations are checked against the state before the batch, and
+    # a rewrite cannot touch an event the batch appends. The keys of the index
+    # sub-statements are disjoint (each key is in exactly one). A sub-statement the main
+    # query does not read (the upsert, the event insert) runs after it: a failed check
+    # is reported before a unique violation of a stale append could be.
 
-    @property
-    def rewrite(self) -> str:
-        return (
-            f"UPDATE {self.q}.events AS e SET data = r.data "
-            f"FROM unnest(%s::text[], %s::bigint[], %s::bytea[]) AS r(stream, seq, data) "
-            f"WHERE e.stream = r.stream AND e.seq = r.seq"
-        )
+    def refuse(self, code: str) -> str:
+        return f"SELECT {self.q}.refuse_batch('{code}', %s)"
 
-    @property
-    def update_kv(self) -> str:
-        return (
-            f"UPDATE {self.q}.kv AS k SET version = k.version + u.n, value = u.value "
-            f"FROM unnest(%s::text[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bytea[]) "
-            f"AS u(ns, key, expected, n, value) "
-            f"WHERE k.ns = u.ns AND k.key = u.key AND k.version = u.expected"
-        )
-
-    @property
-    def insert_kv(self) -> str:
-        return (
-            f"INSERT INTO {self.q}.kv (ns, key, version, value) "
-            f"SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bigint[], %s::bytea[])"
-        )
-
-    @property
-    def upsert_kv(self) -> str:
-        return (
-            f"INSERT INTO {self.q}.kv AS k (ns, key, version, value) "
-            f"SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bigint[], %s::bytea[]) "
-            f"ON CONFLICT (ns, key) DO UPDATE "
-            f"SET version = k.version + excluded.version, value = excluded.value"
-        )
-
-    @property
-    def delete_kv(self) -> str:
-        return (
-            f"DELETE FROM {self.q}.kv AS k "
-            f"USING unnest(%s::text[], %s::bytea[]) AS d(ns, key) "
-            f"WHERE k.ns = d.ns AND k.key = d.key RETURNING k.ns, k.key, k.version"
-        )
+    def batch(self, shape: _Shape) -> str:
+        return _batch_sql(self.q, shape)
 
     def migration(self) -> list[tuple[int, tuple[str, ...]]]:
         return [
@@ -221,156 +328,252 @@ class _Sql:
         ]
 
 
-# --------------------------------------------------------------------------- batch plan
+class _Shape(NamedTuple):
+    """Which parts a batch statement has."""
 
-Check = Callable[[list[tuple[Any, ...]], int], None]
+    appends: bool = False
+    events: bool = False
+    updates: bool = False
+    inserts: bool = False
+    upserts: bool = False
+    deletes: bool = False
+    rewrites: bool = False
+
+
+_CONFLICT_CODE: Final = f"'{_REFUSED_CONFLICT}'::text"
+_INVALID_CODE: Final = f"'{_REFUSED_INVALID}'::text"
+
+
+@functools.lru_cache(maxsize=256)
+def _batch_sql(q: str, shape: _Shape) -> str:
+    """The statement of a batch of ``shape``; its parameters, in order, are the arrays
+    :func:`_plan` lists for each part present (see there)."""
+    ctes: list[str] = []
+    fails: list[str] = []
+    if shape.appends:
+        ctes.append(
+            "a AS (SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[]) "
+            "WITH ORDINALITY AS a(stream, expected, label, i))"
+        )
+        fails.append(
+            f"SELECT 1 AS prio, a.i, {_CONFLICT_CODE} AS code, 'stream ' || a.label || "
+            f"' is at version ' || v.seq || ', expected ' || a.expected AS message FROM a "
+            f"CROSS JOIN LATERAL (SELECT coalesce(max(e.seq), 0) AS seq FROM {q}.events AS e "
+            f"WHERE e.stream = a.stream) AS v WHERE v.seq <> a.expected"
+        )
+    now = f"(SELECT k.version FROM {q}.kv AS k WHERE k.ns = w.ns AND k.key = w.key)"
+    if shape.updates:
+        # In READ COMMITTED the UPDATE waits for a row another transaction is changing
+        # and re-checks ``version = expected`` on its newest version: a compare-and-set.
+        ctes.append(
+            "uw AS (SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bigint[], %s::bigint[], "
+            "%s::bytea[], %s::text[]) WITH ORDINALITY AS w(ns, key, expected, n, value, label, i))"
+        )
+        ctes.append(
+            f"u AS (UPDATE {q}.kv AS k SET version = k.version + uw.n, value = uw.value "
+            f"FROM uw WHERE k.ns = uw.ns AND k.key = uw.key AND k.version = uw.expected "
+            f"RETURNING k.ns, k.key)"
+        )
+        fails.append(
+            f"SELECT 2, w.i, {_CONFLICT_CODE}, w.label || CASE "
+            f"WHEN {now} IS NULL THEN ' does not exist' "
+            f"WHEN {now} <> w.expected THEN ' is at version ' || {now} "
+            f"ELSE ' was changed by a concurrent writer' END || ', expected ' || w.expected "
+            f"FROM uw AS w "
+            f"WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.ns = w.ns AND u.key = w.key)"
+        )
+    if shape.inserts:
+        # ON CONFLICT DO NOTHING waits for a concurrent insert of the same key and skips
+        # the row if that one commits: the key then counts as existing.
+        ctes.append(
+            "iw AS (SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bigint[], %s::bytea[], "
+            "%s::text[]) WITH ORDINALITY AS w(ns, key, n, value, label, i))"
+        )
+        ctes.append(
+            f"ins AS (INSERT INTO {q}.kv (ns, key, version, value) "
+            f"SELECT ns, key, n, value FROM iw ON CONFLICT (ns, key) DO NOTHING "
+            f"RETURNING ns, key)"
+        )
+        fails.append(
+            f"SELECT 2, w.i, {_CONFLICT_CODE}, w.label || ' already exists' || "
+            f"coalesce(' (version ' || {now} || ')', ' (written concurrently)') FROM iw AS w "
+            f"WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.ns = w.ns AND ins.key = w.key)"
+        )
+    if shape.upserts:
+        ctes.append(
+            f"up AS (INSERT INTO {q}.kv AS k (ns, key, version, value) "
+            f"SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bigint[], %s::bytea[]) "
+            f"ON CONFLICT (ns, key) DO UPDATE "
+            f"SET version = k.version + excluded.version, value = excluded.value)"
+        )
+    if shape.deletes:
+        # The DELETE returns the version each row had (its newest, after waiting for a
+        # concurrent writer); expected is checked against it (-1: ANY, 0: ABSENT).
+        ctes.append(
+            "dw AS (SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bigint[], %s::text[]) "
+            "WITH ORDINALITY AS w(ns, key, expected, label, i))"
+        )
+        ctes.append(
+            f"d AS (DELETE FROM {q}.kv AS k USING dw WHERE k.ns = dw.ns AND k.key = dw.key "
+            f"RETURNING k.ns, k.key, k.version)"
+        )
+        fails.append(
+            f"SELECT 2, w.i, {_CONFLICT_CODE}, w.label || CASE "
+            f"WHEN d.version IS NULL THEN ' does not exist, expected version ' || w.expected "
+            f"WHEN w.expected = 0 THEN ' already exists (version ' || d.version || ')' "
+            f"ELSE ' is at version ' || d.version || ', expected ' || w.expected END "
+            f"FROM dw AS w LEFT JOIN d ON d.ns = w.ns AND d.key = w.key "
+            f"WHERE w.expected <> -1 AND CASE WHEN w.expected = 0 THEN d.version IS NOT NULL "
+            f"ELSE d.version IS DISTINCT FROM w.expected END"
+        )
+    if shape.rewrites:
+        ctes.append(
+            "rw AS (SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bytea[], %s::text[]) "
+            "WITH ORDINALITY AS r(stream, seq, data, label, i))"
+        )
+        ctes.append(
+            f"r AS (UPDATE {q}.events AS e SET data = rw.data FROM rw "
+            f"WHERE e.stream = rw.stream AND e.seq = rw.seq RETURNING e.stream, e.seq)"
+        )
+        fails.append(
+            f"SELECT 3, w.i, {_INVALID_CODE}, 'cannot rewrite missing event ' || w.label || "
+            f"'#' || w.seq FROM rw AS w "
+            f"WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.stream = w.stream AND r.seq = w.seq)"
+        )
+    if shape.events:
+        ctes.append(
+            f"ev AS (INSERT INTO {q}.events (stream, seq, data) "
+            f"SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bytea[]))"
+        )
+    if fails:
+        # The LIMIT in a subquery: refuse_batch() runs for the first failure only.
+        main = (
+            f"SELECT {q}.refuse_batch(f.code, f.message) FROM ("
+            + " UNION ALL ".join(fails)
+            + " ORDER BY 1, 2 LIMIT 1) AS f(prio, i, code, message)"
+        )
+    else:
+        main = "SELECT 1 WHERE false"
+    return ("WITH " + ", ".join(ctes) + " " if ctes else "") + main
+
+
+# --------------------------------------------------------------------------- batch plan
 
 
 @dataclass(frozen=True)
 class _Step:
     sql: str
     params: tuple[Any, ...]
-    fetch: bool = False
-    check: Check | None = None
 
 
 def _plan(sql: _Sql, batch: Batch) -> list[_Step]:
-    """The statements of a batch and, for each, how to verify its outcome.
-
-    Raises ConflictError or StoreError for batches that are wrong on their face.
-    """
-    steps: list[_Step] = []
-
-    # Appends: the stream versions must match; inserts take expected + 1 ...
-    streams = [a.stream for a in batch.appends]
+    """The statement(s) of a batch: one, checking every expectation on the server
+    (see :meth:`_Sql.batch`); two for a batch that is wrong on its face (a stream
+    appended to twice, a key expected at two versions), whose second one refuses it
+    once the stream versions have been checked (the reference store's order)."""
+    params: list[Any] = []
     if batch.appends:
-        expected = {a.stream: a.expected for a in batch.appends}
-
-        def check_versions(rows: list[tuple[Any, ...]], _n: int) -> None:
-            current = {stream: int(seq) for stream, seq in rows}
-            for append in batch.appends:
-                have = current.get(append.stream, 0)
-                if have != append.expected:
-                    raise ConflictError(
-                        f"stream {append.stream!r} is at version {have}, expected {append.expected}"
-                    )
-            if len(expected) != len(streams):
-                raise StoreError("a batch may append to each stream at most once")
-
-        steps.append(_Step(sql.stream_versions, (list(expected),), True, check_versions))
-
-    # Rewrites go before the inserts: they may only name events that existed before.
-    if batch.rewrites:
-        last: dict[tuple[str, int], bytes] = {}
-        for rw in batch.rewrites:
-            last[(rw.stream, rw.seq)] = rw.data
-        wanted = len(last)
-
-        def check_rewrites(_rows: list[tuple[Any, ...]], count: int) -> None:
-            if count != wanted:
-                missing = ", ".join(f"{s!r}#{q}" for s, q in last)
-                raise StoreError(f"cannot rewrite missing event(s) among {missing}")
-
-        steps.append(
-            _Step(
-                sql.rewrite,
-                ([s for s, _ in last], [q for _, q in last], list(last.values())),
-                False,
-                check_rewrites,
-            )
+        params += (
+            _Text(a.stream for a in batch.appends),
+            _Int8(a.expected for a in batch.appends),
+            _Text(_label(repr(a.stream)) for a in batch.appends),
         )
-
-    if len(set(streams)) == len(streams):
-        ev_streams: list[str] = []
-        ev_seqs: list[int] = []
-        ev_data: list[bytes] = []
-        for append in batch.appends:
-            for i, data in enumerate(append.events):
-                ev_streams.append(append.stream)
-                ev_seqs.append(append.expected + i + 1)
-                ev_data.append(data)
-        if ev_streams:
-            steps.append(_Step(sql.insert_events, (ev_streams, ev_seqs, ev_data)))
+        streams = [a.stream for a in batch.appends]
+        if len(set(streams)) != len(streams):
+            msg = "a batch may append to each stream at most once"
+            return [
+                _Step(sql.batch(_Shape(appends=True)), tuple(params)),
+                _Step(sql.refuse(_REFUSED_INVALID), (msg,)),
+            ]
 
     # Index entries: group the operations on each key (all checked against the state
     # before the batch; puts apply before deletes).
     groups: dict[tuple[str, str], _KeyOps] = {}
-    for put in batch.puts:
-        g = groups.setdefault((put.ns, put.key), _KeyOps())
-        g.expect(put.ns, put.key, put.expected)
-        g.puts += 1
-        g.value = put.value
-    for delete in batch.deletes:
-        g = groups.setdefault((delete.ns, delete.key), _KeyOps())
-        g.expect(delete.ns, delete.key, delete.expected)
-        g.deleted = True
+    try:
+        for put in batch.puts:
+            g = groups.setdefault((put.ns, put.key), _KeyOps())
+            g.expect(put.ns, put.key, put.expected)
+            g.puts += 1
+            g.value = put.value
+        for delete in batch.deletes:
+            g = groups.setdefault((delete.ns, delete.key), _KeyOps())
+            g.expect(delete.ns, delete.key, delete.expected)
+            g.deleted = True
+    except ConflictError as exc:
+        refuse = _Step(sql.refuse(_REFUSED_CONFLICT), (_label(str(exc)),))
+        if not batch.appends:
+            return [refuse]
+        return [_Step(sql.batch(_Shape(appends=True)), tuple(params)), refuse]
 
     updates = [(k, g) for k, g in groups.items() if not g.deleted and g.expected > 0]
     inserts = [(k, g) for k, g in groups.items() if not g.deleted and g.expected == ABSENT]
     upserts = [(k, g) for k, g in groups.items() if not g.deleted and g.expected == ANY]
     deletes = [(k, g) for k, g in groups.items() if g.deleted]
 
+    def label(key: tuple[str, str]) -> str:
+        return _label(f"{key[0]}/{key[1]}")
+
     if updates:
-        n_updates = len(updates)
-
-        def check_updates(_rows: list[tuple[Any, ...]], count: int) -> None:
-            if count != n_updates:
-                raise ConflictError(
-                    "an index entry changed or vanished since it was read: "
-                    + ", ".join(f"{ns}/{key}@{g.expected}" for (ns, key), g in updates)
-                )
-
-        steps.append(
-            _Step(
-                sql.update_kv,
-                (
-                    [ns for (ns, _), _g in updates],
-                    [_enc(key) for (_, key), _g in updates],
-                    [g.expected for _k, g in updates],
-                    [g.puts for _k, g in updates],
-                    [g.value for _k, g in updates],
-                ),
-                False,
-                check_updates,
-            )
+        params += (
+            _Text(ns for (ns, _), _g in updates),
+            _Bytes(_enc(key) for (_, key), _g in updates),
+            _Int8(g.expected for _k, g in updates),
+            _Int8(g.puts for _k, g in updates),
+            _Bytes(g.value for _k, g in updates),
+            _Text(label(k) for k, _g in updates),
         )
-    for rows, statement in ((inserts, sql.insert_kv), (upserts, sql.upsert_kv)):
-        if rows:
-            steps.append(
-                _Step(
-                    statement,
-                    (
-                        [ns for (ns, _), _g in rows],
-                        [_enc(key) for (_, key), _g in rows],
-                        [g.puts for _k, g in rows],
-                        [g.value for _k, g in rows],
-                    ),
-                )
-            )
+    if inserts:
+        params += (
+            _Text(ns for (ns, _), _g in inserts),
+            _Bytes(_enc(key) for (_, key), _g in inserts),
+            _Int8(g.puts for _k, g in inserts),
+            _Bytes(g.value for _k, g in inserts),
+            _Text(label(k) for k, _g in inserts),
+        )
+    if upserts:
+        params += (
+            _Text(ns for (ns, _), _g in upserts),
+            _Bytes(_enc(key) for (_, key), _g in upserts),
+            _Int8(g.puts for _k, g in upserts),
+            _Bytes(g.value for _k, g in upserts),
+        )
     if deletes:
-        expectations = {(ns, _enc(key)): g.expected for (ns, key), g in deletes}
-
-        def check_deletes(rows: list[tuple[Any, ...]], _n: int) -> None:
-            gone = {(ns, bytes(key)): int(version) for ns, key, version in rows}
-            for (ns, key), want in expectations.items():
-                had = gone.get((ns, key))
-                if want == ANY:
-                    continue
-                if want == ABSENT and had is not None:
-                    raise ConflictError(f"{ns}/{_dec(key)} already exists (version {had})")
-                if want > 0 and had != want:
-                    state = "does not exist" if had is None else f"is at version {had}"
-                    raise ConflictError(f"{ns}/{_dec(key)} {state}, expected {want}")
-
-        steps.append(
-            _Step(
-                sql.delete_kv,
-                ([ns for (ns, _), _g in deletes], [_enc(key) for (_, key), _g in deletes]),
-                True,
-                check_deletes,
-            )
+        params += (
+            _Text(ns for (ns, _), _g in deletes),
+            _Bytes(_enc(key) for (_, key), _g in deletes),
+            _Int8(g.expected for _k, g in deletes),
+            _Text(label(k) for k, _g in deletes),
         )
-    return steps
+    last: dict[tuple[str, int], bytes] = {}
+    for rw in batch.rewrites:
+        last[(rw.stream, rw.seq)] = rw.data
+    if last:
+        params += (
+            _Text(s for s, _ in last),
+            _Int8(q for _, q in last),
+            _Bytes(last.values()),
+            _Text(_label(repr(s)) for s, _ in last),
+        )
+    ev_streams = _Text()
+    ev_seqs = _Int8()
+    ev_data = _Bytes()
+    for append in batch.appends:
+        for i, data in enumerate(append.events):
+            ev_streams.append(append.stream)
+            ev_seqs.append(append.expected + i + 1)
+            ev_data.append(data)
+    if ev_streams:
+        params += (ev_streams, ev_seqs, ev_data)
+    shape = _Shape(
+        appends=bool(batch.appends),
+        events=bool(ev_streams),
+        updates=bool(updates),
+        inserts=bool(inserts),
+        upserts=bool(upserts),
+        deletes=bool(deletes),
+        rewrites=bool(last),
+    )
+    return [_Step(sql.batch(shape), tuple(params))]
 
 
 class _KeyOps:
@@ -404,6 +607,10 @@ def _translate(exc: BaseException, what: str) -> BaseException:
         return StoreUnavailable(f"PostgreSQL {what}: no connection available: {exc}")
     if isinstance(exc, psycopg.Error):
         state = getattr(exc, "sqlstate", None)
+        if state == _REFUSED_CONFLICT:
+            return ConflictError(exc.diag.message_primary or str(exc))
+        if state == _REFUSED_INVALID:
+            return StoreError(exc.diag.message_primary or str(exc))
         if state in _CONFLICT_STATES:
             return ConflictError(f"concurrent write detected during {what}: {exc}")
         if isinstance(exc, psycopg.OperationalError) or (
@@ -447,43 +654,57 @@ def _lock_id(schema: str) -> str:
     return f"convthread:{schema}"
 
 
-def _send_sync(conn: psycopg.Connection[Any], steps: list[_Step]) -> list[psycopg.Cursor[Any]]:
-    """Send every statement in one pipeline; raise the first error, not "aborted"."""
+def _send_sync(conn: psycopg.Connection[Any], steps: list[_Step]) -> None:
+    """Run ``steps`` as one transaction in one round trip; raise the first error, not
+    "pipeline aborted".
+
+    The statements go in one pipeline with a single Sync at its end. On a connection in
+    autocommit mode (the pool's), PostgreSQL runs everything before a Sync as one
+    implicit transaction: committed at the Sync if every statement succeeded, rolled
+    back as a whole if one failed (later ones are skipped). No BEGIN, COMMIT or ROLLBACK
+    is sent.
+
+    A pipeline holds more than one statement only when the last one refuses the batch.
+    That matters: psycopg prepares a statement after five uses and records it as
+    prepared when it *sends* the request, so a statement that usually succeeds, skipped
+    at that use because an earlier one failed, would fail with "prepared statement does
+    not exist" on that connection from then on. A statement that always fails is never
+    prepared (psycopg forgets failed ones), and nothing follows it."""
     first: psycopg.Error | None = None
-    cursors: list[psycopg.Cursor[Any]] = []
     try:
         with conn.pipeline():
             try:
                 for step in steps:
-                    cursors.append(conn.execute(step.sql, step.params))
+                    conn.execute(step.sql, step.params)
             except psycopg.Error as exc:
                 first = exc
-    except psycopg.Error:
-        if first is None:
-            raise
-    if first is not None:
-        raise first
-    return cursors
+    except psycopg.Error as exc:
+        first = first or exc
+    if first is None:
+        return
+    if not conn.closed and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")  # a safety net: the implicit transaction is gone
+    raise first
 
 
-async def _send_async(
-    conn: psycopg.AsyncConnection[Any], steps: list[_Step]
-) -> list[psycopg.AsyncCursor[Any]]:
+async def _send_async(conn: psycopg.AsyncConnection[Any], steps: list[_Step]) -> None:
     first: psycopg.Error | None = None
-    cursors: list[psycopg.AsyncCursor[Any]] = []
     try:
         async with conn.pipeline():
             try:
                 for step in steps:
-                    cursors.append(await conn.execute(step.sql, step.params))
+                    await conn.execute(step.sql, step.params)
             except psycopg.Error as exc:
                 first = exc
-    except psycopg.Error:
-        if first is None:
-            raise
-    if first is not None:
-        raise first
-    return cursors
+    except psycopg.Error as exc:
+        first = first or exc
+    if first is None:
+        return
+    if not conn.closed and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            await conn.execute("ROLLBACK")  # a safety net: the implicit transaction is gone
+    raise first
 
 
 # --------------------------------------------------------------------------- sync store
@@ -523,6 +744,7 @@ class PostgresStore:
                     max_size=max(max_size, min_size),
                     timeout=timeout,
                     kwargs={"autocommit": True, "application_name": application_name},
+                    configure=_configure,
                     open=True,
                     name=f"convthread-{self.schema}",
                 )
@@ -616,8 +838,18 @@ class PostgresStore:
         if not keys:
             return {}
         unique = list(dict.fromkeys(keys))
-        rows = self._query(self._sql.get_many, (ns, [_enc(k) for k in unique]))
+        rows = self._query(self._sql.get_many, (ns, _Bytes(_enc(k) for k in unique)))
         return {_dec(k): Item(bytes(v), int(ver)) for k, v, ver in rows}
+
+    def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        """The entries that exist among ``keys`` ((namespace, key) pairs), in one query
+        (:class:`~convthread.ports.MultiGet`)."""
+        self._check_open()
+        if not keys:
+            return {}
+        unique = list(dict.fromkeys(keys))
+        rows = self._query(self._sql.get_multi, _multi_args(unique))
+        return {(ns, _dec(k)): Item(bytes(v), int(ver)) for ns, k, v, ver in rows}
 
     def scan(
         self, ns: str, prefix: str = "", after: str = "", limit: int = 1000
@@ -638,12 +870,7 @@ class PostgresStore:
         try:
             with self._pool.connection() as conn:
                 try:
-                    with conn.transaction():
-                        cursors = _send_sync(conn, steps)
-                        for step, cur in zip(steps, cursors, strict=True):
-                            if step.check is not None:
-                                rows = cur.fetchall() if step.fetch else []
-                                step.check(rows, cur.rowcount)
+                    _send_sync(conn, steps)
                 except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                     if _is_disconnect(exc):
                         self._pool.check()
@@ -676,6 +903,10 @@ class PostgresStore:
                 return
             self._closed = True
         self._pool.close()
+
+
+def _multi_args(keys: list[tuple[str, str]]) -> tuple[Any, ...]:
+    return (_Text(ns for ns, _ in keys), _Bytes(_enc(key) for _, key in keys))
 
 
 def _scan_args(
@@ -756,6 +987,7 @@ class AsyncPostgresStore:
                     max_size=self._max_size,
                     timeout=self._timeout,
                     kwargs={"autocommit": True, "application_name": self._application_name},
+                    configure=_configure_async,
                     open=False,
                     name=f"convthread-async-{self.schema}",
                 )
@@ -838,8 +1070,19 @@ class AsyncPostgresStore:
         if not keys:
             return {}
         unique = list(dict.fromkeys(keys))
-        rows = await self._query(self._sql.get_many, (ns, [_enc(k) for k in unique]))
+        rows = await self._query(self._sql.get_many, (ns, _Bytes(_enc(k) for k in unique)))
         return {_dec(k): Item(bytes(v), int(ver)) for k, v, ver in rows}
+
+    async def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        """The entries that exist among ``keys`` ((namespace, key) pairs), in one query
+        (:class:`~convthread.ports.AsyncMultiGet`)."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        if not keys:
+            return {}
+        unique = list(dict.fromkeys(keys))
+        rows = await self._query(self._sql.get_multi, _multi_args(unique))
+        return {(ns, _dec(k)): Item(bytes(v), int(ver)) for ns, k, v, ver in rows}
 
     async def scan(
         self, ns: str, prefix: str = "", after: str = "", limit: int = 1000
@@ -858,12 +1101,7 @@ class AsyncPostgresStore:
         try:
             async with pool.connection() as conn:
                 try:
-                    async with conn.transaction():
-                        cursors = await _send_async(conn, steps)
-                        for step, cur in zip(steps, cursors, strict=True):
-                            if step.check is not None:
-                                rows = await cur.fetchall() if step.fetch else []
-                                step.check(rows, cur.rowcount)
+                    await _send_async(conn, steps)
                 except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                     if _is_disconnect(exc):
                         await pool.check()

@@ -72,6 +72,10 @@ SCHEMA_VERSION: Final = max(MIGRATIONS)
 
 Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
 
+#: Distinct (namespace, key) pairs per query in :meth:`SQLiteStore.get_multi`: two bound
+#: variables each, within SQLite's historical limit of 999 variables per statement.
+MULTI_GET_CHUNK: Final = 400
+
 
 class SQLiteStore:
     """A :class:`~convthread.ports.Store` in one SQLite file (created if missing)."""
@@ -197,6 +201,24 @@ class SQLiteStore:
             )
             for key, value, version in rows:
                 out[key] = Item(value, version)
+        return out
+
+    def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        """The entries that exist among ``keys`` ((namespace, key) pairs), one query per
+        :data:`MULTI_GET_CHUNK` distinct pairs (:class:`~convthread.ports.MultiGet`)."""
+        self._conn()  # a closed store raises StoreError, even for no keys
+        out: dict[tuple[str, str], Item] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), MULTI_GET_CHUNK):
+            chunk = unique[start : start + MULTI_GET_CHUNK]
+            pairs = ",".join("(?,?)" for _ in chunk)
+            rows = self._query(
+                f"WITH w(ns, key) AS (VALUES {pairs}) SELECT kv.ns, kv.key, kv.value, "
+                "kv.version FROM w JOIN kv ON kv.ns = w.ns AND kv.key = w.key",
+                tuple(part for pair in chunk for part in pair),
+            )
+            for ns, key, value, version in rows:
+                out[(ns, key)] = Item(value, version)
         return out
 
     def scan(

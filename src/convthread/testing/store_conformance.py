@@ -23,6 +23,12 @@ the capability, and are skipped with the reason otherwise:
   :meth:`StoreConformance.store_opener` returns a picklable callable that opens it.
 * ``scrubs_files``: :meth:`StoreConformance.store_files` names the files that hold
   the data; after ``scrub()`` rewritten and deleted bytes appear in none of them.
+* ``multi_get``: the store offers ``get_multi`` (:class:`~convthread.ports.MultiGet`),
+  whose results must equal per-namespace ``get_many`` (missing keys, duplicates, empty
+  input, odd keys, after deletes, on a closed store). The store state machine then
+  compares ``get_multi`` with the reference after every step too.
+  :class:`MultiGetConformance` holds just these cases, for a store whose other cases
+  run elsewhere (an asyncio store behind a blocking adapter, say).
 
 Two Hypothesis state machines run the same operations against the store and against
 :class:`~convthread.stores.MemoryStore` and compare them after every step:
@@ -40,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import multiprocessing
+import random
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -66,6 +73,7 @@ from convthread.ports import (
     Batch,
     Delete,
     Item,
+    MultiGet,
     Put,
     Recorded,
     Rewrite,
@@ -77,6 +85,7 @@ __all__ = [
     "KEYS",
     "NAMESPACES",
     "STREAMS",
+    "MultiGetConformance",
     "ServiceMachine",
     "StoreConformance",
     "StoreMachine",
@@ -95,13 +104,15 @@ KEYS = ("a", "a|", "a|b", "ab", "b", "é", "éa", "中", "中|x", "\U0001f600", 
 # --------------------------------------------------------------------------- test cases
 
 
-class StoreConformance:
-    """Test cases every store must pass. Subclass and implement :meth:`make_store`."""
+class _StoreKit:
+    """What every case of the kit shares: the capabilities, the store factory a
+    subclass provides, the fixtures and :meth:`run_without_pytest`."""
 
     #: Capabilities (optional cases run only when declared).
     persistent: ClassVar[bool] = False
     multi_process: ClassVar[bool] = False
     scrubs_files: ClassVar[bool] = False
+    multi_get: ClassVar[bool] = False
     #: Settings for the state machines (examples are whole runs, each on a new store).
     machine_settings: ClassVar[settings] = settings(
         max_examples=30,
@@ -196,6 +207,115 @@ class StoreConformance:
                         with contextlib.suppress(ConvthreadError):
                             self.discard_store(store)
         return results
+
+
+class MultiGetConformance(_StoreKit):
+    """The cases of the optional ``multi_get`` capability (``get_multi``). They run as
+    part of :class:`StoreConformance`; subclass this class alone to run only them."""
+
+    #: Keys with characters a query builder may mishandle, on top of :data:`KEYS`.
+    ODD_KEYS: ClassVar[tuple[str, ...]] = (
+        "a b",
+        "a|b|c",
+        "<id.x@example.com>",
+        "a\tb",
+        "'; --",
+        "?",
+        "$1",
+        "%s",
+        "(?,?)",
+        "\\",
+        "é\u0301",
+    )
+
+    def multi(self, store: Store) -> MultiGet:
+        """``store`` as a :class:`~convthread.ports.MultiGet`; skips when not declared."""
+        if not self.multi_get:
+            pytest.skip("capability not declared: multi_get (get_multi)")
+        assert isinstance(store, MultiGet), f"{store!r} declares multi_get but has no get_multi"
+        return store
+
+    @staticmethod
+    def expected_multi(store: Store, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        """What ``get_multi(pairs)`` must give: per-namespace ``get_many``."""
+        by_ns: dict[str, list[str]] = {}
+        for ns, key in pairs:
+            by_ns.setdefault(ns, []).append(key)
+        out: dict[tuple[str, str], Item] = {}
+        for ns, keys in by_ns.items():
+            for key, item in store.get_many(ns, keys).items():
+                out[(ns, key)] = item
+        return out
+
+    def test_multi_get_is_offered(self, store: Store) -> None:
+        self.multi(store)
+
+    def test_multi_get_of_nothing_is_empty(self, store: Store) -> None:
+        multi = self.multi(store)
+        assert multi.get_multi([]) == {}
+        assert multi.get_multi([("ns", "k")]) == {}
+        store.commit(Batch(puts=(Put("ns", "k", b"v"),)))
+        assert multi.get_multi([]) == {}
+
+    def test_multi_get_matches_get_many(self, store: Store) -> None:
+        multi = self.multi(store)
+        rng = random.Random(20260301)
+        namespaces = (*NAMESPACES, "third")
+        keys = (*KEYS, *self.ODD_KEYS)
+        universe = [(ns, key) for ns in namespaces for key in keys]
+        for round_ in range(6):
+            puts = rng.sample(universe, rng.randint(1, len(universe) // 2))
+            deletes = rng.sample(universe, rng.randint(0, len(universe) // 4))
+            store.commit(
+                Batch(puts=tuple(Put(ns, k, b"%d:%s" % (round_, k.encode())) for ns, k in puts))
+            )
+            store.commit(Batch(deletes=tuple(Delete(ns, k) for ns, k in deletes)))
+            for _ in range(5):
+                pairs = [rng.choice(universe) for _ in range(rng.randint(1, 40))]
+                pairs += rng.sample(pairs, min(len(pairs), 3))  # duplicates
+                pairs.append(("nowhere", rng.choice(keys)))  # a namespace with no entries
+                rng.shuffle(pairs)
+                got = multi.get_multi(pairs)
+                assert got == self.expected_multi(store, pairs)
+                assert set(got) <= set(pairs)
+        everything = multi.get_multi(universe)
+        assert everything == self.expected_multi(store, universe)
+        for ns in namespaces:  # every entry, with its value and version
+            assert {k: it for (n, k), it in everything.items() if n == ns} == dict(store.scan(ns))
+
+    def test_multi_get_after_deletes_and_versions(self, store: Store) -> None:
+        multi = self.multi(store)
+        store.commit(Batch(puts=(Put("a", "k", b"1"), Put("b", "k", b"1"), Put("a", "j", b"1"))))
+        store.commit(Batch(puts=(Put("a", "k", b"2", 1),), deletes=(Delete("b", "k", 1),)))
+        pairs = [("a", "k"), ("b", "k"), ("a", "j"), ("b", "j")]
+        assert multi.get_multi(pairs) == {("a", "k"): Item(b"2", 2), ("a", "j"): Item(b"1", 1)}
+        store.commit(Batch(puts=(Put("b", "k", b"again", ABSENT),), deletes=(Delete("a", "k"),)))
+        assert multi.get_multi(pairs) == {
+            ("b", "k"): Item(b"again", 1),  # versions restart after a delete
+            ("a", "j"): Item(b"1", 1),
+        }
+
+    def test_multi_get_many_pairs(self, store: Store) -> None:
+        multi = self.multi(store)
+        keys = [f"k{i:04d}" for i in range(1200)]
+        store.commit(Batch(puts=tuple(Put("big", k, k.encode()) for k in keys[::2])))
+        store.commit(Batch(puts=tuple(Put("other", k, b"") for k in keys[1::3])))
+        pairs = [(ns, k) for k in keys for ns in ("big", "other")]
+        got = multi.get_multi(pairs)
+        assert got == self.expected_multi(store, pairs)
+        assert len(got) == 600 + 400
+
+    def test_multi_get_on_a_closed_store_raises(self) -> None:
+        store = self.new_store()
+        multi = self.multi(store)
+        store.commit(Batch(puts=(Put("ns", "k", b"v"),)))
+        store.close()
+        with pytest.raises(StoreError):
+            multi.get_multi([("ns", "k")])
+
+
+class StoreConformance(MultiGetConformance):
+    """Test cases every store must pass. Subclass and implement :meth:`make_store`."""
 
     # -- required: reads of an empty store
 
@@ -801,6 +921,10 @@ class StoreMachine(RuleBasedStateMachine):
         for ns in NAMESPACES:
             assert self.store.scan(ns) == self.ref.scan(ns), ns
             assert self.store.get_many(ns, list(KEYS)) == self.ref.get_many(ns, list(KEYS))
+        if isinstance(self.store, MultiGet):
+            pairs = [(ns, key) for ns in NAMESPACES for key in KEYS]
+            want = {(ns, k): it for ns in NAMESPACES for k, it in self.ref.scan(ns, limit=100)}
+            assert self.store.get_multi(pairs) == want
 
 
 def store_machine(
