@@ -94,15 +94,55 @@ def msg(i: int, who: int, **kw: Any) -> ct.Inbound:
     )
 
 
-def test_a_continuing_message_reads_in_three_calls() -> None:
+def test_a_continuing_message_reads_in_one_call_or_three_without_hints() -> None:
     plain, multi = pair()
     for convs in (plain, multi):
         convs.ingest(msg(0, 1))
         calls(convs).clear()
         convs.ingest(msg(1, 1, channel="whatsapp"))
-    # dedupe + identifiers; customer + open pointer; live thread
-    assert calls(multi) == Counter(get_multi=3, commit=1)
+    # this process saw the customer's last message: everything in one call
+    assert calls(multi) == Counter(get_multi=1, commit=1)
     assert sum(calls(plain)[n] for n in READS) > 3
+    # another process (no hints): dedupe + identifiers; customer + open pointer; thread
+    other = ct.Conversations(multi.store, clock=ct.ManualClock(T0 + timedelta(minutes=5)))
+    calls(multi).clear()
+    other.ingest(msg(2, 1, channel="webchat"))
+    assert calls(multi) == Counter(get_multi=3, commit=1)
+
+
+def test_stale_hints_cost_calls_never_correctness() -> None:
+    """Process B's hints name a thread that process A has since superseded, and a
+    customer A has since merged away: B's messages still land where a store without
+    prefetching puts them."""
+    outcomes = []
+    for store in (CountingStore(), MultiGetStore()):
+        clock = ct.ManualClock(T0)
+        a = ct.Conversations(store, clock=clock, ids=ct.SequentialIds())
+        b = ct.Conversations(store, clock=clock, ids=a.config.ids)
+        phone = ct.phone("+14155550001")
+        mail = ct.email("ann@example.com")
+
+        def m(i: int, *who: ct.Identifier, trust: ct.Trust = ct.Trust.ASSERTED) -> ct.Inbound:
+            return ct.Inbound(
+                channel="sms",
+                provider_message_id=f"x{i}",
+                sender=tuple(ct.SenderIdentifier(w, trust) for w in who),
+                sent_at=clock.now(),
+            )
+
+        first = b.ingest(m(0, phone))  # B learns: phone -> customer, its live thread
+        b.ingest(m(1, mail, trust=ct.Trust.VERIFIED))
+        a.resolve(first.thread_id)
+        clock.advance(days=30)  # past the reopen window: the next message starts anew
+        moved = a.ingest(m(2, phone))
+        assert moved.thread_id != first.thread_id
+        later = b.ingest(m(3, phone))  # B's hint names the superseded thread
+        merged = a.ingest(m(4, phone, mail, trust=ct.Trust.VERIFIED))  # A merges the two
+        after = b.ingest(m(5, mail))  # B's hint names the customer merged away
+        outcomes.append((first, moved, later, merged, after))
+        assert later.thread_id == moved.thread_id
+        assert after.customer_id == merged.customer_id
+    assert outcomes[0] == outcomes[1]
 
 
 def test_a_batch_reads_in_a_few_calls_whatever_its_size() -> None:
@@ -178,4 +218,4 @@ def test_apply_prefetches_an_inbound_message_too() -> None:
         calls(convs).clear()
         out.append(convs.apply(msg(1, 1, channel="whatsapp")))
     assert out[0] == out[1]
-    assert calls(multi) == Counter(get_multi=3, commit=1)
+    assert calls(multi) == Counter(get_multi=1, commit=1)

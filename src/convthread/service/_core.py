@@ -119,6 +119,40 @@ def decode_customer_state(data: bytes) -> CustomerState:
     return _customer_state.decode(data)
 
 
+class Hints:
+    """Where this process's recent messages went: identifier key -> customer, open key
+    -> (live thread, its last sequence number). Prefetching uses them to ask, in its
+    first call, for the keys it would otherwise learn it needs only from that call's
+    answers: a returning customer's message reads in one round trip. They only choose
+    which keys to fetch; every value the pipeline uses is read from the store in the
+    same attempt, so a stale hint costs a round trip, never a wrong answer. Bounded:
+    when full they start afresh (one atomic step; threads need no lock)."""
+
+    __slots__ = ("_customers", "_size", "_threads")
+
+    def __init__(self, size: int = 65536) -> None:
+        self._size = size
+        self._customers: dict[str, str] = {}
+        self._threads: dict[str, tuple[str, int]] = {}
+
+    def customer(self, ident_key: str) -> str | None:
+        return self._customers.get(ident_key)
+
+    def thread(self, okey: str) -> tuple[str, int] | None:
+        return self._threads.get(okey)
+
+    def learn(self, ident_keys: Sequence[str], okey: str, thread_id: str, seq: int,
+              customer_id: str) -> None:  # fmt: skip
+        customers, threads = self._customers, self._threads
+        if len(customers) + len(ident_keys) > self._size:
+            customers.clear()
+        if len(threads) >= self._size:
+            threads.clear()
+        for key in ident_keys:
+            customers[key] = customer_id
+        threads[okey] = (thread_id, seq)
+
+
 @dataclass
 class Config:
     """What the service is configured with (shared by the sync and async drivers)."""
@@ -137,6 +171,7 @@ class Config:
     token_keys: KeyRing | None = None
     # Set by the API from the store: it offers get_multi, so ingest prefetches its reads.
     prefetch: bool = False
+    hints: Hints = field(default_factory=Hints)
 
 
 # --------------------------------------------------------------------------- store calls

@@ -104,12 +104,16 @@ def _plans(config: Config, inbounds: Sequence[object]) -> list[_Plan]:
 
 
 def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[Cache]:
-    """Prefetch, level by level, what ingesting ``inbounds`` in order will read."""
+    """Prefetch, level by level, what ingesting ``inbounds`` in order will read (levels
+    the hints foresaw cost no call of their own)."""
     from convthread.service._snapshots import CHECKPOINT_EVERY, checkpoint_key
 
     cache: Cache = {}
     plans = _plans(config, inbounds)
-    # Level 1: deduplication, identifiers, referenced messages.
+    hints = config.hints
+    growth = 2 * len(plans)  # see level 4
+    # Level 1: deduplication, identifiers, referenced messages; and what the hints say
+    # levels 2 to 4 will want (the customer, its open pointer, the live thread).
     level: list[tuple[str, str]] = []
     for p in plans:
         level.append((NS_MSG, p.msg_key))
@@ -117,6 +121,17 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[Cache]:
             level.append((NS_IDEM, p.inbound.idempotency_key))
         level.extend((NS_IDENT, k) for k in p.ident_keys)
         level.extend((NS_MSG, k) for k in p.ref_keys)
+        for k in p.ident_keys:
+            cid = hints.customer(k)
+            if cid is not None:
+                okey = core.open_key(cid, p.topic)
+                level.append((NS_CUSTOMER, cid))
+                level.append((NS_OPEN, okey))
+                hinted = hints.thread(okey)
+                if hinted is not None:
+                    level.append((NS_THREAD, hinted[0]))
+                    if hinted[1] + growth >= CHECKPOINT_EVERY:
+                        level.append((core.NS_HSNAP, checkpoint_key(hinted[0])))
     yield from fetch(cache, level)
     # Level 2: the owners' states and open pointers; referenced and named threads.
     fresh = [p for p in plans if cache.get((NS_MSG, p.msg_key)) is None]
@@ -159,7 +174,6 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[Cache]:
                 level.append((NS_THREAD, latest.value.decode()))
     # Each message appends one or two events (a wake-up): in a batch a thread may grow by
     # twice the batch's length before its checkpoint is probed.
-    growth = 2 * len(plans)
     for (ns, key), item in list(cache.items()):
         if ns == NS_THREAD and item is not None:
             version = core.decode_thread_state(item.value).version
@@ -167,6 +181,16 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[Cache]:
                 level.append((core.NS_HSNAP, checkpoint_key(key)))
     yield from fetch(cache, level)
     return cache
+
+
+def learn(config: Config, inbounds: Sequence[object], results: Sequence[IngestResult]) -> None:
+    """Remember where ``results`` went (the hints of the next prefetches)."""
+    plans = _plans(config, inbounds)
+    if len(plans) != len(results):
+        return  # (only when a message failed, and then there are no results)
+    for p, r in zip(plans, results, strict=True):
+        okey = core.open_key(r.customer_id, p.topic)
+        config.hints.learn(p.ident_keys, okey, r.thread_id, r.seq, r.customer_id)
 
 
 def answer(cache: Cache, call: Call) -> tuple[bool, Any]:
@@ -211,7 +235,8 @@ def ingest(config: Config, inbound: Inbound) -> Op[IngestResult]:
 
     cache = yield from plan_ingest(config, [inbound])
     result: IngestResult = yield from through_cache(cache, plain(config, inbound))
+    learn(config, [inbound], [result])  # committed: the generator got past its commit
     return result
 
 
-__all__ = ["Cache", "answer", "fetch", "ingest", "plan_ingest", "through_cache"]
+__all__ = ["Cache", "answer", "fetch", "ingest", "learn", "plan_ingest", "through_cache"]

@@ -866,4 +866,6 @@ def ingest_many(config: Config, inbounds: Sequence[Inbound]) -> Op[list[IngestRe
     batch = overlay.batch()
     if not batch.is_empty:
         yield from core.commit(batch)
+    if config.prefetch:
+        _prefetch.learn(config, inbounds, results)
     return results

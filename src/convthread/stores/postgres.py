@@ -282,12 +282,6 @@ class _Sql:
     def get(self) -> str:
         return f"SELECT value, version FROM {self.q}.kv WHERE ns = %s AND key = %s"
 
-    @property
-    def get_many(self) -> str:
-        return (
-            f"SELECT key, value, version FROM {self.q}.kv WHERE ns = %s AND key = ANY(%s::bytea[])"
-        )
-
     def scan(self, strict: bool, bounded: bool) -> str:
         op = ">" if strict else ">="
         upper = " AND key < %s" if bounded else ""
@@ -837,9 +831,11 @@ class PostgresStore:
     def get_many(self, ns: str, keys: Sequence[str]) -> dict[str, Item]:
         if not keys:
             return {}
-        unique = list(dict.fromkeys(keys))
-        rows = self._query(self._sql.get_many, (ns, _Bytes(_enc(k) for k in unique)))
-        return {_dec(k): Item(bytes(v), int(ver)) for k, v, ver in rows}
+        # One namespace of get_multi's query: a join that looks each key up (a generic
+        # plan of ``ns = $1 AND key = ANY($2)`` would scan the whole namespace).
+        unique = [(ns, k) for k in dict.fromkeys(keys)]
+        rows = self._query(self._sql.get_multi, _multi_args(unique))
+        return {_dec(k): Item(bytes(v), int(ver)) for _ns, k, v, ver in rows}
 
     def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
         """The entries that exist among ``keys`` ((namespace, key) pairs), in one query
@@ -1069,9 +1065,9 @@ class AsyncPostgresStore:
     async def get_many(self, ns: str, keys: Sequence[str]) -> dict[str, Item]:
         if not keys:
             return {}
-        unique = list(dict.fromkeys(keys))
-        rows = await self._query(self._sql.get_many, (ns, _Bytes(_enc(k) for k in unique)))
-        return {_dec(k): Item(bytes(v), int(ver)) for k, v, ver in rows}
+        unique = [(ns, k) for k in dict.fromkeys(keys)]  # as PostgresStore.get_many
+        rows = await self._query(self._sql.get_multi, _multi_args(unique))
+        return {_dec(k): Item(bytes(v), int(ver)) for _ns, k, v, ver in rows}
 
     async def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
         """The entries that exist among ``keys`` ((namespace, key) pairs), in one query
