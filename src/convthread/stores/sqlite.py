@@ -275,41 +275,61 @@ class SQLiteStore:
             raise
 
     def _check(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        """Every expectation, against the state before the batch, in a few statements:
+        one for the streams' versions, one per MULTI_GET_CHUNK keys for the index."""
         streams = [a.stream for a in batch.appends]
         if len(set(streams)) != len(streams):
             raise StoreError("a batch may append to each stream at most once")
+        current: dict[str, int] = {}
+        for start in range(0, len(streams), MULTI_GET_CHUNK):
+            chunk = streams[start : start + MULTI_GET_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            current.update(
+                conn.execute(
+                    f"SELECT stream, max(seq) FROM events WHERE stream IN ({marks}) "
+                    "GROUP BY stream",
+                    chunk,
+                ).fetchall()
+            )
         for append in batch.appends:
-            row = conn.execute(
-                "SELECT max(seq) FROM events WHERE stream = ?", (append.stream,)
-            ).fetchone()
-            current = row[0] or 0
-            if current != append.expected:
+            version = current.get(append.stream, 0)
+            if version != append.expected:
                 raise ConflictError(
-                    f"stream {append.stream!r} is at version {current}, expected {append.expected}"
+                    f"stream {append.stream!r} is at version {version}, expected {append.expected}"
                 )
         ops: tuple[Put | Delete, ...] = (*batch.puts, *batch.deletes)
+        wanted = list(dict.fromkeys((op.ns, op.key) for op in ops if op.expected != ANY))
+        versions: dict[tuple[str, str], int] = {}
+        for start in range(0, len(wanted), MULTI_GET_CHUNK):
+            part = wanted[start : start + MULTI_GET_CHUNK]
+            pairs = ",".join("(?,?)" for _ in part)
+            for ns, key, version in conn.execute(
+                f"WITH w(ns, key) AS (VALUES {pairs}) SELECT kv.ns, kv.key, kv.version "
+                "FROM w JOIN kv ON kv.ns = w.ns AND kv.key = w.key",
+                tuple(x for pair in part for x in pair),
+            ):
+                versions[(ns, key)] = version
         for op in ops:
-            if op.expected == ANY:
-                continue
-            row = conn.execute(
-                "SELECT version FROM kv WHERE ns = ? AND key = ?", (op.ns, op.key)
-            ).fetchone()
-            _check_expected(op.ns, op.key, None if row is None else row[0], op.expected)
+            if op.expected != ANY:
+                _check_expected(op.ns, op.key, versions.get((op.ns, op.key)), op.expected)
 
     def _apply(self, conn: sqlite3.Connection, batch: Batch) -> None:
-        for append in batch.appends:
+        events = [
+            (a.stream, a.expected + i + 1, d) for a in batch.appends for i, d in enumerate(a.events)
+        ]
+        if events:
+            conn.executemany("INSERT INTO events (stream, seq, data) VALUES (?, ?, ?)", events)
+        if batch.puts:
+            # in order: the same key put twice grows by two versions
             conn.executemany(
-                "INSERT INTO events (stream, seq, data) VALUES (?, ?, ?)",
-                [(append.stream, append.expected + i + 1, d) for i, d in enumerate(append.events)],
-            )
-        for put in batch.puts:
-            conn.execute(
                 "INSERT INTO kv (ns, key, version, value) VALUES (?, ?, 1, ?) "
                 "ON CONFLICT (ns, key) DO UPDATE SET version = version + 1, value = excluded.value",
-                (put.ns, put.key, put.value),
+                [(put.ns, put.key, put.value) for put in batch.puts],
             )
-        for delete in batch.deletes:
-            conn.execute("DELETE FROM kv WHERE ns = ? AND key = ?", (delete.ns, delete.key))
+        if batch.deletes:
+            conn.executemany(
+                "DELETE FROM kv WHERE ns = ? AND key = ?", [(d.ns, d.key) for d in batch.deletes]
+            )
         for rw in batch.rewrites:
             cur = conn.execute(
                 "UPDATE events SET data = ? WHERE stream = ? AND seq = ?",
