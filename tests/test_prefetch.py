@@ -122,12 +122,17 @@ def test_stale_hints_cost_calls_never_correctness() -> None:
         phone = ct.phone("+14155550001")
         mail = ct.email("ann@example.com")
 
-        def m(i: int, *who: ct.Identifier, trust: ct.Trust = ct.Trust.ASSERTED) -> ct.Inbound:
+        def m(
+            i: int,
+            *who: ct.Identifier,
+            trust: ct.Trust = ct.Trust.ASSERTED,
+            at: ct.ManualClock = clock,
+        ) -> ct.Inbound:
             return ct.Inbound(
                 channel="sms",
                 provider_message_id=f"x{i}",
                 sender=tuple(ct.SenderIdentifier(w, trust) for w in who),
-                sent_at=clock.now(),
+                sent_at=at.now(),
             )
 
         first = b.ingest(m(0, phone))  # B learns: phone -> customer, its live thread
