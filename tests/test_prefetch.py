@@ -224,3 +224,16 @@ def test_apply_prefetches_an_inbound_message_too() -> None:
         out.append(convs.apply(msg(1, 1, channel="whatsapp")))
     assert out[0] == out[1]
     assert calls(multi) == Counter(get_multi=1, commit=1)
+
+
+def test_erasure_forgets_the_hints_about_the_customer() -> None:
+    _plain, multi = pair()
+    first = multi.ingest(msg(0, 1))
+    other = multi.ingest(msg(1, 2))
+    hints = multi.config.hints
+    key = ct.phone("+14155550001").key
+    assert hints.customer(key) == first.customer_id
+    multi.erase_customer(first.customer_id)
+    assert hints.customer(key) is None
+    assert hints.thread(f"{first.customer_id}|") is None
+    assert hints.customer(ct.phone("+14155550002").key) == other.customer_id

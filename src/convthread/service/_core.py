@@ -152,6 +152,14 @@ class Hints:
             customers[key] = customer_id
         threads[okey] = (thread_id, seq)
 
+    def forget(self, customer_ids: Sequence[str]) -> None:
+        """Drop every hint about ``customer_ids`` (their identifiers are erased)."""
+        gone = set(customer_ids)
+        for key in [k for k, c in list(self._customers.items()) if c in gone]:
+            self._customers.pop(key, None)
+        for okey in [k for k in list(self._threads) if k.split("|", 1)[0] in gone]:
+            self._threads.pop(okey, None)
+
 
 @dataclass
 class Config:

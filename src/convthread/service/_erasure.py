@@ -344,6 +344,8 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
     if batch.puts or batch.deletes or batch.rewrites or any(a.events for a in batch.appends):
         yield from core.commit(batch)
     yield ("scrub", ())
+    # This process's prefetch hints name the erased identifiers: forget them too.
+    config.hints.forget(member_ids)
     return ErasureReport(
         customer_ids=tuple(member_ids),
         thread_ids=tuple(t for t in thread_ids if t in existing),
