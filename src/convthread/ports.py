@@ -83,16 +83,20 @@ ABSENT: Final = 0
 ANY: Final = -1
 
 
-class Recorded(msgspec.Struct, frozen=True):
-    """An event as stored: its stream, its sequence number and its encoded bytes."""
+class Recorded(msgspec.Struct, frozen=True, gc=False):
+    """An event as stored: its stream, its sequence number and its encoded bytes.
+
+    (``gc=False``: it holds only a str, an int and bytes, so it can be in no reference
+    cycle; the garbage collector need not track the millions a store may hold.)"""
 
     stream: str
     seq: int
     data: bytes
 
 
-class Item(msgspec.Struct, frozen=True):
-    """An index entry: its encoded value and its version (1 after the first put)."""
+class Item(msgspec.Struct, frozen=True, gc=False):
+    """An index entry: its encoded value and its version (1 after the first put).
+    Untracked by the garbage collector, as :class:`Recorded`."""
 
     value: bytes
     version: int

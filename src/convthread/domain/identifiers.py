@@ -332,18 +332,25 @@ class IdentifierRegistry:
         Normalizers must therefore be idempotent (normalizing a normal form returns it),
         which every built-in one is.
         """
+        return self._entry(kind, value, scope)[0]
+
+    def renormalize(self, identifier: Identifier) -> Identifier:
+        """Return ``identifier`` normalized by this registry (a no-op when it already is)."""
+        return self._entry(identifier.kind, identifier.value, identifier.scope)[0]
+
+    def key_of(self, identifier: Identifier) -> str:
+        """The key ``identifier`` is indexed by once normalized by this registry
+        (``renormalize(identifier).key``, remembered with it)."""
+        return self._entry(identifier.kind, identifier.value, identifier.scope)[1]
+
+    def _entry(self, kind: str, value: str, scope: str) -> tuple[Identifier, str]:
         try:
             hit = self._memo.get((kind, value, scope))
         except TypeError:  # unhashable input: _normalize says what is wrong with it
             hit = None
         if hit is None:
-            hit = self._normalize(kind, value, scope)
-            self._memo.add((kind, value, scope), hit)
+            hit = self._memo.add((kind, value, scope), self._normalize(kind, value, scope))
         return hit
-
-    def renormalize(self, identifier: Identifier) -> Identifier:
-        """Return ``identifier`` normalized by this registry (a no-op when it already is)."""
-        return self.normalize(identifier.kind, identifier.value, scope=identifier.scope)
 
     def _normalize(self, kind: str, value: str, scope: str) -> Identifier:
         try:
@@ -376,9 +383,10 @@ class IdentifierRegistry:
 
 
 class _Memo:
-    """What a registry normalized: (kind, value, scope) -> Identifier, at most ``size``
-    entries; when full it starts afresh (a clear is one atomic step, so threads sharing
-    the registry need no lock). Each result is also remembered as its own normal form."""
+    """What a registry normalized: (kind, value, scope) -> (Identifier, its key), at most
+    ``size`` entries; when full it starts afresh (a clear is one atomic step, so threads
+    sharing the registry need no lock). Each result is also remembered as its own normal
+    form."""
 
     __slots__ = ("_map", "_size")
 
@@ -386,17 +394,19 @@ class _Memo:
         if not isinstance(size, int) or size < 2:
             raise ValidationError(f"cache_size must be an int of at least 2, got {size!r}")
         self._size = size
-        self._map: dict[tuple[str, str, str], Identifier] = {}
+        self._map: dict[tuple[str, str, str], tuple[Identifier, str]] = {}
 
-    def get(self, key: tuple[str, str, str]) -> Identifier | None:
+    def get(self, key: tuple[str, str, str]) -> tuple[Identifier, str] | None:
         return self._map.get(key)
 
-    def add(self, key: tuple[str, str, str], result: Identifier) -> None:
+    def add(self, key: tuple[str, str, str], result: Identifier) -> tuple[Identifier, str]:
         memo = self._map
         if len(memo) + 2 > self._size:
             memo.clear()
-        memo[key] = result
-        memo[(result.kind, result.value, result.scope)] = result
+        entry = (result, result.key)
+        memo[key] = entry
+        memo[(result.kind, result.value, result.scope)] = entry
+        return entry
 
     def clear(self) -> None:
         self._map.clear()

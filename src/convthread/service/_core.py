@@ -81,7 +81,7 @@ NS_TOKCODE: Final = "tokcode"  # "{key id}:{HMAC of code}" -> token id
 NS_TOKFAIL: Final = "tokfail"  # "{key id}:{HMAC of sender}" -> TokenFailures (attempts)
 
 
-class MsgRef(msgspec.Struct, frozen=True, array_like=True):
+class MsgRef(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """Where a message landed, and the outcome its first delivery had."""
 
     thread_id: str
@@ -91,7 +91,7 @@ class MsgRef(msgspec.Struct, frozen=True, array_like=True):
     new_customer: bool = False
 
 
-class IdentRef(msgspec.Struct, frozen=True, array_like=True):
+class IdentRef(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """Who an identifier belongs to now."""
 
     customer_id: str

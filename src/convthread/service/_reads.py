@@ -61,7 +61,7 @@ def customer(customer_id: str) -> Op[CustomerView]:
 
 def ident_key(config: Config, identifier: Identifier) -> str:
     """The NS_IDENT key of ``identifier`` (normalized by the configured registry)."""
-    return config.identifiers.renormalize(identifier).key
+    return config.identifiers.key_of(identifier)
 
 
 def owner_of(item: Item | None) -> str | None:
