@@ -282,6 +282,8 @@ def test_a_registry_remembers_results_and_their_normal_forms() -> None:
     assert first == ct.Identifier("member", "abc") and calls == ["  ABC "]
     # the normal form, and the raw value again, cost no normalizer call
     assert reg.renormalize(first) == first
+    assert reg.key_of(first) == first.key == "member::abc"
+    assert reg.key_of(ct.Identifier("member", "  ABC ")) == first.key
     assert reg.normalize("member", "  ABC ") == first
     assert calls == ["  ABC "]
     # full (4 entries: 2 per result): it starts afresh, and still answers right
