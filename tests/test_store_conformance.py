@@ -200,9 +200,10 @@ def test_postgres_schema_1_migrates_forward(pg_fresh_schema: str) -> None:
 def test_postgres_commit_is_one_round_trip(
     pg_fresh_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A commit is one statement in one pipeline (one Sync, so one round trip), with no
-    BEGIN or COMMIT of its own; failed checks leave nothing behind and the pooled
-    connection usable, its prepared statements included."""
+    """A commit is one statement sent on its own (its own implicit transaction: one round
+    trip), with no BEGIN or COMMIT; a batch that needs a refusal after it goes in one
+    pipeline (one Sync). Failed checks leave nothing behind and the pooled connection
+    usable, its prepared statements included."""
     import psycopg
 
     from convthread.stores.postgres import PostgresStore
@@ -231,7 +232,7 @@ def test_postgres_commit_is_one_round_trip(
             )
             calls.clear()
             store.commit(batch)
-            assert calls == ["pipeline", "in pipeline: WITH"], calls  # one statement
+            assert calls == ["alone: WITH"], calls  # one statement, no pipeline needed
             # Two statements (check versions, refuse a double append): the second one
             # runs, or the first fails and it is skipped. A statement psycopg prepared
             # and a pipeline then skipped would fail on every later use ("prepared

@@ -666,12 +666,17 @@ def _send_sync(conn: psycopg.Connection[Any], steps: list[_Step]) -> None:
     prepared (psycopg forgets failed ones), and nothing follows it."""
     first: psycopg.Error | None = None
     try:
-        with conn.pipeline():
-            try:
-                for step in steps:
-                    conn.execute(step.sql, step.params)
-            except psycopg.Error as exc:
-                first = exc
+        if len(steps) == 1:
+            # The common case, one statement: an implicit transaction of its own on an
+            # autocommit connection, without the pipeline's client-side cost.
+            conn.execute(steps[0].sql, steps[0].params)
+        else:
+            with conn.pipeline():
+                try:
+                    for step in steps:
+                        conn.execute(step.sql, step.params)
+                except psycopg.Error as exc:
+                    first = exc
     except psycopg.Error as exc:
         first = first or exc
     if first is None:
@@ -685,12 +690,15 @@ def _send_sync(conn: psycopg.Connection[Any], steps: list[_Step]) -> None:
 async def _send_async(conn: psycopg.AsyncConnection[Any], steps: list[_Step]) -> None:
     first: psycopg.Error | None = None
     try:
-        async with conn.pipeline():
-            try:
-                for step in steps:
-                    await conn.execute(step.sql, step.params)
-            except psycopg.Error as exc:
-                first = exc
+        if len(steps) == 1:  # as _send_sync
+            await conn.execute(steps[0].sql, steps[0].params)
+        else:
+            async with conn.pipeline():
+                try:
+                    for step in steps:
+                        await conn.execute(step.sql, step.params)
+                except psycopg.Error as exc:
+                    first = exc
     except psycopg.Error as exc:
         first = first or exc
     if first is None:
