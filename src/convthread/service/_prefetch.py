@@ -57,7 +57,7 @@ def fetch(cache: Cache, keys: Iterable[tuple[str, str]]) -> Op[None]:
             cache[k] = found.get(k)
 
 
-class _Plan:
+class Plan:
     __slots__ = ("ident_keys", "inbound", "msg_key", "ref_keys", "tokens", "topic")
 
     def __init__(
@@ -77,10 +77,10 @@ class _Plan:
         self.tokens = tokens
 
 
-def _plans(config: Config, inbounds: Sequence[object]) -> list[_Plan]:
+def _plans(config: Config, inbounds: Sequence[object]) -> list[Plan]:
     from convthread.service._messages import normalize_sender
 
-    plans: list[_Plan] = []
+    plans: list[Plan] = []
     for inbound in inbounds:
         if not isinstance(inbound, Inbound):
             continue  # the pipeline raises the typed error
@@ -91,7 +91,7 @@ def _plans(config: Config, inbounds: Sequence[object]) -> list[_Plan]:
             continue
         refs = ([inbound.reply_to] if inbound.reply_to else []) + list(inbound.references)
         plans.append(
-            _Plan(
+            Plan(
                 inbound,
                 f"{inbound.channel}|{inbound.provider_message_id}",
                 topic,
@@ -103,7 +103,7 @@ def _plans(config: Config, inbounds: Sequence[object]) -> list[_Plan]:
     return plans
 
 
-def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[Cache]:
+def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[tuple[Cache, list[Plan]]]:
     """Prefetch, level by level, what ingesting ``inbounds`` in order will read (levels
     the hints foresaw cost no call of their own)."""
     from convthread.service._snapshots import CHECKPOINT_EVERY, checkpoint_key
@@ -135,7 +135,7 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[Cache]:
     yield from fetch(cache, level)
     # Level 2: the owners' states and open pointers; referenced and named threads.
     fresh = [p for p in plans if cache.get((NS_MSG, p.msg_key)) is None]
-    owners: list[tuple[_Plan, list[str]]] = []
+    owners: list[tuple[Plan, list[str]]] = []
     level = []
     for p in fresh:
         ids: list[str] = []
@@ -180,12 +180,12 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[Cache]:
             if version + growth >= CHECKPOINT_EVERY:
                 level.append((core.NS_HSNAP, checkpoint_key(key)))
     yield from fetch(cache, level)
-    return cache
+    return cache, plans
 
 
-def learn(config: Config, inbounds: Sequence[object], results: Sequence[IngestResult]) -> None:
-    """Remember where ``results`` went (the hints of the next prefetches)."""
-    plans = _plans(config, inbounds)
+def learn(config: Config, plans: Sequence[Plan], results: Sequence[IngestResult]) -> None:
+    """Remember where ``results`` went (the hints of the next prefetches); ``plans`` are
+    what :func:`plan_ingest` made for the same messages."""
     if len(plans) != len(results):
         return  # (only when a message failed, and then there are no results)
     for p, r in zip(plans, results, strict=True):
@@ -233,10 +233,10 @@ def ingest(config: Config, inbound: Inbound) -> Op[IngestResult]:
     """``_messages.ingest`` with its reads prefetched."""
     from convthread.service._messages import ingest as plain
 
-    cache = yield from plan_ingest(config, [inbound])
+    cache, plans = yield from plan_ingest(config, [inbound])
     result: IngestResult = yield from through_cache(cache, plain(config, inbound))
-    learn(config, [inbound], [result])  # committed: the generator got past its commit
+    learn(config, plans, [result])  # committed: the generator got past its commit
     return result
 
 
-__all__ = ["Cache", "answer", "fetch", "ingest", "learn", "plan_ingest", "through_cache"]
+__all__ = ["Cache", "Plan", "answer", "fetch", "ingest", "learn", "plan_ingest", "through_cache"]

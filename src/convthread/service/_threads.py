@@ -857,7 +857,10 @@ def ingest_many(config: Config, inbounds: Sequence[Inbound]) -> Op[list[IngestRe
     message (a typed error such as IdempotencyError or ValidationError) writes nothing;
     a conflict with another writer retries the whole batch.
     """
-    cache = (yield from _prefetch.plan_ingest(config, inbounds)) if config.prefetch else None
+    cache: Cache | None = None
+    plans: list[_prefetch.Plan] = []
+    if config.prefetch:
+        cache, plans = yield from _prefetch.plan_ingest(config, inbounds)
     overlay = _Overlay(cache)
     results: list[IngestResult] = []
     for inbound in inbounds:
@@ -867,5 +870,5 @@ def ingest_many(config: Config, inbounds: Sequence[Inbound]) -> Op[list[IngestRe
     if not batch.is_empty:
         yield from core.commit(batch)
     if config.prefetch:
-        _prefetch.learn(config, inbounds, results)
+        _prefetch.learn(config, plans, results)
     return results
