@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,11 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from convthread.errors import ConflictError, StoreError
-from convthread.ports import ABSENT, Append, AsyncMultiGet, Batch, Item, MultiGet, Put, Store
+from convthread.ports import ABSENT, Append, Batch, Item, MultiGet, Put, Store
 from convthread.stores import MemoryStore, SQLiteStore
-from convthread.testing.store_conformance import MultiGetConformance, StoreConformance
+from convthread.testing.store_conformance import StoreConformance
 
 from .conftest import POSTGRES_URL, require_postgres
-from .test_store_urls import _Blocking
 
 _counter = itertools.count()
 
@@ -108,41 +107,6 @@ class TestPostgresStore(StoreConformance):
                     again.drop_schema()
         finally:
             store.close()
-
-
-class _BlockingMulti(_Blocking):
-    """The blocking adapter of tests/test_store_urls.py, with get_multi passed through."""
-
-    def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
-        inner = self.inner
-        assert isinstance(inner, AsyncMultiGet)
-        return self._run(inner.get_multi(keys))
-
-
-class TestAsyncPostgresMultiGet(MultiGetConformance):
-    """The multi-get cases through AsyncPostgresStore.get_multi."""
-
-    multi_get = True
-
-    @pytest.fixture(autouse=True)
-    def _needs_postgres(self) -> None:
-        require_postgres()
-
-    def make_store(self) -> Store:
-        from convthread.stores.postgres import AsyncPostgresStore, PostgresStore
-
-        schema = f"amkit_{os.getpid()}_{next(_counter)}"
-        with PostgresStore(POSTGRES_URL, schema=schema) as sync:
-            sync.drop_schema()
-        return _BlockingMulti(AsyncPostgresStore(POSTGRES_URL, schema=schema, max_size=4))
-
-    def discard_store(self, store: Store) -> None:
-        from convthread.stores.postgres import AsyncPostgresStore, PostgresStore
-
-        assert isinstance(store, _Blocking) and isinstance(store.inner, AsyncPostgresStore)
-        store.shutdown()
-        with PostgresStore(POSTGRES_URL, schema=store.inner.schema) as sync:
-            sync.drop_schema()
 
 
 # -- PostgreSQL: schema migration and the server-side checks of a commit

@@ -17,7 +17,17 @@ from hypothesis import HealthCheck, settings
 
 import convthread as ct
 from convthread.errors import ConflictError, SchemaError, StoreError, ValidationError
-from convthread.ports import ABSENT, Append, AsyncStore, Batch, Item, Put, Recorded, Store
+from convthread.ports import (
+    ABSENT,
+    Append,
+    AsyncMultiGet,
+    AsyncStore,
+    Batch,
+    Item,
+    Put,
+    Recorded,
+    Store,
+)
 from convthread.stores import MemoryStore, SQLiteStore, open_async_store, open_store
 from convthread.stores.sqlite import SCHEMA_VERSION
 from convthread.testing.store_conformance import StoreConformance
@@ -236,6 +246,11 @@ class _Blocking:
     def get_many(self, ns: str, keys: Sequence[str]) -> dict[str, Item]:
         return self._run(self.inner.get_many(ns, keys))
 
+    def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+        inner = self.inner
+        assert isinstance(inner, AsyncMultiGet), "the wrapped store has no get_multi"
+        return self._run(inner.get_multi(keys))
+
     def scan(
         self, ns: str, prefix: str = "", after: str = "", limit: int = 1000
     ) -> list[tuple[str, Item]]:
@@ -263,7 +278,10 @@ class _Blocking:
 
 
 class TestAsyncPostgresStore(StoreConformance):
-    """The kit's required cases and state machines, through the asyncio store."""
+    """The kit's cases and state machines (multi-get included), through the asyncio
+    store."""
+
+    multi_get = True
 
     # Every example is a fresh schema (a pool, a migration, a drop): fewer of them.
     machine_settings = settings(
