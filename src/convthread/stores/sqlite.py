@@ -211,12 +211,7 @@ class SQLiteStore:
         unique = list(dict.fromkeys(keys))
         for start in range(0, len(unique), MULTI_GET_CHUNK):
             chunk = unique[start : start + MULTI_GET_CHUNK]
-            pairs = ",".join("(?,?)" for _ in chunk)
-            rows = self._query(
-                f"WITH w(ns, key) AS (VALUES {pairs}) SELECT kv.ns, kv.key, kv.value, "
-                "kv.version FROM w JOIN kv ON kv.ns = w.ns AND kv.key = w.key",
-                tuple(part for pair in chunk for part in pair),
-            )
+            rows = self._query(_by_pairs("kv.value, kv.version", len(chunk)), _flat(chunk))
             for ns, key, value, version in rows:
                 out[(ns, key)] = Item(value, version)
         return out
@@ -302,12 +297,7 @@ class SQLiteStore:
         versions: dict[tuple[str, str], int] = {}
         for start in range(0, len(wanted), MULTI_GET_CHUNK):
             part = wanted[start : start + MULTI_GET_CHUNK]
-            pairs = ",".join("(?,?)" for _ in part)
-            for ns, key, version in conn.execute(
-                f"WITH w(ns, key) AS (VALUES {pairs}) SELECT kv.ns, kv.key, kv.version "
-                "FROM w JOIN kv ON kv.ns = w.ns AND kv.key = w.key",
-                tuple(x for pair in part for x in pair),
-            ):
+            for ns, key, version in conn.execute(_by_pairs("kv.version", len(part)), _flat(part)):
                 versions[(ns, key)] = version
         for op in ops:
             if op.expected != ANY:
@@ -364,6 +354,20 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
+
+
+def _by_pairs(columns: str, count: int) -> str:
+    """A query of ``ns, key`` and ``columns`` of the index entries among ``count``
+    (namespace, key) pairs, bound as ``_flat(pairs)``."""
+    pairs = ",".join("(?,?)" for _ in range(count))
+    return (
+        f"WITH w(ns, key) AS (VALUES {pairs}) SELECT kv.ns, kv.key, {columns} "
+        "FROM w JOIN kv ON kv.ns = w.ns AND kv.key = w.key"
+    )
+
+
+def _flat(pairs: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+    return tuple(part for pair in pairs for part in pair)
 
 
 def _check_expected(ns: str, key: str, version: int | None, expected: int) -> None:
