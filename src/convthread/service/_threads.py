@@ -714,6 +714,16 @@ class _Overlay:
         self.cache: Cache = cache if cache is not None else {}
         self._fake = 1 << 40
 
+    def lookup(self, ns: str, key: str) -> tuple[bool, Item | None]:
+        """(True, the entry or None for absent) if the batch wrote the key or it was read
+        ahead; (False, None) if only the store knows."""
+        written = self.kv.get((ns, key))
+        if written is not None:
+            return True, written[1]
+        if (ns, key) in self.cache:
+            return True, self.cache[(ns, key)]
+        return False, None
+
     def version(self, stream: str) -> int | None:
         entry = self.streams.get(stream)
         return None if entry is None else entry[0] + len(entry[1])
@@ -771,28 +781,18 @@ def _through(overlay: _Overlay, op: Op[Any]) -> Op[Any]:
                 overlay.take(args[0])
                 result: Any = None
             elif name == "get":
-                ns, key = args
-                hit = overlay.kv.get((ns, key))
-                if hit is not None:
-                    result = hit[1]
-                elif (ns, key) in overlay.cache:
-                    result = overlay.cache[(ns, key)]
-                else:
-                    result = yield call
+                found, item = overlay.lookup(args[0], args[1])
+                result = item if found else (yield call)
             elif name == "get_many":
                 ns, keys = args
                 result = {}
                 missing = []
-                cache = overlay.cache
                 for k in keys:
-                    hit = overlay.kv.get((ns, k))
-                    if hit is None:
-                        if (ns, k) not in cache:
-                            missing.append(k)
-                        elif (got := cache[(ns, k)]) is not None:
-                            result[k] = got
-                    elif hit[1] is not None:
-                        result[k] = hit[1]
+                    found, item = overlay.lookup(ns, k)
+                    if not found:
+                        missing.append(k)
+                    elif item is not None:
+                        result[k] = item
                 if missing:
                     result.update((yield ("get_many", (ns, missing))))
             elif name == "read":
