@@ -87,6 +87,25 @@ def run_memory(messages: list[ct.Inbound], profile: bool) -> float:
     return len(messages) / elapsed
 
 
+def _floor_event(m: ct.Inbound, key: str, tid: str, cid: str, now: datetime) -> ct.ThreadEvent:
+    """The floors' MessageReceived: what ingest records, with two short decisions."""
+    from convthread.domain.events import Decision, MessageReceived
+
+    sender = m.sender[0]
+    return MessageReceived(
+        at=now,
+        channel=m.channel,
+        provider_message_id=m.provider_message_id,
+        idempotency_key=key,
+        fingerprint="",
+        sender=sender,
+        content=m.content,
+        sent_at=m.sent_at,
+        decision=Decision(rule="recency", reason=f"continues {tid}"),
+        resolution=Decision(rule="known", reason=f"{sender.identifier.key} -> {cid}"),
+    )
+
+
 def floor(messages: list[ct.Inbound]) -> float:
     """The least work any event-sourced ingest with explained continuity does per message,
     written as tightly as CPython allows, with none of convthread's checks: look up the
@@ -96,7 +115,6 @@ def floor(messages: list[ct.Inbound]) -> float:
     no continuity rules, no validation, no fingerprint, no store protocol, no indexes.
 
     What this reaches bounds what the full pipeline can reach on this interpreter."""
-    from convthread.domain.events import Decision, MessageReceived
 
     encode = codec.encode
     seen: dict[str, tuple[str, int]] = {}
@@ -118,18 +136,7 @@ def floor(messages: list[ct.Inbound]) -> float:
         if thread is None:
             thread = live[cid] = [f"th_{cid}", 0, now]
         tid = str(thread[0])
-        event = MessageReceived(
-            at=now,
-            channel=m.channel,
-            provider_message_id=m.provider_message_id,
-            idempotency_key=key,
-            fingerprint="",
-            sender=sender,
-            content=m.content,
-            sent_at=m.sent_at,
-            decision=Decision(rule="recency", reason=f"continues {tid}"),
-            resolution=Decision(rule="known", reason=f"{ikey} -> {cid}"),
-        )
+        event = _floor_event(m, key, tid, cid, now)
         streams.setdefault(tid, []).append(encode(event))
         thread[1] = int(thread[1]) + 1  # type: ignore[call-overload]
         thread[2] = m.sent_at
@@ -143,15 +150,15 @@ def floor_store(messages: list[ct.Inbound]) -> float:
     encoded and put by compare-and-set, its activity index entry moved, the dedupe entry
     put, all committed atomically to a ``MemoryStore``. Still no identity policy,
     continuity rules, validation or fingerprint."""
-    from convthread.domain.events import Decision, MessageReceived, ThreadStarted
-    from convthread.domain.thread import evolve, start_state
+    from convthread.domain.events import ThreadStarted
+    from convthread.domain.thread import ThreadState, evolve, start_state
     from convthread.ports import ABSENT, Append, Batch, Delete, Put
     from convthread.service._core import NS_MSG, NS_TACTIVE, NS_THREAD, MsgRef, activity_key
 
     encode = codec.encode
     store = MemoryStore()
     owner: dict[str, str] = {}
-    live: dict[str, tuple[object, int]] = {}  # customer -> (ThreadState, item version)
+    live: dict[str, tuple[ThreadState, int]] = {}  # customer -> (state, item version)
     now = T0
     start = time.perf_counter()
     for m in messages:
@@ -169,30 +176,19 @@ def floor_store(messages: list[ct.Inbound]) -> float:
             started = ThreadStarted(at=now, customer_id=cid, channel=m.channel)
             state, version, appends = start_state(tid, started), ABSENT, [encode(started)]
         else:
-            state, version = entry  # type: ignore[assignment]
-            tid, appends = state.id, []  # type: ignore[attr-defined]
-        event = MessageReceived(
-            at=now,
-            channel=m.channel,
-            provider_message_id=m.provider_message_id,
-            idempotency_key=key,
-            fingerprint="",
-            sender=sender,
-            content=m.content,
-            sent_at=m.sent_at,
-            decision=Decision(rule="recency", reason=f"continues {tid}"),
-            resolution=Decision(rule="known", reason=f"{ikey} -> {cid}"),
-        )
+            state, version = entry
+            tid, appends = state.id, []
+        event = _floor_event(m, key, tid, cid, now)
         appends.append(encode(event))
-        base = 0 if entry is None else state.version  # type: ignore[attr-defined]
-        seq = state.version + 1  # type: ignore[attr-defined]
-        new = evolve(state, seq, event)  # type: ignore[arg-type]
+        base = 0 if entry is None else state.version
+        seq = state.version + 1
+        new = evolve(state, seq, event)
         puts = [
             Put(NS_THREAD, tid, encode(new), version),
             Put(NS_MSG, key, encode(MsgRef(tid, seq, cid)), ABSENT),
             Put(NS_TACTIVE, activity_key(new), b"", ABSENT),
         ]
-        deletes = () if entry is None else (Delete(NS_TACTIVE, activity_key(state), -1),)  # type: ignore[arg-type]
+        deletes = () if entry is None else (Delete(NS_TACTIVE, activity_key(state), -1),)
         store.commit(
             Batch(
                 appends=(Append(tid, base, tuple(appends)),),
