@@ -60,6 +60,7 @@ from convthread.domain.events import (
     ThreadStarted,
     ThreadStatus,
 )
+from convthread.domain.graph import BulkReport, IdentityGraph
 from convthread.domain.handoff import (
     AsksForHuman,
     AttributeEquals,
@@ -188,6 +189,7 @@ __all__ = [
     "AttributeSet",
     "Audience",
     "BotFailures",
+    "BulkReport",
     "Channel",
     "ChannelResult",
     "Choice",
@@ -239,6 +241,7 @@ __all__ = [
     "IdentifierRegistry",
     "IdentifierUnlinked",
     "IdentifierVerified",
+    "IdentityGraph",
     "Inbound",
     "IngestResult",
     "IntentDetected",

@@ -76,6 +76,12 @@ def _junk_number(value: str) -> bool:
     return len(set(digits)) == 1 or (len(subscriber) >= 6 and set(subscriber) == {"0"})
 
 
+#: Built-in predicates and the only kinds they can refuse (a user's predicate is asked
+#: about every kind).
+_PREDICATE_KINDS: Final[dict[Callable[[Identifier], bool], frozenset[str]]] = {
+    repeated_digit_phone: frozenset({IdentifierKind.PHONE}),
+}
+
 _CACHE_LIMIT: Final = 65536
 _KIND_PREFIX: Final = re.compile(r"^([a-z][a-z0-9_-]{0,31})(?=[:\[])")
 
@@ -186,6 +192,15 @@ class MergePolicy:
             cache.clear()
         cache[identifier] = answer
         return answer
+
+    def may_block(self, kind: str) -> bool:
+        """False when no exact entry, pattern or predicate of the blocklist can refuse an
+        identifier of ``kind`` (so a caller may skip :meth:`is_blocked` for it)."""
+        return (
+            any(i.kind == kind for i in self.blocked)
+            or any(not k or k == kind for k, _p in self._compiled)
+            or any(kind in _PREDICATE_KINDS.get(pred, (kind,)) for pred in self.blocked_if)
+        )
 
     # -- limits
 
