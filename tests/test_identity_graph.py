@@ -7,6 +7,7 @@ plain reference model (dicts and sets) after every step.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 
 import pytest
@@ -314,10 +315,11 @@ class GraphMachine(RuleBasedStateMachine):
     """The graph against a model: direct links per customer, and merge pointers."""
 
     customers = Bundle("customers")
+    survivor_rule = "oldest"
 
     def __init__(self) -> None:
         super().__init__()
-        self.graph = IdentityGraph(_POLICY)
+        self.graph = IdentityGraph(dataclasses.replace(_POLICY, survivor=self.survivor_rule))
         self.links: list[dict[Identifier, Trust]] = []  # direct links per customer
         self.into: list[int] = []
 
@@ -341,6 +343,14 @@ class GraphMachine(RuleBasedStateMachine):
             if identifier in links:
                 return c
         return None
+
+    def survivor_key(self, root: int) -> tuple[int, int]:
+        held = self.held(root)
+        if self.survivor_rule == "most_identifiers":
+            return (-len(held), root)
+        if self.survivor_rule == "most_trusted":
+            return (-sum(t.rank for t in held.values()), root)
+        return (0, root)
 
     def violations(self, held: dict[Identifier, Trust]) -> tuple[str, ...]:
         return _POLICY.violations(held.items())
@@ -408,8 +418,8 @@ class GraphMachine(RuleBasedStateMachine):
                 self.graph.merge(a, b)
             return
         survivor = self.graph.merge(a, b)
-        assert survivor == min(ra, rb)
-        self.into[max(ra, rb)] = survivor
+        assert survivor == min((ra, rb), key=self.survivor_key)
+        self.into[ra if survivor == rb else rb] = survivor
 
     @rule(a=customers, b=customers)
     def merge_then_unmerge(self, a: int, b: int) -> None:
@@ -456,5 +466,18 @@ class GraphMachine(RuleBasedStateMachine):
                     assert self.graph.trust_of(identifier) is trust
 
 
+class MostIdentifiersMachine(GraphMachine):
+    survivor_rule = "most_identifiers"
+
+
+class MostTrustedMachine(GraphMachine):
+    survivor_rule = "most_trusted"
+
+
+_MACHINE_SETTINGS = settings(max_examples=150, stateful_step_count=30, deadline=None)
 TestGraphMachine = GraphMachine.TestCase
-TestGraphMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+TestGraphMachine.settings = _MACHINE_SETTINGS
+TestMostIdentifiersMachine = MostIdentifiersMachine.TestCase
+TestMostIdentifiersMachine.settings = _MACHINE_SETTINGS
+TestMostTrustedMachine = MostTrustedMachine.TestCase
+TestMostTrustedMachine.settings = _MACHINE_SETTINGS

@@ -75,6 +75,7 @@ class IdentityGraph:
         "_into",
         "_is_account",
         "_kind",
+        "_limit_counts",
         "_limit_kinds",
         "_limit_of",
         "_limits",
@@ -131,7 +132,8 @@ class IdentityGraph:
         self._limits: list[int] = []
         self._limit_kinds: list[str] = []
         self._per_kind: list[array[int]] = []
-        self._verified = array("H")
+        self._limit_counts: list[tuple[int, array[int]]] = []  # (limit, its counts)
+        self._verified = array("i")
         self._count = array("i") if rule is SurvivorRule.MOST_IDENTIFIERS else None
         self._rank = array("i") if rule is SurvivorRule.MOST_TRUSTED else None
         # Every column of totals, which a merge adds up and an unmerge takes apart.
@@ -258,38 +260,47 @@ class IdentityGraph:
         again: dict[int, int] = {}  # interned but unlinked identifier -> its new customer
         limited: list[tuple[int, int]] = []  # (limit slot, customer)
         accounts: list[int] = []  # customers with a verified account id
-        last_kind, last_scope, code = "", "", _NONE
+        add_value, add_kind, add_owner, add_head = (
+            values.append,
+            kinds.append,
+            owners.append,
+            heads.append,
+        )
+        last_kind, last_scope = "", ""
+        code = spread = limit = _NONE
+        block = False
         c = first_c
         for identifier in chunk:
             value, kind, scope = identifier.value, identifier.kind, identifier.scope
-            if kind != last_kind or scope != last_scope:
+            if kind != last_kind or scope != last_scope:  # what depends on the space only
                 code = self._space(kind, scope)
                 last_kind, last_scope = kind, scope
-            if may_block[code] and is_blocked(identifier):
+                spread, limit, block = code * _SPREAD, limit_of[code], may_block[code]
+            if block and is_blocked(identifier):
                 raise PolicyViolation(f"{identifier} is blocklisted (a shared or junk value)")
-            slot = (hash(value) + code * _SPREAD) & mask
+            slot = (hash(value) + spread) & mask
             found = table[slot]
-            while found != _NONE:
+            while found != -1:  # _NONE
                 if values[found] == value and kinds[found] == code:
                     break
                 slot = (slot + 1) & mask
                 found = table[slot]
-            if found == _NONE:
+            if found == -1:
                 found = table[slot] = len(values)
-                values.append(value)
-                kinds.append(code)
-                owners.append(c)
+                add_value(value)
+                add_kind(code)
+                add_owner(c)
             elif found >= first_j or found in again:
                 raise PolicyViolation(f"{identifier} appears twice in add_customers")
             elif self._owner[found] != _NONE:
                 raise PolicyViolation(self._taken(identifier, found))
             else:
                 again[found] = c
-            heads.append(found)
-            if limit_of[code] != _NONE:
-                if self._limits[limit_of[code]] < 1:
-                    raise PolicyViolation(self._limit_text(identifier, trust, 1, limit_of[code]))
-                limited.append((limit_of[code], c))
+            add_head(found)
+            if limit != _NONE:
+                if self._limits[limit] < 1:
+                    raise PolicyViolation(self._limit_text(identifier, trust, 1, limit))
+                limited.append((limit, c))
             if verified_account and self._is_account[code]:
                 if self.policy.max_verified_accounts < 1:
                     raise PolicyViolation(self._verified_text(identifier, 1))
@@ -412,17 +423,30 @@ class IdentityGraph:
     # ------------------------------------------------------------------ internals
 
     def _holder(self, identifier: Identifier) -> int:
-        """The root customer holding ``identifier``, or ``_NONE``."""
-        j = self._find(identifier)
-        owner = _NONE if j == _NONE else self._owner[j]
-        return owner if owner == _NONE else self._root(owner)
+        """The root customer holding ``identifier``, or ``_NONE``. (The lookup of every
+        bulk call: ``_find`` and ``_root`` written out, to save two calls.)"""
+        scopes = self._space_code.get(identifier.kind)
+        code = None if scopes is None else scopes.get(identifier.scope)
+        if code is None:
+            return _NONE
+        c = self._owner[j] if (j := self._probe(code, identifier.value)[1]) != _NONE else _NONE
+        if c == _NONE:
+            return _NONE
+        up = self._up
+        while (parent := up[c]) != c:
+            up[c] = c = up[parent]
+        return c
 
     def _link_root(self, root: int, identifier: Identifier, trust: Trust, rank: int) -> bool:
         """Link ``identifier`` to the root customer ``root``; False when it held it
         already at that trust or higher. Checks first, then writes: a refusal (raised)
         changes nothing."""
-        self._reserve(len(self._values) + 1)
-        code = self._space(identifier.kind, identifier.scope)
+        if 2 * len(self._values) + 2 > self._mask:  # _reserve's test, written out
+            self._reserve(len(self._values) + 1)
+        scopes = self._space_code.get(identifier.kind)
+        code = scopes.get(identifier.scope) if scopes is not None else None
+        if code is None:
+            code = self._space(identifier.kind, identifier.scope)
         slot, j = self._probe(code, identifier.value)
         if j != _NONE and self._owner[j] != _NONE:
             if self._root(self._owner[j]) != root:
@@ -460,10 +484,18 @@ class IdentityGraph:
         return True
 
     def _merge_roots(self, a: int, b: int, ra: int, rb: int) -> int:
-        found = self._violations(a, b, ra, rb)
-        if found:
+        refused = (
+            ra == rb or self._verified[ra] + self._verified[rb] > self.policy.max_verified_accounts
+        )
+        for limit, counts in self._limit_counts:
+            refused = refused or counts[ra] + counts[rb] > limit
+        if refused:  # say why (the quick test above is the same one, without the words)
+            found = self._violations(a, b, ra, rb)
             raise PolicyViolation(f"customers {a} and {b} cannot be merged: " + "; ".join(found))
-        survivor, absorbed = self._survivor(ra, rb)
+        if self._count is None and self._rank is None:  # oldest: the lower number
+            survivor, absorbed = (ra, rb) if ra < rb else (rb, ra)
+        else:
+            survivor, absorbed = self._survivor(ra, rb)
         self._into[absorbed] = survivor
         self._up[absorbed] = survivor
         self._sibling[absorbed] = self._child[survivor]
@@ -479,14 +511,11 @@ class IdentityGraph:
             raise NotFound("customer in this graph", str(customer))
 
     def _root(self, c: int) -> int:
+        """The root of ``c``, halving the path on the way."""
         up = self._up
-        while True:
-            parent = up[c]
-            if parent == c:
-                return c
-            grand = up[parent]
-            up[c] = grand
-            c = grand
+        while (parent := up[c]) != c:
+            up[c] = c = up[parent]
+        return c
 
     def _members(self, root: int) -> Iterator[int]:
         stack = [root]
@@ -531,8 +560,9 @@ class IdentityGraph:
             self._limit_of.append(len(self._limits))
             self._limits.append(limit)
             self._limit_kinds.append(kind)
-            counts = array("H", bytes(2 * len(self._into)))
+            counts = array("i", bytes(4 * len(self._into)))
             self._per_kind.append(counts)
+            self._limit_counts.append((limit, counts))
             self._totals.append(counts)
         return code
 
@@ -584,13 +614,8 @@ class IdentityGraph:
         self._head.extend(nothing if heads is None else heads)
         self._child.extend(nothing)
         self._sibling.extend(nothing)
-        for counts in self._per_kind:
-            counts.frombytes(zeros[: 2 * count])
-        self._verified.frombytes(zeros[: 2 * count])
-        if self._count is not None:
-            self._count.frombytes(zeros)
-        if self._rank is not None:
-            self._rank.frombytes(zeros)
+        for column in self._totals:
+            column.frombytes(zeros)
 
     def _truncate(self, identifiers: int, customers: int) -> None:
         """Forget everything from identifier ``identifiers`` and customer ``customers`` on
@@ -600,9 +625,8 @@ class IdentityGraph:
         del self._values[identifiers:]
         for column in (self._up, self._into, self._head, self._child, self._sibling):
             del column[customers:]
-        for counts in (*self._per_kind, self._verified, self._count, self._rank):
-            if counts is not None:
-                del counts[customers:]
+        for column in self._totals:
+            del column[customers:]
         self._rehash(self._mask + 1)
 
     def _add_counts(self, customer: int, j: int, sign: int) -> None:
