@@ -2,6 +2,11 @@
 on-disk bytes per reference message on SQLite next to a plain-sqlite3 row.
 
     python bench/bench_postgres.py [--quick] [--url URL] [--messages N] [--batch B]
+                                   [--only ROW [ROW ...]]
+
+``--only`` runs some of the rows: ``single`` (1 message per transaction), ``store``
+(store.commit only), ``batch`` (B messages per transaction), ``four`` (4 processes),
+``sqlite`` (bytes per message and the event's anatomy).
 
 PostgreSQL (URL default: $CONVTHREAD_TEST_POSTGRES_URL or
 postgresql://postgres@127.0.0.1:5432/test; every run uses fresh schemas, dropped after):
@@ -395,13 +400,21 @@ def event_anatomy(n: int, customers: int) -> tuple[float, float, float, float]:
     )
 
 
+#: The rows ``--only`` may name.
+ROWS = ("single", "store", "batch", "four", "sqlite")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--url", default=URL)
     parser.add_argument("--messages", type=int, default=None, help="per process")
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument(
+        "--only", nargs="+", choices=ROWS, default=list(ROWS), metavar="ROW", help="rows to run"
+    )
     args = parser.parse_args()
+    only = set(args.only)
     n = args.messages or (200 if args.quick else 2_000)
     n4 = max(n // 2, 50)
     customers = max(n // 10, 10)
@@ -410,26 +423,27 @@ def main() -> None:
 
     messages = reference_messages(n, customers)
     results: list[tuple[str, float, float]] = []  # (label, convthread msg/s, baseline msg/s)
-    t_ct, t_base = interleaved(url, messages, 1, 10)
-    results.append(("1 process, 1 message per transaction", n / t_ct, n / t_base))
-    t_st, t_base = store_level(url, messages, 10)
-    results.append(("store.commit only, 1 message per transaction", n / t_st, n / t_base))
-    t_ct, t_base = interleaved(url, messages, batch, 5)
-    results.append((f"1 process, {batch} messages per transaction", n / t_ct, n / t_base))
-    t_ct = t_base = 0.0
-    for _round in range(2):  # convthread, baseline, convthread, baseline
-        schema, base = make_schema(url, False), make_schema(url, True)
-        try:
-            PostgresStore(url, schema=schema).close()  # migrate before the workers start
-            t_ct += four_processes("convthread", url, schema, n4 // 2, max(customers // 2, 10))
-            t_base += four_processes("baseline", url, base, n4 // 2, max(customers // 2, 10))
-        finally:
-            drop_schema(url, schema)
-            drop_schema(url, base)
-    results.append(("4 processes, 1 message per transaction", 4 * n4 / t_ct, 4 * n4 / t_base))
-
-    with tempfile.TemporaryDirectory() as tmp:
-        ct_bytes, base_bytes, per_table = sqlite_bytes(n, customers, Path(tmp))
+    if "single" in only:
+        t_ct, t_base = interleaved(url, messages, 1, 10)
+        results.append(("1 process, 1 message per transaction", n / t_ct, n / t_base))
+    if "store" in only:
+        t_st, t_base = store_level(url, messages, 10)
+        results.append(("store.commit only, 1 message per transaction", n / t_st, n / t_base))
+    if "batch" in only:
+        t_ct, t_base = interleaved(url, messages, batch, 5)
+        results.append((f"1 process, {batch} messages per transaction", n / t_ct, n / t_base))
+    if "four" in only:
+        t_ct = t_base = 0.0
+        for _round in range(2):  # convthread, baseline, convthread, baseline
+            schema, base = make_schema(url, False), make_schema(url, True)
+            try:
+                PostgresStore(url, schema=schema).close()  # migrate before the workers start
+                t_ct += four_processes("convthread", url, schema, n4 // 2, max(customers // 2, 10))
+                t_base += four_processes("baseline", url, base, n4 // 2, max(customers // 2, 10))
+            finally:
+                drop_schema(url, schema)
+                drop_schema(url, base)
+        results.append(("4 processes, 1 message per transaction", 4 * n4 / t_ct, 4 * n4 / t_base))
 
     print(f"convthread bench_postgres ({'quick' if args.quick else 'full'} run), {sys.platform}")
     print(
@@ -441,6 +455,10 @@ def main() -> None:
         print(
             f"  {label:<46} {ct_rate:>8,.0f} m/s {base_rate:>10,.0f} m/s {ct_rate / base_rate:>6.2f}"
         )
+    if "sqlite" not in only:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        ct_bytes, base_bytes, per_table = sqlite_bytes(n, customers, Path(tmp))
     print(
         f"  SQLite bytes per reference message: convthread {ct_bytes:,.0f}, "
         f"plain sqlite3 row {base_bytes:,.0f}, ratio {ct_bytes / base_bytes:.2f}"

@@ -19,8 +19,11 @@ automatic merge commits on its own before the message), the cache is dropped.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Final
+
+import msgspec
 
 from convthread.domain.continuity import find_reference_tokens
 from convthread.domain.model import Inbound
@@ -45,6 +48,16 @@ Cache = dict[tuple[str, str], "Item | None"]
 
 #: Keys per ``get_multi`` call (bounded statements; many stores cap bound parameters).
 CHUNK = 500
+
+
+class _ThreadHead(msgspec.Struct, gc=False):
+    """Whose a thread is and its version: two fields of an encoded ThreadState."""
+
+    customer_id: str
+    version: int
+
+
+_thread_head: Final = msgspec.msgpack.Decoder(_ThreadHead)  # skips the other fields
 
 
 def fetch(cache: Cache, keys: Iterable[tuple[str, str]]) -> Op[None]:
@@ -111,10 +124,12 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[tuple[Cache, l
     cache: Cache = {}
     plans = _plans(config, inbounds)
     hints = config.hints
-    growth = 2 * len(plans)  # see level 4
     # Level 1: deduplication, identifiers, referenced messages; and what the hints say
-    # levels 2 to 4 will want (the customer, its open pointer, the live thread).
+    # levels 2 to 4 will want (the customer, its open pointer, the live thread and its
+    # checkpoint, see level 4).
     level: list[tuple[str, str]] = []
+    hinted: list[str] = []  # the customer of each hint (an over-count probes a key more)
+    threads: list[tuple[str, str, int]] = []  # (customer, hinted thread, its last seq)
     for p in plans:
         level.append((NS_MSG, p.msg_key))
         if p.inbound.idempotency_key is not None:
@@ -127,27 +142,37 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[tuple[Cache, l
                 okey = core.open_key(cid, p.topic)
                 level.append((NS_CUSTOMER, cid))
                 level.append((NS_OPEN, okey))
-                hinted = hints.thread(okey)
-                if hinted is not None:
-                    level.append((NS_THREAD, hinted[0]))
-                    if hinted[1] + growth >= CHECKPOINT_EVERY:
-                        level.append((core.NS_HSNAP, checkpoint_key(hinted[0])))
+                hinted.append(cid)
+                thread = hints.thread(okey)
+                if thread is not None:
+                    level.append((NS_THREAD, thread[0]))
+                    threads.append((cid, *thread))
+    messages = Counter(hinted)
+    level.extend(
+        (core.NS_HSNAP, checkpoint_key(tid))
+        for cid, tid, seq in threads
+        if seq + 2 * messages[cid] >= CHECKPOINT_EVERY
+    )
     yield from fetch(cache, level)
     # Level 2: the owners' states and open pointers; referenced and named threads.
-    fresh = [p for p in plans if cache.get((NS_MSG, p.msg_key)) is None]
-    owners: list[tuple[Plan, list[str]]] = []
+    owned: list[str] = []  # the owners of each message (once per message)
+    okeys: dict[str, None] = {}  # their open keys (customer and topic), first seen first
     level = []
-    for p in fresh:
+    for p in plans:
+        if cache.get((NS_MSG, p.msg_key)) is not None:
+            continue  # a redelivery: the pipeline reads its outcome, nothing more
         ids: list[str] = []
         for k in p.ident_keys:
             item = cache.get((NS_IDENT, k))
             if item is not None:
                 ids.append(core.decode_identref(item.value).customer_id)
         ids = list(dict.fromkeys(ids))
-        owners.append((p, ids))
+        owned.extend(ids)
         for cid in ids:
+            okey = core.open_key(cid, p.topic)
+            okeys[okey] = None
             level.append((NS_CUSTOMER, cid))
-            level.append((NS_OPEN, core.open_key(cid, p.topic)))
+            level.append((NS_OPEN, okey))
         for k in p.ref_keys:
             ref = cache.get((NS_MSG, k))
             if ref is not None:
@@ -156,28 +181,27 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[tuple[Cache, l
     yield from fetch(cache, level)
     # Level 3: the live threads, or the newest ones where none is live.
     level = []
-    for p, ids in owners:
-        for cid in ids:
-            okey = core.open_key(cid, p.topic)
-            live = cache.get((NS_OPEN, okey))
-            if live is not None:
-                level.append((NS_THREAD, live.value.decode()))
-            else:
-                level.append((NS_LATEST, okey))
+    for okey in okeys:
+        live = cache.get((NS_OPEN, okey))
+        if live is not None:
+            level.append((NS_THREAD, live.value.decode()))
+        else:
+            level.append((NS_LATEST, okey))
     yield from fetch(cache, level)
     # Level 4: the newest threads; checkpoints of threads long enough to need one.
     level = []
-    for p, ids in owners:
-        for cid in ids:
-            latest = cache.get((NS_LATEST, core.open_key(cid, p.topic)))
-            if latest is not None:
-                level.append((NS_THREAD, latest.value.decode()))
-    # Each message appends one or two events (a wake-up): in a batch a thread may grow by
-    # twice the batch's length before its checkpoint is probed.
+    for okey in okeys:
+        latest = cache.get((NS_LATEST, okey))
+        if latest is not None:
+            level.append((NS_THREAD, latest.value.decode()))
+    # Each message appends one or two events (a wake-up) to a thread of its customer: in
+    # a batch a thread may grow by twice its customer's messages before its checkpoint is
+    # probed. (Only the owner and version of each thread are decoded.)
+    owners = Counter(owned)
     for (ns, key), item in list(cache.items()):
         if ns == NS_THREAD and item is not None:
-            version = core.decode_thread_state(item.value).version
-            if version + growth >= CHECKPOINT_EVERY:
+            head = _thread_head.decode(item.value)
+            if head.version + 2 * owners[head.customer_id] >= CHECKPOINT_EVERY:
                 level.append((core.NS_HSNAP, checkpoint_key(key)))
     yield from fetch(cache, level)
     return cache, plans

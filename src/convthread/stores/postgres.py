@@ -82,6 +82,7 @@ import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import Any, Final, Literal, NamedTuple
 
 import psycopg
@@ -150,7 +151,9 @@ def _dec(key: bytes) -> str:
 def _label(text: str) -> str:
     """``text`` made safe for a ``text`` parameter (no NUL, no lone surrogate), for
     error messages built on the server."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    if not text.isascii():  # (ASCII holds no surrogate: only NUL needs replacing)
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
 
 
 def _prefix_upper(prefix: bytes) -> bytes | None:
@@ -196,8 +199,9 @@ def _pack_array(element_oid: int, items: Sequence[bytes]) -> bytes:
     if not items:
         return _EMPTY_ARRAY.pack(0, 0, element_oid)
     head = _ARRAY_HEAD.pack(1, 0, element_oid, len(items), 1)
-    pack = _LENGTH.pack
-    return head + b"".join(pack(len(item)) + item for item in items)
+    # Each item after its length; the loops run in C (map, zip, chain, join).
+    lengths = map(_LENGTH.pack, map(len, items))
+    return b"".join(chain((head,), chain.from_iterable(zip(lengths, items, strict=True))))
 
 
 class _TextDumper(Dumper):
@@ -213,7 +217,7 @@ class _BytesDumper(Dumper):
     oid = 1001  # bytea[]
 
     def dump(self, obj: Any) -> bytes:
-        return _pack_array(_BYTEA_OID, [bytes(b) for b in obj])
+        return _pack_array(_BYTEA_OID, list(map(bytes, obj)))
 
 
 class _Int8Dumper(Dumper):
@@ -223,9 +227,8 @@ class _Int8Dumper(Dumper):
     def dump(self, obj: Any) -> bytes:
         if not obj:
             return _EMPTY_ARRAY.pack(0, 0, _INT8_OID)
-        pack = _INT8_ITEM.pack
         head = _ARRAY_HEAD.pack(1, 0, _INT8_OID, len(obj), 1)
-        return head + b"".join(pack(8, value) for value in obj)
+        return b"".join(chain((head,), map(_INT8_ITEM.pack, repeat(8), obj)))
 
 
 def _register_arrays(adapters: AdaptersMap) -> None:
@@ -292,9 +295,11 @@ class _Sql:
 
     @property
     def get_multi(self) -> str:
+        # Each row names the pair it answers by its position in the arrays (1-based):
+        # the client keeps the pairs, so the keys need not come back and be decoded.
         return (
-            f"SELECT k.ns, k.key, k.value, k.version "
-            f"FROM unnest(%s::text[], %s::bytea[]) AS w(ns, key) "
+            f"SELECT w.i, k.value, k.version "
+            f"FROM unnest(%s::text[], %s::bytea[]) WITH ORDINALITY AS w(ns, key, i) "
             f"JOIN {self.q}.kv AS k ON k.ns = w.ns AND k.key = w.key"
         )
 
@@ -467,12 +472,11 @@ def _plan(sql: _Sql, batch: Batch) -> list[_Step]:
     once the stream versions have been checked (the reference store's order)."""
     params: list[Any] = []
     if batch.appends:
-        params += (
-            _Text(a.stream for a in batch.appends),
-            _Int8(a.expected for a in batch.appends),
-            _Text(_label(repr(a.stream)) for a in batch.appends),
-        )
         streams = [a.stream for a in batch.appends]
+        params += _columns(
+            [(a.stream, a.expected, _label(repr(a.stream))) for a in batch.appends],
+            _APPEND_COLUMNS,
+        )
         if len(set(streams)) != len(streams):
             msg = "a batch may append to each stream at most once"
             return [
@@ -485,82 +489,62 @@ def _plan(sql: _Sql, batch: Batch) -> list[_Step]:
     groups: dict[tuple[str, str], _KeyOps] = {}
     try:
         for put in batch.puts:
-            g = groups.setdefault((put.ns, put.key), _KeyOps())
-            g.expect(put.ns, put.key, put.expected)
-            g.puts += 1
-            g.value = put.value
+            slot = (put.ns, put.key)
+            g = groups.get(slot)
+            if g is None:
+                groups[slot] = _KeyOps(put.expected, 1, put.value, False)
+            else:
+                g.expect(slot, put.expected)
+                g.puts += 1
+                g.value = put.value
         for delete in batch.deletes:
-            g = groups.setdefault((delete.ns, delete.key), _KeyOps())
-            g.expect(delete.ns, delete.key, delete.expected)
-            g.deleted = True
+            slot = (delete.ns, delete.key)
+            g = groups.get(slot)
+            if g is None:
+                groups[slot] = _KeyOps(delete.expected, 0, b"", True)
+            else:
+                g.expect(slot, delete.expected)
+                g.deleted = True
     except ConflictError as exc:
         refuse = _Step(sql.refuse(_REFUSED_CONFLICT), (_label(str(exc)),))
         if not batch.appends:
             return [refuse]
         return [_Step(sql.batch(_Shape(appends=True)), tuple(params)), refuse]
 
-    updates = [(k, g) for k, g in groups.items() if not g.deleted and g.expected > 0]
-    inserts = [(k, g) for k, g in groups.items() if not g.deleted and g.expected == ABSENT]
-    upserts = [(k, g) for k, g in groups.items() if not g.deleted and g.expected == ANY]
-    deletes = [(k, g) for k, g in groups.items() if g.deleted]
-
-    def label(key: tuple[str, str]) -> str:
-        return _label(f"{key[0]}/{key[1]}")
-
-    if updates:
-        params += (
-            _Text(ns for (ns, _), _g in updates),
-            _Bytes(_enc(key) for (_, key), _g in updates),
-            _Int8(g.expected for _k, g in updates),
-            _Int8(g.puts for _k, g in updates),
-            _Bytes(g.value for _k, g in updates),
-            _Text(label(k) for k, _g in updates),
-        )
-    if inserts:
-        params += (
-            _Text(ns for (ns, _), _g in inserts),
-            _Bytes(_enc(key) for (_, key), _g in inserts),
-            _Int8(g.puts for _k, g in inserts),
-            _Bytes(g.value for _k, g in inserts),
-            _Text(label(k) for k, _g in inserts),
-        )
-    if upserts:
-        params += (
-            _Text(ns for (ns, _), _g in upserts),
-            _Bytes(_enc(key) for (_, key), _g in upserts),
-            _Int8(g.puts for _k, g in upserts),
-            _Bytes(g.value for _k, g in upserts),
-        )
-    if deletes:
-        params += (
-            _Text(ns for (ns, _), _g in deletes),
-            _Bytes(_enc(key) for (_, key), _g in deletes),
-            _Int8(g.expected for _k, g in deletes),
-            _Text(label(k) for k, _g in deletes),
-        )
+    # One row per key, in the parameters' order (see _batch_sql).
+    updates: list[tuple[Any, ...]] = []
+    inserts: list[tuple[Any, ...]] = []
+    upserts: list[tuple[Any, ...]] = []
+    deletes: list[tuple[Any, ...]] = []
+    for (ns, key), g in groups.items():
+        if g.deleted:
+            deletes.append((ns, _enc(key), g.expected, _label(f"{ns}/{key}")))
+        elif g.expected > 0:
+            label = _label(f"{ns}/{key}")
+            updates.append((ns, _enc(key), g.expected, g.puts, g.value, label))
+        elif g.expected == ABSENT:
+            inserts.append((ns, _enc(key), g.puts, g.value, _label(f"{ns}/{key}")))
+        elif g.expected == ANY:
+            upserts.append((ns, _enc(key), g.puts, g.value))
+    params += _columns(updates, _UPDATE_COLUMNS)
+    params += _columns(inserts, _INSERT_COLUMNS)
+    params += _columns(upserts, _UPSERT_COLUMNS)
+    params += _columns(deletes, _DELETE_COLUMNS)
     last: dict[tuple[str, int], bytes] = {}
     for rw in batch.rewrites:
         last[(rw.stream, rw.seq)] = rw.data
-    if last:
-        params += (
-            _Text(s for s, _ in last),
-            _Int8(q for _, q in last),
-            _Bytes(last.values()),
-            _Text(_label(repr(s)) for s, _ in last),
-        )
-    ev_streams = _Text()
-    ev_seqs = _Int8()
-    ev_data = _Bytes()
-    for append in batch.appends:
-        for i, data in enumerate(append.events):
-            ev_streams.append(append.stream)
-            ev_seqs.append(append.expected + i + 1)
-            ev_data.append(data)
-    if ev_streams:
-        params += (ev_streams, ev_seqs, ev_data)
+    params += _columns(
+        [(s, q, data, _label(repr(s))) for (s, q), data in last.items()], _REWRITE_COLUMNS
+    )
+    events = [
+        (a.stream, a.expected + i, data)
+        for a in batch.appends
+        for i, data in enumerate(a.events, start=1)
+    ]
+    params += _columns(events, _EVENT_COLUMNS)
     shape = _Shape(
         appends=bool(batch.appends),
-        events=bool(ev_streams),
+        events=bool(events),
         updates=bool(updates),
         inserts=bool(inserts),
         upserts=bool(upserts),
@@ -570,23 +554,43 @@ def _plan(sql: _Sql, batch: Batch) -> list[_Step]:
     return [_Step(sql.batch(shape), tuple(params))]
 
 
+# The array parameters of each part of a batch statement, in order (see _batch_sql).
+_APPEND_COLUMNS: Final = (_Text, _Int8, _Text)  # stream, expected, label
+_UPDATE_COLUMNS: Final = (_Text, _Bytes, _Int8, _Int8, _Bytes, _Text)  # ns, key, expected,
+# puts, value, label
+_INSERT_COLUMNS: Final = (_Text, _Bytes, _Int8, _Bytes, _Text)  # ns, key, puts, value, label
+_UPSERT_COLUMNS: Final = (_Text, _Bytes, _Int8, _Bytes)  # ns, key, puts, value
+_DELETE_COLUMNS: Final = (_Text, _Bytes, _Int8, _Text)  # ns, key, expected, label
+_REWRITE_COLUMNS: Final = (_Text, _Int8, _Bytes, _Text)  # stream, seq, data, label
+_EVENT_COLUMNS: Final = (_Text, _Int8, _Bytes)  # stream, seq, data
+
+
+def _columns(rows: list[tuple[Any, ...]], kinds: tuple[type[list[Any]], ...]) -> list[Any]:
+    """The array parameters of ``rows`` (none for no rows): column i as ``kinds[i]``."""
+    return (
+        [kind(column) for kind, column in zip(kinds, zip(*rows, strict=True), strict=True)]
+        if rows
+        else []
+    )
+
+
 class _KeyOps:
     """What one batch does to one key."""
 
     __slots__ = ("deleted", "expected", "puts", "value")
 
-    def __init__(self) -> None:
-        self.expected = ANY
-        self.puts = 0
-        self.value = b""
-        self.deleted = False
+    def __init__(self, expected: int, puts: int, value: bytes, deleted: bool) -> None:
+        self.expected = expected
+        self.puts = puts
+        self.value = value
+        self.deleted = deleted
 
-    def expect(self, ns: str, key: str, expected: int) -> None:
+    def expect(self, slot: tuple[str, str], expected: int) -> None:
         if expected == ANY or expected == self.expected:
             return
         if self.expected != ANY:
             raise ConflictError(
-                f"{ns}/{key} is expected at two different versions in one batch "
+                f"{slot[0]}/{slot[1]} is expected at two different versions in one batch "
                 f"({self.expected} and {expected}); at most one can hold"
             )
         self.expected = expected
@@ -803,12 +807,13 @@ class PostgresStore:
         return int(rows[0][0] or 0)
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        """Run one read statement; a connection found dead is replaced once."""
+        """Run one read statement; a connection found dead is replaced once. Results
+        come in binary format (bytea values need no hex decoding)."""
         self._check_open()
         for attempt in (0, 1):
             try:
                 with self._pool.connection() as conn:
-                    return conn.execute(sql, args).fetchall()
+                    return conn.execute(sql, args, binary=True).fetchall()
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                 if (
                     attempt == 0
@@ -843,7 +848,7 @@ class PostgresStore:
         # plan of ``ns = $1 AND key = ANY($2)`` would scan the whole namespace).
         unique = [(ns, k) for k in dict.fromkeys(keys)]
         rows = self._query(self._sql.get_multi, _multi_args(unique))
-        return {_dec(k): Item(bytes(v), int(ver)) for _ns, k, v, ver in rows}
+        return {unique[i - 1][1]: Item(bytes(v), int(ver)) for i, v, ver in rows}
 
     def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
         """The entries that exist among ``keys`` ((namespace, key) pairs), in one query
@@ -853,7 +858,7 @@ class PostgresStore:
             return {}
         unique = list(dict.fromkeys(keys))
         rows = self._query(self._sql.get_multi, _multi_args(unique))
-        return {(ns, _dec(k)): Item(bytes(v), int(ver)) for ns, k, v, ver in rows}
+        return {unique[i - 1]: Item(bytes(v), int(ver)) for i, v, ver in rows}
 
     def scan(
         self, ns: str, prefix: str = "", after: str = "", limit: int = 1000
@@ -910,7 +915,7 @@ class PostgresStore:
 
 
 def _multi_args(keys: list[tuple[str, str]]) -> tuple[Any, ...]:
-    return (_Text(ns for ns, _ in keys), _Bytes(_enc(key) for _, key in keys))
+    return (_Text([ns for ns, _ in keys]), _Bytes([_enc(key) for _, key in keys]))
 
 
 def _scan_args(
@@ -1038,7 +1043,7 @@ class AsyncPostgresStore:
         for attempt in (0, 1):
             try:
                 async with pool.connection() as conn:
-                    cur = await conn.execute(sql, args)
+                    cur = await conn.execute(sql, args, binary=True)
                     return await cur.fetchall()
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                 if (
@@ -1075,7 +1080,7 @@ class AsyncPostgresStore:
             return {}
         unique = [(ns, k) for k in dict.fromkeys(keys)]  # as PostgresStore.get_many
         rows = await self._query(self._sql.get_multi, _multi_args(unique))
-        return {_dec(k): Item(bytes(v), int(ver)) for _ns, k, v, ver in rows}
+        return {unique[i - 1][1]: Item(bytes(v), int(ver)) for i, v, ver in rows}
 
     async def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
         """The entries that exist among ``keys`` ((namespace, key) pairs), in one query
@@ -1086,7 +1091,7 @@ class AsyncPostgresStore:
             return {}
         unique = list(dict.fromkeys(keys))
         rows = await self._query(self._sql.get_multi, _multi_args(unique))
-        return {(ns, _dec(k)): Item(bytes(v), int(ver)) for ns, k, v, ver in rows}
+        return {unique[i - 1]: Item(bytes(v), int(ver)) for i, v, ver in rows}
 
     async def scan(
         self, ns: str, prefix: str = "", after: str = "", limit: int = 1000
