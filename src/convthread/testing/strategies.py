@@ -2177,6 +2177,10 @@ def _persona_lists(max_personas: int) -> SearchStrategy[list[Persona]]:
     return _PERSONA_LISTS[max_personas]
 
 
+#: Continue a journey? Shrinks to False (stop); three in four journeys go on.
+_ANOTHER_STEP: Final = st.sampled_from((False, True, True, True))
+
+
 @st.composite
 def journeys(
     draw: st.DrawFn,
@@ -2216,7 +2220,11 @@ def journeys(
     steps: list[Step] = []
     ingested: list[int] = []
     at = start
-    for n in range(1, draw(st.integers(min_steps, max_steps)) + 1):
+    n = 0
+    # One "another step?" choice before each optional step (not a length drawn up front):
+    # the shrinker can then drop any step of a failing journey, not only the last ones.
+    while n < max_steps and (n < min_steps or draw(_ANOTHER_STEP)):
+        n += 1
         if n > 1:
             at = at + draw(_JOURNEY_GAP)
         kinds = _STEP_KINDS if handoffs else _STEP_KINDS_NO_HANDOFF
