@@ -481,3 +481,15 @@ TestMostIdentifiersMachine = MostIdentifiersMachine.TestCase
 TestMostIdentifiersMachine.settings = _MACHINE_SETTINGS
 TestMostTrustedMachine = MostTrustedMachine.TestCase
 TestMostTrustedMachine.settings = _MACHINE_SETTINGS
+
+
+def test_capacity_sizes_the_table_once_and_is_checked() -> None:
+    graph = IdentityGraph(capacity=10_000)
+    table = graph._table  # the point of capacity: no rehash, so this table stays
+    graph.add_customers(member(i) for i in range(5_000))
+    assert graph._table is table
+    graph.add_customers(member(i) for i in range(5_000, 12_000))  # grows past it
+    assert graph.customer_of(member(11_999)) == 11_999
+    assert graph.customer_of(member(0)) == 0
+    with pytest.raises(ValidationError, match="capacity"):
+        IdentityGraph(capacity=-1)

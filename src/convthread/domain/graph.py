@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from itertools import islice, repeat
+from operator import add, and_, length_hint, mul
 from typing import Final
 
 import msgspec
@@ -81,8 +82,10 @@ class IdentityGraph:
         "_limits",
         "_linked",
         "_mask",
+        "_max_verified",
         "_may_block",
         "_next",
+        "_oldest",
         "_owner",
         "_per_kind",
         "_rank",
@@ -98,8 +101,13 @@ class IdentityGraph:
         "policy",
     )
 
-    def __init__(self, policy: MergePolicy | None = None) -> None:
+    def __init__(self, policy: MergePolicy | None = None, *, capacity: int = 0) -> None:
+        """``capacity``: the number of identifiers you expect, if you know it. The
+        table is then sized once, instead of growing (and rehashing) on the way; it
+        still grows past it."""
         self.policy = MergePolicy() if policy is None else policy
+        if not isinstance(capacity, int) or capacity < 0:
+            raise ValidationError(f"capacity must be a non-negative int, not {capacity!r}")
         rule = self.policy.survivor
         if not isinstance(rule, SurvivorRule):
             raise ValidationError(
@@ -107,8 +115,11 @@ class IdentityGraph:
                 "most_trusted), not a custom callable: it keeps no customer states to pass it"
             )
         # Interned identifiers: an open-addressing table of indexes into the columns.
-        self._table = array("i", [_NONE]) * _FIRST_CAPACITY
-        self._mask = _FIRST_CAPACITY - 1
+        size = _FIRST_CAPACITY
+        while size < 2 * capacity:
+            size *= 2
+        self._table = array("i", [_NONE]) * size
+        self._mask = size - 1
         self._values: list[str] = []
         self._kind = array("H")  # index into _spaces: (kind, scope)
         self._owner = array("i")  # the customer it is linked to; _NONE once unlinked
@@ -134,6 +145,8 @@ class IdentityGraph:
         self._per_kind: list[array[int]] = []
         self._limit_counts: list[tuple[int, array[int]]] = []  # (limit, its counts)
         self._verified = array("i")
+        self._oldest = rule is SurvivorRule.OLDEST
+        self._max_verified = self.policy.max_verified_accounts
         self._count = array("i") if rule is SurvivorRule.MOST_IDENTIFIERS else None
         self._rank = array("i") if rule is SurvivorRule.MOST_TRUSTED else None
         # Every column of totals, which a merge adds up and an unmerge takes apart.
@@ -231,6 +244,7 @@ class IdentityGraph:
         first_c = len(self._into)
         first_j = len(self._values)
         relinked: list[int] = []  # identifiers unlinked before, linked again by this call
+        self._reserve(first_j + length_hint(identifiers))  # a sized input: one growth
         source = iter(identifiers)
         try:
             while chunk := list(islice(source, _CHUNK)):
@@ -424,12 +438,17 @@ class IdentityGraph:
 
     def _holder(self, identifier: Identifier) -> int:
         """The root customer holding ``identifier``, or ``_NONE``. (The lookup of every
-        bulk call: ``_find`` and ``_root`` written out, to save two calls.)"""
+        bulk call: ``_probe`` and ``_root`` written out, to save two calls.)"""
         scopes = self._space_code.get(identifier.kind)
         code = None if scopes is None else scopes.get(identifier.scope)
         if code is None:
             return _NONE
-        c = self._owner[j] if (j := self._probe(code, identifier.value)[1]) != _NONE else _NONE
+        value = identifier.value
+        table, values, kinds, mask = self._table, self._values, self._kind, self._mask
+        slot = (hash(value) + code * _SPREAD) & mask
+        while (j := table[slot]) != _NONE and (values[j] != value or kinds[j] != code):
+            slot = (slot + 1) & mask
+        c = _NONE if j == _NONE else self._owner[j]
         if c == _NONE:
             return _NONE
         up = self._up
@@ -480,19 +499,25 @@ class IdentityGraph:
             self._next[j] = self._head[root]
         self._head[root] = j
         self._linked += 1
-        self._add_counts(root, j, 1)
+        # _add_counts(root, j, 1), written out: root is a root, so only its counts change.
+        if limited != _NONE:
+            self._per_kind[limited][root] += 1
+        if rank == _VERIFIED and self._is_account[code]:
+            self._verified[root] += 1
+        if self._count is not None:
+            self._count[root] += 1
+        if self._rank is not None:
+            self._rank[root] += rank
         return True
 
     def _merge_roots(self, a: int, b: int, ra: int, rb: int) -> int:
-        refused = (
-            ra == rb or self._verified[ra] + self._verified[rb] > self.policy.max_verified_accounts
-        )
+        refused = ra == rb or self._verified[ra] + self._verified[rb] > self._max_verified
         for limit, counts in self._limit_counts:
             refused = refused or counts[ra] + counts[rb] > limit
         if refused:  # say why (the quick test above is the same one, without the words)
             found = self._violations(a, b, ra, rb)
             raise PolicyViolation(f"customers {a} and {b} cannot be merged: " + "; ".join(found))
-        if self._count is None and self._rank is None:  # oldest: the lower number
+        if self._oldest:  # the lower number
             survivor, absorbed = (ra, rb) if ra < rb else (rb, ra)
         else:
             survivor, absorbed = self._survivor(ra, rb)
@@ -596,9 +621,14 @@ class IdentityGraph:
     def _rehash(self, capacity: int) -> None:
         table = array("i", [_NONE]) * capacity
         mask = capacity - 1
-        kinds = self._kind
-        for j, value in enumerate(self._values):
-            slot = (hash(value) + kinds[j] * _SPREAD) & mask
+        # Each value's home slot, computed by map (C loops; str hashes are cached), so
+        # the Python loop only places them.
+        homes = map(
+            and_,
+            map(add, map(hash, self._values), map(mul, self._kind, repeat(_SPREAD))),
+            repeat(mask),
+        )
+        for j, slot in enumerate(homes):
             while table[slot] != _NONE:
                 slot = (slot + 1) & mask
             table[slot] = j
