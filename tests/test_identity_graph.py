@@ -105,6 +105,22 @@ def test_add_customers_is_all_or_nothing(batch: list[Identifier], why: str) -> N
     assert graph.customer_of(member(2)) == 2
 
 
+def test_add_customers_is_all_or_nothing_across_chunks() -> None:
+    graph = IdentityGraph()
+    (c,) = graph.add_customers([member(-1)])
+    graph.link(c, member(-2))
+    graph.unlink(member(-2))
+    # 70,000 identifiers (more than one chunk), one relinked, the last one a repeat.
+    batch = [member(-2), *(member(i) for i in range(70_000)), member(5)]
+    with pytest.raises(PolicyViolation, match="appears twice"):
+        graph.add_customers(iter(batch))
+    assert (len(graph), graph.customers) == (1, 1)
+    assert graph.customer_of(member(-2)) is None
+    assert graph.customer_of(member(69_999)) is None
+    assert graph.add_customers([member(-2), member(7)]) == range(1, 3)
+    assert (len(graph), graph.customer_of(member(-2))) == (3, 1)
+
+
 def test_add_customers_refuses_what_a_zero_limit_forbids() -> None:
     graph = IdentityGraph(MergePolicy(max_per_kind={"phone": 0}, max_verified_accounts=0))
     with pytest.raises(PolicyViolation, match=r"1 phone identifiers \(limit 0\)"):

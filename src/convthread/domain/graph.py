@@ -243,22 +243,26 @@ class IdentityGraph:
         rank = _rank(trust)
         first_c = len(self._into)
         first_j = len(self._values)
-        relinked: list[int] = []  # identifiers unlinked before, linked again by this call
+        linked = self._linked
+        relinked: set[int] = set()  # identifiers unlinked before, linked again by this call
         self._reserve(first_j + length_hint(identifiers))  # a sized input: one growth
         source = iter(identifiers)
         try:
             while chunk := list(islice(source, _CHUNK)):
-                self._add_chunk(chunk, trust, rank, relinked)
+                self._add_chunk(chunk, trust, rank, first_j, relinked)
         except BaseException:
             for j in relinked:
                 self._owner[j] = _NONE
             self._truncate(first_j, first_c)
+            self._linked = linked
             raise
         return range(first_c, len(self._into))
 
     def _add_chunk(
-        self, chunk: list[Identifier], trust: Trust, rank: int, relinked: list[int]
+        self, chunk: list[Identifier], trust: Trust, rank: int, since: int, relinked: set[int]
     ) -> None:
+        """Add one chunk of an ``add_customers`` call that started at identifier ``since``
+        (``relinked``: what the call linked again, so far)."""
         first_j = len(self._values)
         first_c = len(self._into)
         count = len(chunk)
@@ -304,7 +308,7 @@ class IdentityGraph:
                 add_value(value)
                 add_kind(code)
                 add_owner(c)
-            elif found >= first_j or found in again:
+            elif found >= since or found in again or found in relinked:
                 raise PolicyViolation(f"{identifier} appears twice in add_customers")
             elif self._owner[found] != _NONE:
                 raise PolicyViolation(self._taken(identifier, found))
@@ -328,7 +332,7 @@ class IdentityGraph:
             self._owner[j] = customer
             self._trust[j] = rank
             self._next[j] = _NONE
-            relinked.append(j)
+            relinked.add(j)
         self._grow_customers(count, heads=heads)
         for limit_slot, customer in limited:
             self._per_kind[limit_slot][customer] = 1
