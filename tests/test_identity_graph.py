@@ -196,6 +196,17 @@ def test_merge_oldest_survives_and_unmerge_gives_back_exactly() -> None:
         graph.unmerge(b)
 
 
+def test_survivors_are_the_plan_one_customer_per_person() -> None:
+    graph = IdentityGraph()
+    a, b, c, d = graph.add_customers([member(1), member(2), member(3), member(4)])
+    graph.merge(b, c)
+    graph.merge(d, a)
+    assert list(graph.survivors()) == [a, b]
+    assert repr(graph) == "<IdentityGraph: 4 identifiers, 4 customers (2 after merges)>"
+    graph.unmerge(c)
+    assert list(graph.survivors()) == [a, b, c]
+
+
 def test_unmerge_gives_back_the_limits_room() -> None:
     graph = IdentityGraph(MergePolicy(max_per_kind={"phone": 2}))
     a, b = graph.add_customers([phone(1), phone(2)])
@@ -467,6 +478,9 @@ class GraphMachine(RuleBasedStateMachine):
     @invariant()
     def agrees_with_the_model(self) -> None:
         assert self.graph.customers == len(self.into)
+        assert list(self.graph.survivors()) == [
+            c for c in range(len(self.into)) if self.root(c) == c
+        ]
         assert len(self.graph) == sum(len(links) for links in self.links)
         for c in range(len(self.into)):
             root = self.root(c)

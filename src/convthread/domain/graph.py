@@ -165,6 +165,18 @@ class IdentityGraph:
         """The number of customers ever created (merged ones included)."""
         return len(self._into)
 
+    def __repr__(self) -> str:
+        return (
+            f"<IdentityGraph: {self._linked:,} identifiers, {len(self._into):,} customers "
+            f"({sum(1 for _ in self.survivors()):,} after merges)>"
+        )
+
+    def survivors(self) -> Iterator[int]:
+        """The customers not merged into another, in order: the result of a plan, one
+        per person (with :meth:`identifiers_of` for what each holds)."""
+        into = self._into
+        return (c for c in range(len(into)) if into[c] == c)
+
     # ------------------------------------------------------------------ reading
 
     def customer_of(self, identifier: Identifier) -> int | None:
