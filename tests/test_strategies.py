@@ -289,9 +289,10 @@ def test_inbound_and_states_shrink_small() -> None:
 def test_from_type_works_without_importing_the_kit(tmp_path: Path) -> None:
     code = textwrap.dedent("""
         import sys
-        from hypothesis import strategies as st, given, settings
+        from hypothesis import HealthCheck, strategies as st, given, settings
         from convthread import Inbound, ThreadState, Identifier
-        @settings(max_examples=5, database=None)
+        # what is checked is the registration, not speed: a loaded machine must not fail it
+        @settings(max_examples=5, database=None, suppress_health_check=list(HealthCheck))
         @given(st.from_type(Inbound), st.from_type(ThreadState), st.from_type(Identifier))
         def t(i, s, ident):
             assert isinstance(i, Inbound) and isinstance(s, ThreadState)
