@@ -105,6 +105,7 @@ from convthread.domain.model import (
     Party,
     PartyKind,
     SenderIdentifier,
+    TimeSource,
     Trust,
 )
 from convthread.domain.redaction import (
@@ -294,6 +295,7 @@ __all__ = [
     "ThreadState",
     "ThreadStatus",
     "ThreadView",
+    "TimeSource",
     "TimelineEntry",
     "Trust",
     "UnmergeResult",

@@ -13,12 +13,13 @@ type (``read_as(content.metadata["order"], Order)``).
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from typing import Any, TypeVar
 
 import msgspec
 
 from convthread.domain.events import CustomerEvent, ThreadEvent
-from convthread.domain.model import Inbound
+from convthread.domain.model import Content, Inbound, SenderIdentifier, TimeSource
 from convthread.domain.thread import CustomerState, ThreadState
 from convthread.errors import ValidationError
 
@@ -106,18 +107,43 @@ def read_as(value: Any, type_: type[T]) -> T:
 _inbound_fp_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook, order="deterministic")
 
 
-def fingerprint(inbound: Inbound) -> str:
-    """A digest of everything in ``inbound`` except its idempotency key.
+class _Fingerprinted(msgspec.Struct, kw_only=True):
+    """What an inbound fingerprint covers, laid out as :class:`Inbound` was when stored
+    fingerprints were first written: the same field names in the same order, so a message
+    fingerprints to the same digest as before and existing stores keep deduplicating.
+    Never reorder or rename these fields; a new Inbound field stays out of here unless it
+    is part of what the provider sent."""
 
-    Two deliveries of the same payload have the same fingerprint; a key reused with a
-    different payload does not.
+    channel: str
+    provider_message_id: str
+    sender: tuple[SenderIdentifier, ...]
+    content: Content
+    sent_at: datetime | None
+    recipient: str
+    reply_to: str | None
+    references: tuple[str, ...]
+    subject: str
+    idempotency_key: None = None
+
+
+def fingerprint(inbound: Inbound) -> str:
+    """A digest of what the provider sent: everything in ``inbound`` except its
+    idempotency key and, when ``sent_at`` is the receive time
+    (:attr:`TimeSource.RECEIVED <convthread.domain.model.TimeSource>`), its ``sent_at``.
+
+    Two deliveries of the same payload have the same fingerprint, also when they were
+    received at different times; a key reused with a different payload does not.
     """
-    # Without a key, the message is its own payload: the same bytes as a copy with the
-    # key cleared, without building (and validating) that copy.
-    payload = (
-        inbound
-        if inbound.idempotency_key is None
-        else msgspec.structs.replace(inbound, idempotency_key=None)
+    payload = _Fingerprinted(
+        channel=inbound.channel,
+        provider_message_id=inbound.provider_message_id,
+        sender=inbound.sender,
+        content=inbound.content,
+        sent_at=inbound.sent_at if inbound.time_source is TimeSource.PROVIDER else None,
+        recipient=inbound.recipient,
+        reply_to=inbound.reply_to,
+        references=inbound.references,
+        subject=inbound.subject,
     )
     return hashlib.blake2b(_inbound_fp_encoder.encode(payload), digest_size=16).hexdigest()
 

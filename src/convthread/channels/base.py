@@ -7,7 +7,13 @@ An adapter turns a provider's raw inbound payload into normalized results and an
   statuses, edits, deletions, reactions and :class:`~convthread.domain.updates.Unsupported`
   for what the adapter does not model. Every failure raises
   :class:`~convthread.errors.ParseError` (or its subclass
-  :class:`~convthread.errors.SignatureError`), never another exception.
+  :class:`~convthread.errors.SignatureError`), never another exception. Every reference
+  adapter takes the keyword options ``received_at=`` (a datetime) and ``clock=`` (a
+  :class:`~convthread.ports.Clock`): where a payload carries no timestamp, results are
+  stamped with ``received_at``, else ``clock.now()``, else the system clock (never read
+  when either is given), and an :class:`~convthread.domain.model.Inbound` so stamped
+  says so (``time_source=TimeSource.RECEIVED``), which keeps the receive time out of its
+  fingerprint: a redelivery received later is still a duplicate.
 * ``render(outbound) -> Rendered``: the provider payloads (one per provider request), the
   text as the customer will see it after degradation, and what was degraded.
 * ``verify_signature(...)``: on adapters whose provider signs its requests.
@@ -38,7 +44,8 @@ import msgspec
 from convthread.domain.model import Attachment, ensure_utc
 from convthread.domain.segments import SegmentCount
 from convthread.domain.updates import ChannelResult
-from convthread.errors import ConvthreadError, ParseError
+from convthread.errors import ConvthreadError, ParseError, ValidationError
+from convthread.ports import Clock
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -458,12 +465,18 @@ def iso_time(channel: str, value: Any, where: str) -> datetime:
     return ensure_utc(parsed)
 
 
-def received(received_at: datetime | None) -> datetime:
+def received(received_at: datetime | None, clock: Clock | None = None) -> datetime:
     """The time to stamp on results of payloads that carry none: the caller's
-    ``received_at`` when given (deterministic), else the system clock (adapters sit at
-    the I/O edge; the domain never reads a clock)."""
+    ``received_at`` when given, else ``clock.now()`` when a clock is given (the service's
+    clock, a :class:`~convthread.ports.ManualClock` in tests), else the system clock
+    (adapters sit at the I/O edge; the domain never reads a clock)."""
     if received_at is not None:
         return ensure_utc(received_at, "received_at")
+    if clock is not None:
+        now = getattr(clock, "now", None)
+        if not callable(now):
+            raise ValidationError(f"clock must have a now() method, not {type(clock).__name__}")
+        return ensure_utc(now(), "clock.now()")
     return datetime.now(timezone.utc)
 
 

@@ -7,7 +7,8 @@ Mapping (documented in docs/channels.md):
   deduplicates). ``reply_to`` is the first id of ``In-Reply-To``; ``references`` the ids
   of ``References`` (the last 100), all without angle brackets.
 * ``sent_at`` is the ``Date`` header (a date without an offset is read as UTC); when it is
-  missing or unreadable, ``received_at`` (or the system clock).
+  missing or unreadable, ``received_at`` (else ``clock.now()``, else the system clock),
+  with ``time_source`` ``received`` so that a redelivery still deduplicates.
 * A raw message without a usable sender address (no ``From``/``Sender``, or an address
   the e-mail normalizer refuses, such as ``user@localhost``) parses to
   :class:`Unsupported` (``kind="no-sender"``): it is a message, but nobody to attribute
@@ -73,10 +74,12 @@ from convthread.domain.model import (
     Content,
     Inbound,
     SenderIdentifier,
+    TimeSource,
     Trust,
 )
 from convthread.domain.updates import ChannelResult, Unsupported
 from convthread.errors import ConvthreadError, ValidationError
+from convthread.ports import Clock
 
 __all__ = [
     "CAPABILITIES",
@@ -339,11 +342,18 @@ class EmailAdapter:
     # ------------------------------------------------------------------ parse
 
     def parse(
-        self, payload: Any, *, received_at: datetime | None = None, **options: Any
+        self,
+        payload: Any,
+        *,
+        received_at: datetime | None = None,
+        clock: Clock | None = None,
+        **options: Any,
     ) -> list[ChannelResult]:
         """Parse raw RFC 5322 bytes (or str), or Postmark inbound JSON (bytes, str or a
-        decoded dict): JSON is recognised by a leading ``{``."""
-        now = received(received_at)
+        decoded dict): JSON is recognised by a leading ``{``. A message without a usable
+        ``Date`` is stamped with ``received_at``, else ``clock.now()``, else the system
+        clock (``TimeSource.RECEIVED``)."""
+        now = received(received_at, clock)
         if isinstance(payload, Mapping):
             with guard(CHANNEL, "postmark payload"):
                 return [self._postmark(dict(payload), now)]
@@ -401,6 +411,7 @@ class EmailAdapter:
             self.trusted_authserv_ids,
         )
         to = _first_address(_header(msg, "Delivered-To") or _header(msg, "To"))
+        sent_at = _date(_header(msg, "Date"))
         return self._inbound(
             msg_id=msg_id,
             address=address,
@@ -408,7 +419,8 @@ class EmailAdapter:
             text=text,
             attachments=attachments,
             truncated=truncated,
-            sent_at=_date(_header(msg, "Date")) or now,
+            sent_at=sent_at or now,
+            time_source=TimeSource.PROVIDER if sent_at else TimeSource.RECEIVED,
             recipient=to,
             in_reply_to=_header(msg, "In-Reply-To"),
             references=_header(msg, "References"),
@@ -517,6 +529,7 @@ class EmailAdapter:
             address.rpartition("@")[2],
             self.trusted_authserv_ids,
         )
+        sent_at = _date(opt_str(CHANNEL, data, "Date", "payload"))
         return self._inbound(
             msg_id=msg_id,
             address=address,
@@ -524,7 +537,8 @@ class EmailAdapter:
             text=clip(stripped, MAX_TEXT),
             attachments=attachments,
             truncated=len(stripped) > MAX_TEXT,
-            sent_at=_date(opt_str(CHANNEL, data, "Date", "payload")) or now,
+            sent_at=sent_at or now,
+            time_source=TimeSource.PROVIDER if sent_at else TimeSource.RECEIVED,
             recipient=opt_str(CHANNEL, data, "OriginalRecipient", "payload")
             or _first_address(opt_str(CHANNEL, data, "To", "payload")),
             in_reply_to=first("In-Reply-To"),
@@ -542,6 +556,7 @@ class EmailAdapter:
         attachments: list[Attachment],
         truncated: bool,
         sent_at: datetime,
+        time_source: TimeSource,
         recipient: str,
         in_reply_to: str,
         references: str,
@@ -565,6 +580,7 @@ class EmailAdapter:
             reply_to=clip(reply_ids[0], 512) if reply_ids else None,
             references=refs,
             subject=clip(" ".join(subject.split()), 2000),
+            time_source=time_source,
         )
 
     # ------------------------------------------------------------------ render
@@ -587,25 +603,53 @@ class EmailAdapter:
             text = text[: MAX_TEXT - 1].rstrip() + "…"
             notes.append(f"text cut to {MAX_TEXT} characters")
         msg = EmailMessage(policy=email.policy.SMTP)
-        msg["From"] = outbound.sender
-        msg["To"] = outbound.to
-        subject = outbound.subject or "Your conversation with us"
-        msg["Subject"] = subject
+        _set_header(msg, "From", outbound.sender)
+        _set_header(msg, "To", outbound.to)
+        # a subject is one line: line breaks in it (pasted text) become spaces
+        _set_header(msg, "Subject", " ".join(outbound.subject.split()) or _DEFAULT_SUBJECT)
         if outbound.message_id:
-            msg["Message-ID"] = f"<{outbound.message_id.strip('<>')}>"
-        refs = [r.strip("<>") for r in outbound.references]
-        if outbound.thread_ref and outbound.thread_ref.strip("<>") not in refs:
-            refs.insert(0, outbound.thread_ref.strip("<>"))
+            _set_header(msg, "Message-ID", _angle(outbound.message_id, "message_id"))
+        refs = [_bare(r, "references") for r in outbound.references]
+        if outbound.thread_ref and _bare(outbound.thread_ref, "thread_ref") not in refs:
+            refs.insert(0, _bare(outbound.thread_ref, "thread_ref"))
         if outbound.reply_to:
-            msg["In-Reply-To"] = f"<{outbound.reply_to.strip('<>')}>"
-            if outbound.reply_to.strip("<>") not in refs:
-                refs.append(outbound.reply_to.strip("<>"))
+            _set_header(msg, "In-Reply-To", _angle(outbound.reply_to, "reply_to"))
+            if _bare(outbound.reply_to, "reply_to") not in refs:
+                refs.append(_bare(outbound.reply_to, "reply_to"))
         if refs:
-            msg["References"] = " ".join(f"<{r}>" for r in refs)
+            _set_header(msg, "References", " ".join(f"<{r}>" for r in refs))
         msg.set_content(text or " ")
-        return Rendered(
-            channel=CHANNEL, payloads=(msg.as_bytes(),), text=text, degraded=tuple(notes)
-        )
+        try:
+            raw = msg.as_bytes()
+        except (UnicodeError, ValueError, TypeError, IndexError) as exc:
+            raise ValidationError(f"cannot write the e-mail: {exc}") from None
+        return Rendered(channel=CHANNEL, payloads=(raw,), text=text, degraded=tuple(notes))
+
+
+_DEFAULT_SUBJECT: Final = "Your conversation with us"
+
+
+def _bare(value: str, what: str) -> str:
+    """A message id without its angle brackets; ValidationError unless it is one token of
+    visible ASCII characters (RFC 5322 section 3.6.4: no spaces, line breaks, control or
+    non-ASCII characters inside an id)."""
+    bare = value.strip().strip("<>")
+    if not bare or any(not c.isascii() or not c.isprintable() or c in " <>" for c in bare):
+        raise ValidationError(f"{what} {value!r} is not a message id")
+    return bare
+
+
+def _angle(value: str, what: str) -> str:
+    return f"<{_bare(value, what)}>"
+
+
+def _set_header(msg: EmailMessage, name: str, value: str) -> None:
+    """Set a header, or raise ValidationError when the value cannot be one (line breaks,
+    an unparsable address)."""
+    try:
+        msg[name] = value
+    except (ValueError, TypeError, IndexError) as exc:
+        raise ValidationError(f"cannot write the e-mail header {name}: {exc}") from None
 
 
 #: The default adapter (no trusted authentication service: every sender is claimed).

@@ -7,7 +7,9 @@ Mapping (documented in docs/channels.md):
   **asserted** (the carrier's caller id, method ``"channel"``) as a phone identifier; a
   sender that is not a phone number (a short code, an alphanumeric sender id) becomes
   ``handle[sms]``. ``MessageSid`` (else ``SmsMessageSid``/``SmsSid``) is the provider id.
-  Twilio sends no timestamp: ``sent_at`` is ``received_at`` (or the system clock).
+  Twilio sends no timestamp: ``sent_at`` is ``received_at`` (else ``clock.now()``, else
+  the system clock) and ``time_source`` is ``received``, so a retry of the webhook
+  received later fingerprints the same and is a duplicate.
   Media are attachments metadata (URL, MIME type).
 * A status callback (it carries ``MessageStatus``) is a :class:`StatusReport`: ``sent``,
   ``delivered``, ``read``; ``failed`` and ``undelivered`` (with ``ErrorCode``) are
@@ -56,11 +58,13 @@ from convthread.domain.model import (
     DeliveryStatus,
     Inbound,
     SenderIdentifier,
+    TimeSource,
     Trust,
 )
 from convthread.domain.segments import count_segments, encoding_of, fit_segments
 from convthread.domain.updates import ChannelResult, StatusReport, Unsupported
 from convthread.errors import ConvthreadError, SignatureError, ValidationError
+from convthread.ports import Clock
 
 __all__ = [
     "CAPABILITIES",
@@ -151,10 +155,17 @@ class SmsAdapter:
         )
 
     def parse(
-        self, payload: Any, *, received_at: datetime | None = None, **options: Any
+        self,
+        payload: Any,
+        *,
+        received_at: datetime | None = None,
+        clock: Clock | None = None,
+        **options: Any,
     ) -> list[ChannelResult]:
-        """Parse a webhook form body (bytes, str or a mapping of fields)."""
-        now = received(received_at)
+        """Parse a webhook form body (bytes, str or a mapping of fields). Twilio sends no
+        timestamp: results are stamped with ``received_at``, else ``clock.now()``, else
+        the system clock, and inbound messages say so (``TimeSource.RECEIVED``)."""
+        now = received(received_at, clock)
         fields = load_form(CHANNEL, payload)
         with guard(CHANNEL):
             return [self._parse(fields, now)]
@@ -231,6 +242,7 @@ class SmsAdapter:
             ),
             sent_at=now,
             recipient=clip(_one(fields, "To"), 512),
+            time_source=TimeSource.RECEIVED,
         )
 
     def verify_signature(

@@ -28,6 +28,16 @@ do not). ``reply_to`` is the replied-to tweet id; ``references`` the conversatio
 without text, DM ``ParticipantsJoin``/``ParticipantsLeave`` and unknown event types are
 :class:`Unsupported`.
 
+Webhooks (the Account Activity API): X checks the endpoint with a GET carrying
+``crc_token``; answer with :func:`crc_response` (``{"response_token": "sha256=<base64
+HMAC-SHA256 of the token, keyed by the consumer secret>"}``). Every POST carries
+``x-twitter-webhooks-signature``, the same HMAC over the raw body; :func:`verify_signature`
+checks it in constant time and raises :class:`~convthread.errors.SignatureError` unless
+it matches. Check it before parsing.
+
+Every tweet and DM event carries ``created_at``, so ``parse`` needs no receive time; it
+accepts ``received_at=`` and ``clock=`` like every adapter and never reads a clock.
+
 Render: a mention reply is a ``POST /2/tweets`` body (``text`` within 280 weighted
 characters, ``reply.in_reply_to_tweet_id``); a DM is a ``POST
 /2/dm_conversations/:id/messages`` body (10,000 characters). Options become numbered text
@@ -36,7 +46,10 @@ characters, ``reply.in_reply_to_tweet_id``); a DM is a ``POST
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import re
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -69,15 +82,17 @@ from convthread.domain.model import (
     ensure_utc,
 )
 from convthread.domain.updates import ChannelResult, Unsupported
-from convthread.errors import ConvthreadError, ValidationError
+from convthread.errors import ConvthreadError, SignatureError, ValidationError
 
 __all__ = [
     "CAPABILITIES",
     "DM_CAPABILITIES",
     "SocialAdapter",
     "adapter",
+    "crc_response",
     "parse",
     "render",
+    "verify_signature",
     "weighted_length",
 ]
 
@@ -91,6 +106,46 @@ _URL_RE: Final = re.compile(r"https?://\S+")
 _V11_RE: Final = re.compile(
     r"^[A-Z][a-z]{2} ([A-Z][a-z]{2}) (\d{2}) (\d{2}:\d{2}:\d{2}) ([+-]\d{4}) (\d{4})$"
 )
+
+
+def _secret(consumer_secret: str | bytes) -> bytes:
+    if isinstance(consumer_secret, str):
+        consumer_secret = consumer_secret.encode("utf-8")
+    if not isinstance(consumer_secret, (bytes, bytearray)) or not consumer_secret:
+        raise SignatureError(CHANNEL, "no consumer secret configured for X webhooks")
+    return bytes(consumer_secret)
+
+
+def _x_signature(consumer_secret: bytes, message: bytes) -> str:
+    digest = hmac.new(consumer_secret, message, hashlib.sha256).digest()
+    return "sha256=" + base64.b64encode(digest).decode("ascii")
+
+
+def crc_response(crc_token: str, consumer_secret: str | bytes) -> dict[str, str]:
+    """The answer to X's challenge-response check (a GET with ``crc_token``): the JSON
+    body ``{"response_token": "sha256=<base64 HMAC-SHA256 of crc_token>"}``, keyed by the
+    app's consumer secret (the API secret key, not a bearer token). A missing token or
+    secret raises :class:`~convthread.errors.SignatureError`."""
+    if not isinstance(crc_token, str) or not crc_token:
+        raise SignatureError(CHANNEL, "the challenge request has no crc_token")
+    return {"response_token": _x_signature(_secret(consumer_secret), crc_token.encode("utf-8"))}
+
+
+def verify_signature(body: bytes, signature: str | None, consumer_secret: str | bytes) -> None:
+    """Check X's ``x-twitter-webhooks-signature`` header: ``sha256=`` followed by the
+    base64 HMAC-SHA256 of the raw request body, keyed by the consumer secret. Raise
+    SignatureError unless it matches (compared in constant time)."""
+    if not signature:
+        raise SignatureError(CHANNEL, "the request has no x-twitter-webhooks-signature")
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise SignatureError(CHANNEL, "the signature is over the raw body bytes")
+    expected = _x_signature(_secret(consumer_secret), bytes(body))
+    scheme, _, digest = signature.strip().partition("=")
+    if scheme.lower() != "sha256" or not digest:
+        raise SignatureError(CHANNEL, "x-twitter-webhooks-signature must look like 'sha256=...'")
+    given = ("sha256=" + digest).encode("utf-8")
+    if not hmac.compare_digest(expected.encode("ascii"), given):
+        raise SignatureError(CHANNEL, "x-twitter-webhooks-signature does not match the body")
 
 
 def weighted_length(text: str) -> int:
@@ -131,7 +186,9 @@ class SocialAdapter:
     capabilities: Final = CAPABILITIES
 
     def parse(self, payload: Any, **options: Any) -> list[ChannelResult]:
-        """Parse a v2-style tweet or DM-event response (bytes, str or decoded JSON)."""
+        """Parse a v2-style tweet or DM-event response (bytes, str or decoded JSON).
+        ``received_at=`` and ``clock=`` are accepted and not needed: every tweet and DM
+        event carries ``created_at``."""
         data = load_json(CHANNEL, payload)
         with guard(CHANNEL):
             root = obj(CHANNEL, data, "payload")
@@ -247,6 +304,12 @@ class SocialAdapter:
             recipient=clip(conversation, 512),
             references=(clip(conversation, 512),) if conversation else (),
         )
+
+    def verify_signature(
+        self, body: bytes, signature: str | None, consumer_secret: str | bytes
+    ) -> None:
+        """See :func:`verify_signature`."""
+        verify_signature(body, signature, consumer_secret)
 
     def render(self, outbound: Outbound) -> Rendered:
         """A DM when ``thread_ref`` names a DM conversation, else a public reply."""

@@ -68,9 +68,18 @@ from convthread.channels.base import (
 )
 from convthread.channels.sms import verify_signature as _twilio_verify
 from convthread.domain.identifiers import phone, session
-from convthread.domain.model import MAX_TEXT, Channel, Content, Inbound, SenderIdentifier, Trust
+from convthread.domain.model import (
+    MAX_TEXT,
+    Channel,
+    Content,
+    Inbound,
+    SenderIdentifier,
+    TimeSource,
+    Trust,
+)
 from convthread.domain.updates import ChannelResult, Unsupported
 from convthread.errors import ConvthreadError, ValidationError
+from convthread.ports import Clock
 
 __all__ = ["CAPABILITIES", "VoiceAdapter", "adapter", "parse", "render"]
 
@@ -109,11 +118,19 @@ class VoiceAdapter:
     capabilities: Final = CAPABILITIES
 
     def parse(
-        self, payload: Any, *, received_at: datetime | None = None, **options: Any
+        self,
+        payload: Any,
+        *,
+        received_at: datetime | None = None,
+        clock: Clock | None = None,
+        **options: Any,
     ) -> list[ChannelResult]:
         """Parse JSON events (a decoded dict, or text starting with ``{``) or a Twilio Voice
-        form body (or a mapping of its fields, recognised by ``CallSid``)."""
-        now = received(received_at)
+        form body (or a mapping of its fields, recognised by ``CallSid``). Events without
+        ``at`` and Twilio webhooks (which carry no timestamp) are stamped with
+        ``received_at``, else ``clock.now()``, else the system clock
+        (``TimeSource.RECEIVED``)."""
+        now = received(received_at, clock)
         # A mapping with CallSid is Twilio's form fields; other mappings are JSON events.
         is_form = isinstance(payload, Mapping) and "CallSid" in payload
         is_json = not is_form and (
@@ -142,6 +159,7 @@ class VoiceAdapter:
         etype = req_str(CHANNEL, ev, "type", where)
         call_id = clip(req_str(CHANNEL, ev, "call_id", where), 400)
         at = iso_time(CHANNEL, ev["at"], f"{where}.at") if ev.get("at") else now
+        source = TimeSource.PROVIDER if ev.get("at") else TimeSource.RECEIVED
         caller = opt_str(CHANNEL, ev, "from", where)
         if etype in _STARTS:
             return Inbound(
@@ -151,6 +169,7 @@ class VoiceAdapter:
                 content=Content(metadata={"call": {"event": etype, "call_id": call_id}}),
                 sent_at=at,
                 recipient=clip(opt_str(CHANNEL, ev, "to", where), 512),
+                time_source=source,
             )
         if etype == "transcript":
             segment = clip(req_str(CHANNEL, ev, "segment_id", where), 100)
@@ -182,6 +201,7 @@ class VoiceAdapter:
                 recipient=clip(opt_str(CHANNEL, ev, "to", where), 512),
                 reply_to=call_id,
                 references=(call_id,),
+                time_source=source,
             )
         known = etype in _LIFECYCLE
         return Unsupported(
@@ -220,6 +240,7 @@ class VoiceAdapter:
                 recipient=clip(fields.get("To", ""), 512),
                 reply_to=call_id,
                 references=(call_id,),
+                time_source=TimeSource.RECEIVED,
             )
         if status == "ringing":
             return Inbound(
@@ -229,6 +250,7 @@ class VoiceAdapter:
                 content=Content(metadata={"call": {"event": "call.ringing", "call_id": call_id}}),
                 sent_at=now,
                 recipient=clip(fields.get("To", ""), 512),
+                time_source=TimeSource.RECEIVED,
             )
         return Unsupported(
             channel=CHANNEL,

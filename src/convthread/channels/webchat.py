@@ -77,6 +77,7 @@ from convthread.domain.model import (
     DeliveryStatus,
     Inbound,
     SenderIdentifier,
+    TimeSource,
     Trust,
     ensure_utc,
 )
@@ -89,6 +90,7 @@ from convthread.domain.updates import (
     Unsupported,
 )
 from convthread.errors import ConvthreadError, SignatureError, ValidationError
+from convthread.ports import Clock
 
 __all__ = [
     "CAPABILITIES",
@@ -218,11 +220,17 @@ class WebChatAdapter:
     # ------------------------------------------------------------------ parse
 
     def parse(
-        self, payload: Any, *, received_at: datetime | None = None, **options: Any
+        self,
+        payload: Any,
+        *,
+        received_at: datetime | None = None,
+        clock: Clock | None = None,
+        **options: Any,
     ) -> list[ChannelResult]:
         """Parse one widget event or ``{"events": [...]}``. Token expiry is checked
-        against ``received_at`` (or the system clock)."""
-        now = received(received_at)
+        against ``received_at``, else ``clock.now()``, else the system clock; an event
+        without ``sent_at`` is stamped with that time (``TimeSource.RECEIVED``)."""
+        now = received(received_at, clock)
         data = load_json(CHANNEL, payload)
         with guard(CHANNEL):
             root = obj(CHANNEL, data, "payload")
@@ -283,6 +291,7 @@ class WebChatAdapter:
                 content=self._content(ev, where),
                 sent_at=at,
                 reply_to=clip(opt_str(CHANNEL, ev, "reply_to", where), 512) or None,
+                time_source=TimeSource.PROVIDER if ev.get("sent_at") else TimeSource.RECEIVED,
             )
         if etype in _STATUS:
             return StatusReport(

@@ -28,6 +28,13 @@ Mapping (documented in docs/channels.md):
   ``status:<name>``. Errors of a failed status become the report's ``error``.
 * ``value.errors`` (webhook-level errors): one :class:`Unsupported` each, ``kind="error"``.
 * :func:`verify_signature` checks Meta's ``X-Hub-Signature-256`` over the raw body.
+* :func:`verify_subscription` answers Meta's GET handshake (``hub.mode=subscribe``,
+  ``hub.verify_token``, ``hub.challenge``): it returns the challenge to send back as the
+  response body when the verify token is the app's, and raises
+  :class:`~convthread.errors.SignatureError` (answer 403) when it is not, or
+  :class:`~convthread.errors.ParseError` (answer 400) when the request is no handshake.
+* Every message and status carries its ``timestamp``: ``parse`` accepts ``received_at=``
+  and ``clock=`` like every adapter and never reads a clock.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
@@ -48,6 +56,7 @@ from convthread.channels.base import (
     fail,
     fragment,
     guard,
+    load_form,
     load_json,
     obj,
     opt_str,
@@ -75,7 +84,15 @@ from convthread.domain.updates import (
 )
 from convthread.errors import ConvthreadError, SignatureError, ValidationError
 
-__all__ = ["CAPABILITIES", "WhatsAppAdapter", "adapter", "parse", "render", "verify_signature"]
+__all__ = [
+    "CAPABILITIES",
+    "WhatsAppAdapter",
+    "adapter",
+    "parse",
+    "render",
+    "verify_signature",
+    "verify_subscription",
+]
 
 CHANNEL: Final = Channel.WHATSAPP
 CAPABILITIES: Final = Capabilities(
@@ -136,6 +153,36 @@ def verify_signature(body: bytes, signature: str | None, app_secret: bytes) -> N
         raise SignatureError(CHANNEL, "X-Hub-Signature-256 does not match the body")
 
 
+def verify_subscription(
+    params: Mapping[str, str | list[str]] | bytes | str, verify_token: str
+) -> str:
+    """Answer Meta's webhook verification request (the GET sent when the callback URL is
+    configured): ``params`` are its query parameters (a mapping, or the query string).
+    Return ``hub.challenge``, the body to answer with (status 200), when ``hub.mode`` is
+    ``subscribe`` and ``hub.verify_token`` is ``verify_token`` (compared in constant time).
+    Raise :class:`~convthread.errors.SignatureError` when the token is not the app's, and
+    :class:`~convthread.errors.ParseError` when the request is not a subscription
+    handshake (no or another ``hub.mode``, no ``hub.challenge``)."""
+    if not isinstance(verify_token, str) or not verify_token:
+        raise SignatureError(CHANNEL, "no verify token configured to check the handshake")
+    fields = load_form(CHANNEL, params)
+
+    def one(name: str) -> str:
+        values = fields.get(name) or fields.get(name.replace(".", "_")) or [""]
+        return values[0]
+
+    mode = one("hub.mode")
+    if mode != "subscribe":
+        fail(CHANNEL, f"hub.mode must be 'subscribe', got {mode!r}")
+    challenge = one("hub.challenge")
+    if not challenge:
+        fail(CHANNEL, "the verification request has no hub.challenge")
+    token = one("hub.verify_token")
+    if not hmac.compare_digest(token.encode("utf-8"), verify_token.encode("utf-8")):
+        raise SignatureError(CHANNEL, "hub.verify_token is not the app's verify token")
+    return challenge
+
+
 class WhatsAppAdapter:
     """The WhatsApp Cloud API adapter (stateless; one instance serves every number)."""
 
@@ -145,7 +192,9 @@ class WhatsAppAdapter:
     # ------------------------------------------------------------------ parse
 
     def parse(self, payload: Any, **options: Any) -> list[ChannelResult]:
-        """Parse a webhook body (bytes, str or decoded JSON) into results."""
+        """Parse a webhook body (bytes, str or decoded JSON) into results. ``received_at=``
+        and ``clock=`` are accepted and not needed: every message and status carries its
+        ``timestamp``."""
         data = load_json(CHANNEL, payload)
         with guard(CHANNEL):
             return self._parse(data)
@@ -568,6 +617,10 @@ class WhatsAppAdapter:
             if att.filename and kind == "document":
                 media["filename"] = att.filename
             payloads.append({**base, "type": kind, kind: media})
+        if not payloads:
+            raise ValidationError(
+                "nothing to send: the outbound message has no text, options, card or attachments"
+            )
         return Rendered(channel=CHANNEL, payloads=tuple(payloads), text=text, degraded=tuple(notes))
 
 

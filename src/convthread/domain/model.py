@@ -32,6 +32,7 @@ __all__ = [
     "Party",
     "PartyKind",
     "SenderIdentifier",
+    "TimeSource",
     "Trust",
     "ensure_utc",
 ]
@@ -317,6 +318,20 @@ class Content(msgspec.Struct, frozen=True, kw_only=True):
         return not self.text and not self.attachments
 
 
+class TimeSource(str, enum.Enum):
+    """Where an inbound message's ``sent_at`` comes from.
+
+    * ``provider``: the payload's own timestamp (a WhatsApp ``timestamp``, an e-mail
+      ``Date``). It is part of what the provider sent, so the fingerprint covers it.
+    * ``received``: the time the payload was received, because the payload carries none
+      (Twilio webhooks, an e-mail without ``Date``). A redelivery is received at another
+      time, so the fingerprint leaves it out; the first delivery's time is the one stored.
+    """
+
+    PROVIDER = "provider"
+    RECEIVED = "received"
+
+
 def _check_id(value: object, what: str, *, allow_empty: bool = False) -> None:
     if not isinstance(value, str):
         raise ValidationError(f"{what} must be a string, not {type(value).__name__}")
@@ -334,12 +349,16 @@ class Inbound(msgspec.Struct, frozen=True, kw_only=True):
       makes the default idempotency key, so a redelivery is stored once.
     * ``sender``: the identifiers the message arrived with, each with its trust.
     * ``content``: text, attachments metadata, metadata.
-    * ``sent_at``: the provider's own timestamp (timezone-aware; kept in UTC).
+    * ``sent_at``: when the message was sent (timezone-aware; kept in UTC): the
+      provider's own timestamp, or the receive time where the payload has none.
     * ``recipient``: the business address it was sent to (a number, a mailbox, a page).
     * ``reply_to``: the provider message id this message replies to, if any.
     * ``references``: further message ids it refers to (e-mail ``References``).
     * ``subject``: a subject line, where the channel has one.
     * ``idempotency_key``: overrides the default ``channel`` + ``provider_message_id`` key.
+    * ``time_source``: where ``sent_at`` comes from (:class:`TimeSource`; default: the
+      provider). Adapters set ``TimeSource.RECEIVED`` when they stamp the receive time, so
+      that a redelivery received later is still the same payload.
     """
 
     channel: str
@@ -352,6 +371,7 @@ class Inbound(msgspec.Struct, frozen=True, kw_only=True):
     references: tuple[str, ...] = ()
     subject: str = ""
     idempotency_key: str | None = None
+    time_source: TimeSource = TimeSource.PROVIDER
 
     def __post_init__(self) -> None:
         Channel.validate(self.channel)
@@ -372,6 +392,13 @@ class Inbound(msgspec.Struct, frozen=True, kw_only=True):
         _check_id(self.recipient, "recipient", allow_empty=True)
         if self.idempotency_key is not None:
             _check_id(self.idempotency_key, "idempotency_key")
+        if not isinstance(self.time_source, TimeSource):
+            try:
+                _set(self, "time_source", TimeSource(self.time_source))
+            except ValueError:
+                raise ValidationError(
+                    f"time_source must be 'provider' or 'received', got {self.time_source!r}"
+                ) from None
 
     @property
     def key(self) -> str:

@@ -27,7 +27,7 @@ from convthread.domain.events import (
     ThreadStatus,
 )
 from convthread.domain.identity import Resolution
-from convthread.domain.model import Content, Inbound, Party, SenderIdentifier
+from convthread.domain.model import Content, Inbound, Party, SenderIdentifier, TimeSource
 from convthread.domain.thread import (
     CustomerState,
     ThreadState,
@@ -101,7 +101,7 @@ def ingest(config: Config, inbound: Inbound) -> Op[IngestResult]:
     if existing is None and custom_key is not None:
         existing = yield from core.get(NS_IDEM, custom_key)
     if existing is not None:
-        return (yield from _original_outcome(existing.value, fp, inbound.key))
+        return (yield from _original_outcome(existing.value, fp, inbound))
 
     now = config.clock.now()
     writes = _Writes()
@@ -167,7 +167,8 @@ def _sender_of(sender: tuple[SenderIdentifier, ...], resolution: Resolution) -> 
     return max(sender, key=lambda s: s.trust.rank)
 
 
-def _original_outcome(value: bytes, fp: str, key: str) -> Op[IngestResult]:
+def _original_outcome(value: bytes, fp: str, inbound: Inbound) -> Op[IngestResult]:
+    key = inbound.key
     ref = core.decode_msgref(value)
     records = yield from core.read(ref.thread_id, ref.seq - 1, 1)
     if not records:
@@ -176,7 +177,7 @@ def _original_outcome(value: bytes, fp: str, key: str) -> Op[IngestResult]:
     if not isinstance(event, MessageReceived):
         # the key was used by an outbound message, or the content was erased
         raise IdempotencyError(key)
-    if event.fingerprint != fp:
+    if event.fingerprint != fp and not _fingerprinted_with_receive_time(event, inbound):
         raise IdempotencyError(key)
     return IngestResult(
         customer_id=ref.customer_id,
@@ -189,6 +190,17 @@ def _original_outcome(value: bytes, fp: str, key: str) -> Op[IngestResult]:
         decision=event.decision or Decision(rule="unknown", reason="not recorded"),
         resolution=event.resolution or Decision(rule="unknown", reason="not recorded"),
     )
+
+
+def _fingerprinted_with_receive_time(event: MessageReceived, inbound: Inbound) -> bool:
+    """Whether ``event`` is an earlier delivery of ``inbound`` (whose ``sent_at`` is a
+    receive time) stored with a fingerprint that covered the receive time, as stores
+    written before :class:`TimeSource` hold: the digest of this delivery stamped with the
+    stored time matches."""
+    if inbound.time_source is not TimeSource.RECEIVED:
+        return False
+    then = msgspec.structs.replace(inbound, sent_at=event.sent_at, time_source=TimeSource.PROVIDER)
+    return event.fingerprint == codec.fingerprint(then)
 
 
 def _apply_resolution(

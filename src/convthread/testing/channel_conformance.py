@@ -26,9 +26,19 @@ What it checks:
   structurally mutated samples (JSON: deleted keys, replaced values, swapped types; form
   fields: dropped, added or rewritten fields) either parse to typed results or raise
   :class:`~convthread.errors.ParseError`; never another exception;
-* render stays within the capabilities (text length via :meth:`text_length`, exact SMS
-  segments when ``max_segments`` is set) and degraded options show up in the text when
-  the channel has no native quick replies;
+* the receive time comes from the caller: every sample is parsed with ``clock=`` set to
+  two :class:`~convthread.ports.ManualClock` s far apart; results stamped with the
+  receive time (``time_source=TimeSource.RECEIVED``) carry the clock's time, and the
+  fingerprint of every inbound message is the same both times: ingested into a service,
+  the second delivery is a duplicate, never an
+  :class:`~convthread.errors.IdempotencyError`;
+* render takes whole :class:`~convthread.channels.base.Outbound` values
+  (:func:`~convthread.testing.strategies.channel_outbounds`: text, quick replies, option
+  lists, cards, attachments, odd reply-to and reference ids, subjects) and either stays
+  within the capabilities (text length via :meth:`text_length`, exact SMS segments when
+  ``max_segments`` is set) or refuses with a typed
+  :class:`~convthread.errors.ConvthreadError`, never another exception; degraded options
+  show up in the text when the channel has no native quick replies;
 * round trip, when :meth:`echo` is defined: the text of a rendered message, delivered
   back through ``parse``, is the rendered text exactly.
 
@@ -41,6 +51,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
@@ -56,7 +67,8 @@ from convthread.channels.base import (
     QuickReply,
     Rendered,
 )
-from convthread.domain.model import Channel, Inbound
+from convthread.codec import fingerprint
+from convthread.domain.model import Channel, Inbound, TimeSource
 from convthread.domain.segments import count_segments
 from convthread.domain.updates import (
     ChannelResult,
@@ -66,7 +78,10 @@ from convthread.domain.updates import (
     StatusReport,
     Unsupported,
 )
-from convthread.errors import ParseError
+from convthread.errors import ConvthreadError, ParseError
+from convthread.ports import ManualClock
+from convthread.service import Conversations
+from convthread.testing.strategies import channel_outbounds
 
 __all__ = [
     "ChannelAdapterConformance",
@@ -366,6 +381,35 @@ class ChannelAdapterConformance:
         raw[pos:pos] = insert
         self._parse_or_parse_error(bytes(raw))
 
+    # ---------------------------------------------------------------- receive time
+
+    def test_redelivery_received_later_is_a_duplicate(self) -> None:
+        options = {k: v for k, v in self.parse_options.items() if k not in ("received_at",)}
+        early = ManualClock(datetime(2001, 2, 3, 4, 5, 6, tzinfo=timezone.utc))
+        late = ManualClock(datetime(2031, 6, 7, 8, 9, 10, tzinfo=timezone.utc))
+        for sample in self.samples:
+            first = self.adapter.parse(copy.deepcopy(sample), **{**options, "clock": early})
+            again = self.adapter.parse(copy.deepcopy(sample), **{**options, "clock": late})
+            self._check_results(first)
+            assert len(first) == len(again), (first, again)
+            for one, other in zip(first, again, strict=True):
+                if not isinstance(one, Inbound):
+                    continue
+                assert isinstance(other, Inbound), (one, other)
+                if one.time_source is TimeSource.RECEIVED:
+                    assert one.sent_at == early.now(), (one.sent_at, "not the clock's time")
+                    assert other.sent_at == late.now(), (other.sent_at, "not the clock's time")
+                else:
+                    assert one.sent_at == other.sent_at, "a provider time that moves with the clock"
+                assert fingerprint(one) == fingerprint(other), (
+                    f"the fingerprint of {one.provider_message_id!r} covers the receive time"
+                )
+                convs = Conversations("memory://", clock=early)
+                stored = convs.ingest(one)
+                retried = convs.ingest(other)
+                assert retried.duplicate, f"a redelivery of {one.provider_message_id!r} was stored"
+                assert retried.event == stored.event, "the first delivery's record must stand"
+
     # ---------------------------------------------------------------- rendering
 
     def _outbound(self, **fields: Any) -> Outbound:
@@ -406,6 +450,18 @@ class ChannelAdapterConformance:
             ),
         )
         self._check_rendered(self.adapter.render(outbound))
+
+    @_FUZZ
+    @given(data=st.data())
+    def test_whole_outbound_values_render_or_raise_a_typed_error(self, data: st.DataObject) -> None:
+        outbound = data.draw(
+            channel_outbounds(to=self.outbound_to, sender=self.outbound_sender), label="outbound"
+        )
+        try:
+            rendered = self.adapter.render(outbound)
+        except ConvthreadError:
+            return
+        self._check_rendered(rendered)
 
     def test_long_text_is_cut_to_capabilities(self) -> None:
         for text in ("word " * 30_000, "ж" * 20_000, "😀" * 20_000 + "x"):

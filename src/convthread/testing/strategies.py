@@ -24,6 +24,12 @@ Values, from the bottom up:
 * results: :func:`stored_events`, :func:`thread_views`, :func:`customer_views`,
   :func:`ingest_results`, :func:`send_results`;
 * channel updates: :func:`status_reports` and friends, :func:`channel_results`;
+* provider payloads, raw as the provider sends them, each a :class:`ProviderPayload`
+  naming its adapter: :func:`twilio_sms_webhooks`, :func:`twilio_voice_webhooks`,
+  :func:`whatsapp_webhooks`, :func:`raw_emails`, :func:`webchat_events`,
+  :func:`voice_events`, :func:`tweets`, any of them: :func:`provider_payloads`; and
+  whole channel :class:`~convthread.channels.base.Outbound` values for ``render``:
+  :func:`channel_outbounds`;
 * infrastructure: :func:`manual_clocks`, :func:`sequential_ids`,
   :func:`continuity_policies`, :func:`identifier_registries`.
 
@@ -46,6 +52,7 @@ merge), the expectation is weakened rather than guessed.
 from __future__ import annotations
 
 import enum
+import hashlib
 import string
 import types
 import typing
@@ -59,6 +66,7 @@ import phonenumbers
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
+from convthread.channels.base import Outbound
 from convthread.domain.continuity import ContinuityPolicy
 from convthread.domain.events import (
     AttributeSet,
@@ -150,12 +158,14 @@ __all__ = [
     "JourneyLog",
     "OutboundMessage",
     "Persona",
+    "ProviderPayload",
     "Redeliver",
     "Send",
     "Step",
     "account_values",
     "accounts",
     "attachments",
+    "channel_outbounds",
     "channel_results",
     "channels",
     "contents",
@@ -188,6 +198,8 @@ __all__ = [
     "personas",
     "phone_numbers",
     "phones",
+    "provider_payloads",
+    "raw_emails",
     "reaction_reports",
     "send_results",
     "sender_identifiers",
@@ -204,7 +216,13 @@ __all__ = [
     "thread_views",
     "timestamps",
     "trusts",
+    "tweets",
+    "twilio_sms_webhooks",
+    "twilio_voice_webhooks",
     "unsupported_reports",
+    "voice_events",
+    "webchat_events",
+    "whatsapp_webhooks",
 ]
 
 T = TypeVar("T")
@@ -1503,6 +1521,399 @@ def channel_results() -> SearchStrategy[ChannelResult]:
         inbounds(), status_reports(), edit_reports(), deletion_reports(), reaction_reports(),
         unsupported_reports(),
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- provider payloads
+
+
+@dataclass(frozen=True)
+class ProviderPayload:
+    """A raw payload as a provider delivers it, with the reference adapter that reads it.
+
+    * ``adapter``: the adapter module in :mod:`convthread.channels` (``"sms"``,
+      ``"voice"``, ``"whatsapp"``, ``"email"``, ``"webchat"``, ``"social"``).
+    * ``payload``: what the provider sends: form fields (a mapping or the encoded body),
+      JSON (bytes or decoded), raw MIME bytes.
+    * ``message_id``: the provider message id of the message it carries; two payloads with
+      the same id are deliveries of the same message.
+
+    :meth:`parse` runs the adapter (``received_at=``, ``clock=`` passed on).
+    """
+
+    adapter: str
+    payload: Any
+    message_id: str
+
+    def parse(
+        self, *, received_at: datetime | None = None, clock: Any = None
+    ) -> list[ChannelResult]:
+        from convthread import channels
+
+        module = getattr(channels, self.adapter)
+        results: list[ChannelResult] = module.parse(
+            self.payload, received_at=received_at, clock=clock
+        )
+        return results
+
+
+_HEX: Final = "0123456789abcdef"
+_BUSINESS_NUMBER: Final = "+18005550199"
+
+
+def _sid(prefix: str) -> SearchStrategy[str]:
+    return st.integers(0, 16**32 - 1).map(lambda n: f"{prefix}{n:032x}")
+
+
+def _e164() -> SearchStrategy[str]:
+    return phones().map(lambda ident: ident.value)
+
+
+def _form(fields: dict[str, str], encoded: bool) -> Any:
+    from urllib.parse import urlencode
+
+    return urlencode(fields).encode("ascii") if encoded else fields
+
+
+def _json_body(value: dict[str, Any], encoded: bool) -> Any:
+    import json
+
+    return json.dumps(value, ensure_ascii=False).encode("utf-8") if encoded else value
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+@st.composite
+def twilio_sms_webhooks(draw: st.DrawFn) -> ProviderPayload:
+    """Twilio Messaging webhooks for inbound SMS/MMS (``MessageSid``, ``From``, ``To``,
+    ``Body``, ``NumMedia`` with ``MediaUrlN``), as form fields or the encoded body. They
+    carry no timestamp."""
+    sid = draw(_sid("SM"))
+    fields = {
+        "ToCountry": "US",
+        "SmsMessageSid": sid,
+        "SmsSid": sid,
+        "MessageSid": sid,
+        "AccountSid": "AC" + "0" * 32,
+        "From": draw(_e164()),
+        "To": _BUSINESS_NUMBER,
+        "Body": draw(texts(max_size=300)),
+        "SmsStatus": "received",
+        "ApiVersion": "2010-04-01",
+    }
+    media = draw(st.integers(0, 2))
+    fields["NumMedia"] = str(media)
+    for i in range(media):
+        fields[f"MediaUrl{i}"] = f"https://api.twilio.com/media/ME{draw(st.integers(0, 10**6))}"
+        fields[f"MediaContentType{i}"] = draw(st.sampled_from(("image/jpeg", "video/mp4")))
+    if draw(st.booleans()):
+        fields["FromCountry"] = "GB"
+        fields["NumSegments"] = "1"
+    return ProviderPayload("sms", _form(fields, draw(st.booleans())), sid)
+
+
+@st.composite
+def twilio_voice_webhooks(draw: st.DrawFn) -> ProviderPayload:
+    """Twilio Voice webhooks: an incoming call (``CallStatus=ringing``), or the result of a
+    ``<Gather>`` (``SpeechResult`` or ``Digits``, sometimes with ``SequenceNumber``), as
+    form fields or the encoded body. They carry no timestamp."""
+    call = draw(_sid("CA"))
+    caller = draw(st.one_of(_e164(), st.sampled_from(("anonymous", "+266696687"))))
+    fields = {
+        "CallSid": call,
+        "AccountSid": "AC" + "0" * 32,
+        "From": caller,
+        "Caller": caller,
+        "To": _BUSINESS_NUMBER,
+        "Direction": "inbound",
+    }
+    kind = draw(st.sampled_from(("ringing", "speech", "digits")))
+    message_id = call
+    if kind == "ringing":
+        fields["CallStatus"] = "ringing"
+    else:
+        fields["CallStatus"] = "in-progress"
+        if kind == "speech":
+            said = draw(st.sampled_from(_PHRASES))
+            fields["SpeechResult"] = said
+            fields["Confidence"] = "0.91"
+        else:
+            said = draw(st.text("0123456789*#", min_size=1, max_size=6))
+            fields["Digits"] = said
+        seq = draw(st.one_of(st.none(), st.integers(1, 99).map(str)))
+        if seq is not None:
+            fields["SequenceNumber"] = seq
+        # without a SequenceNumber the adapter names the result by a hash of what was said
+        message_id = f"{call}:{seq or hashlib.sha256(said.encode()).hexdigest()[:16]}"
+    return ProviderPayload("voice", _form(fields, draw(st.booleans())), message_id)
+
+
+@st.composite
+def whatsapp_webhooks(draw: st.DrawFn) -> ProviderPayload:
+    """WhatsApp Cloud API webhook envelopes carrying one customer message (text, an image
+    with a caption, a button reply, sometimes in reply to an earlier message), as JSON
+    bytes or decoded."""
+    wa_id = draw(_e164()).lstrip("+")
+    msg_id = "wamid." + draw(st.integers(0, 10**12).map(lambda n: f"HBgM{n:012d}"))
+    at = draw(timestamps())
+    message: dict[str, Any] = {"from": wa_id, "id": msg_id, "timestamp": str(int(at.timestamp()))}
+    kind = draw(st.sampled_from(("text", "image", "interactive")))
+    if kind == "text":
+        message |= {"type": "text", "text": {"body": draw(texts(max_size=300)) or "hi"}}
+    elif kind == "image":
+        message |= {
+            "type": "image",
+            "image": {
+                "id": f"media-{draw(st.integers(0, 10**6))}",
+                "mime_type": "image/jpeg",
+                "sha256": "0" * 64,
+                "caption": draw(st.sampled_from(("", "the box", "📦"))),
+            },
+        }
+    else:
+        message |= {
+            "type": "interactive",
+            "interactive": {
+                "type": "button_reply",
+                "button_reply": {"id": "refund", "title": "Refund"},
+            },
+        }
+    if draw(st.booleans()):
+        message["context"] = {"from": "15550001111", "id": "wamid.OUR-LAST"}
+    envelope = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "1",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550001111",
+                                "phone_number_id": "1",
+                            },
+                            "contacts": [
+                                {"profile": {"name": draw(st.sampled_from(_NAMES))}, "wa_id": wa_id}
+                            ],
+                            "messages": [message],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    return ProviderPayload("whatsapp", _json_body(envelope, draw(st.booleans())), msg_id)
+
+
+@st.composite
+def raw_emails(
+    draw: st.DrawFn, *, date: bool | None = None, message_id: bool | None = None
+) -> ProviderPayload:
+    """Raw RFC 5322 messages (bytes): a plain-text body in any script, sometimes a reply
+    (``In-Reply-To``/``References``). ``date`` and ``message_id`` fix whether the
+    ``Date`` and ``Message-ID`` headers are present (default: drawn); a message without a
+    Message-ID is identified by the hash of its bytes, as the adapter does."""
+    from email.message import EmailMessage
+    from email.policy import SMTP
+    from email.utils import format_datetime
+
+    msg = EmailMessage(policy=SMTP)
+    name = draw(st.sampled_from(_NAMES)).lower()
+    local = "".join(c for c in name if c.isascii() and c.isalnum()) + str(draw(st.integers(0, 999)))
+    msg["From"] = f"{local}@{draw(st.sampled_from(('example.com', 'mail.example.org')))}"
+    msg["To"] = "help@acme.example"
+    msg["Subject"] = draw(st.sampled_from(("Order A-10234", "Re: your refund", "Hello")))
+    if date if date is not None else draw(st.booleans()):
+        msg["Date"] = format_datetime(draw(timestamps()))
+    ident = ""
+    if message_id if message_id is not None else draw(st.booleans()):
+        ident = f"{draw(st.integers(0, 10**9))}.{local}@mail.example.com"
+        msg["Message-ID"] = f"<{ident}>"
+    if draw(st.booleans()):
+        msg["In-Reply-To"] = "<a1@acme.example>"
+        msg["References"] = "<a1@acme.example>"
+    msg.set_content(draw(texts(max_size=300)) or "Hello")
+    raw = msg.as_bytes()
+    return ProviderPayload("email", raw, ident or "sha256:" + hashlib.sha256(raw).hexdigest())
+
+
+@st.composite
+def webchat_events(draw: st.DrawFn) -> ProviderPayload:
+    """Web chat widget ``message`` events (:mod:`convthread.channels.webchat`), sometimes
+    without ``sent_at``, with a typed e-mail, a device id, a page URL or a tapped quick
+    reply; as a decoded JSON object or its bytes."""
+    msg_id = f"m-{draw(st.integers(0, 10**9))}"
+    event: dict[str, Any] = {
+        "type": "message",
+        "id": msg_id,
+        "session_id": f"s-{draw(st.integers(0, 10**6)):06d}",
+        "text": draw(texts(max_size=300)),
+    }
+    if draw(st.booleans()):
+        event["sent_at"] = _iso(draw(timestamps()))
+    if draw(st.booleans()):
+        event["email"] = f"{draw(st.sampled_from(_NAMES)).lower()}@example.com"
+    if draw(st.booleans()):
+        event["device_id"] = f"d-{draw(st.integers(0, 999))}"
+    if draw(st.booleans()):
+        event["page_url"] = "https://shop.example/cart"
+    if draw(st.booleans()):
+        event["quick_reply"] = {"id": "yes", "title": "Yes"}
+    return ProviderPayload("webchat", _json_body(event, draw(st.booleans())), msg_id)
+
+
+@st.composite
+def voice_events(draw: st.DrawFn) -> ProviderPayload:
+    """Provider-neutral voice JSON events (:mod:`convthread.channels.voice`): the start of a
+    call or a caller's final transcript segment, sometimes without ``at``."""
+    call = f"CA{draw(st.integers(0, 10**9))}"
+    event: dict[str, Any] = {"call_id": call, "from": draw(_e164()), "to": _BUSINESS_NUMBER}
+    if draw(st.booleans()):
+        event["at"] = _iso(draw(timestamps()))
+    message_id = call
+    if draw(st.booleans()):
+        event["type"] = draw(st.sampled_from(("call.ringing", "call.initiated")))
+    else:
+        segment = str(draw(st.integers(0, 50)))
+        event |= {
+            "type": "transcript",
+            "segment_id": segment,
+            "speaker": "caller",
+            "text": draw(st.sampled_from(_PHRASES)),
+            "is_final": True,
+        }
+        message_id = f"{call}:{segment}"
+    return ProviderPayload("voice", _json_body(event, draw(st.booleans())), message_id)
+
+
+@st.composite
+def tweets(draw: st.DrawFn) -> ProviderPayload:
+    """Twitter/X API v2 responses: a public mention (sometimes a reply) or a DM event, with
+    the author in ``includes.users``; as JSON bytes or decoded."""
+    user = str(draw(st.integers(10**3, 10**12)))
+    at = draw(timestamps()).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    item_id = str(draw(st.integers(10**15, 10**19)))
+    text = draw(texts(max_size=280))
+    item: dict[str, Any]
+    if draw(st.booleans()):
+        item = {
+            "id": item_id,
+            "text": "@Acme " + text,
+            "author_id": user,
+            "created_at": at,
+            "conversation_id": item_id,
+        }
+        if draw(st.booleans()):
+            item["conversation_id"] = "1700"
+            item["referenced_tweets"] = [{"type": "replied_to", "id": "1719"}]
+    else:
+        item = {
+            "id": item_id,
+            "event_type": "MessageCreate",
+            "text": text,
+            "sender_id": user,
+            "dm_conversation_id": f"{user}-1000",
+            "created_at": at,
+        }
+    body = {"data": item, "includes": {"users": [{"id": user, "username": draw(handle_values())}]}}
+    return ProviderPayload("social", _json_body(body, draw(st.booleans())), item_id)
+
+
+def provider_payloads() -> SearchStrategy[ProviderPayload]:
+    """A payload from any provider the reference adapters read: Twilio SMS and voice form
+    posts, WhatsApp envelopes, raw e-mails, web chat and voice JSON events, tweets and DMs.
+    Draw a list with ``unique_by=lambda p: (p.adapter, p.message_id)`` for distinct
+    messages."""
+    return st.one_of(
+        twilio_sms_webhooks(),
+        twilio_voice_webhooks(),
+        whatsapp_webhooks(),
+        raw_emails(),
+        webchat_events(),
+        voice_events(),
+        tweets(),
+    )
+
+
+_OUTBOUND_IDS: Final = st.one_of(
+    st.none(),
+    st.sampled_from(("", ":", "<>", "a:b", "wamid.HBgM", "<c3@mail.example.com>", " x ")),
+    st.text(max_size=40),
+)
+_TITLES: Final = st.text(min_size=1, max_size=40)
+
+
+@st.composite
+def channel_outbounds(
+    draw: st.DrawFn, *, to: str | None = None, sender: str | None = None
+) -> Outbound:
+    """Whole :class:`~convthread.channels.base.Outbound` values for ``render``: text, quick
+    replies, an option list, a card with buttons, attachments, reply-to, references,
+    subject, thread reference and message id, each sometimes odd (``reply_to=":"``, an
+    empty or very long title, control characters). ``to`` and ``sender`` fix the
+    addresses (default: drawn)."""
+    from convthread.channels.base import Button, Card, ListItem, OptionList, QuickReply
+
+    def opt_id() -> str:
+        value = draw(_OUTBOUND_IDS)
+        return value or ""
+
+    replies = draw(
+        st.lists(st.builds(QuickReply, title=_TITLES, payload=st.text(max_size=20)), max_size=12)
+    )
+    options = None
+    if draw(st.booleans()):
+        items = draw(
+            st.lists(
+                st.builds(
+                    ListItem,
+                    title=_TITLES,
+                    id=st.text(max_size=10),
+                    description=st.text(max_size=80),
+                ),
+                min_size=1,
+                max_size=14,
+            )
+        )
+        options = OptionList(items=tuple(items), button=draw(_TITLES), title=draw(texts(40)))
+    card = None
+    if draw(st.booleans()):
+        buttons = draw(
+            st.lists(
+                st.builds(
+                    Button,
+                    title=_TITLES,
+                    payload=st.text(max_size=10),
+                    url=st.sampled_from(("", "https://shop.example/o/1")),
+                ),
+                max_size=4,
+            )
+        )
+        card = Card(
+            title=draw(_TITLES),
+            text=draw(texts(200)),
+            buttons=tuple(buttons),
+            image_url=draw(st.sampled_from(("", "https://cdn.example.com/i.png"))),
+            url=draw(st.sampled_from(("", "https://shop.example/o/8812"))),
+        )
+    reply_to = draw(_OUTBOUND_IDS)
+    return Outbound(
+        to=to if to is not None else draw(st.one_of(_e164(), st.just("s-1"))),
+        sender=sender if sender is not None else draw(st.sampled_from(("", _BUSINESS_NUMBER))),
+        text=draw(st.one_of(texts(), st.sampled_from(("", "word " * 1000, "😀" * 300)))),
+        quick_replies=tuple(replies),
+        options=options,
+        card=card,
+        attachments=tuple(draw(st.lists(attachments(), max_size=2))),
+        reply_to=reply_to,
+        references=tuple(draw(st.lists(_OUTBOUND_IDS.map(lambda v: v or "r"), max_size=3))),
+        subject=draw(st.sampled_from(("", "Your order", "Re: x\r\ny", "é" * 300))),
+        thread_ref=opt_id(),
+        message_id=opt_id(),
+    )
 
 
 # --------------------------------------------------------------------------- infrastructure
