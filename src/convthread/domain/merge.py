@@ -390,11 +390,11 @@ def unmerge_keys(merge: CustomerMerged, later: Iterable[CustomerEvent]) -> froze
         if isinstance(event, IdentifierUnlinked):
             due.discard(event.identifier.key)
         elif isinstance(event, CustomerUnmerged):
-            gone = {ident.key for ident, _trust in event.identifiers}
+            keys = {ident.key for ident, _trust in event.identifiers}
             if event.restored == survivor:
-                due &= gone  # back from the third customer: only what that undo returned
+                due &= keys  # back from the third customer: only what that undo returned
             elif event.survivor == survivor:
-                due -= gone
+                due -= keys  # given back to a customer merged into the survivor since
         # A later CustomerMerged that absorbs the survivor takes everything along; the
         # CustomerUnmerged that undoes it says what came back (until then, ``merge``
         # cannot be undone).
