@@ -329,6 +329,77 @@ def test_unmerge_with_survivor_merged_since_is_refused(desk: Desk) -> None:
     assert desk.convs.find_customer(MAIL) == r3.customer_id
 
 
+def _ann_and_bob(desk: Desk) -> tuple[str, str, ct.MergeResult]:
+    """Ann (phone, e-mail) absorbs Bob (second phone, second e-mail); Ann is older."""
+    ann = desk.msg("sms", (PHONE, A), (MAIL, A)).customer_id
+    bob = desk.msg("sms", (PHONE2, A), (MAIL2, A)).customer_id
+    merged = desk.convs.merge(ann, bob, by="agent:alice")
+    assert (merged.survivor, merged.absorbed) == (ann, bob)
+    return ann, bob, merged
+
+
+def test_unmerge_keeps_an_identifier_unlinked_and_linked_again_after_the_merge(
+    desk: Desk,
+) -> None:
+    ann, bob, merged = _ann_and_bob(desk)
+    assert desk.convs.unlink(PHONE2, by="agent:alice") == ann
+    desk.convs.link(ann, PHONE2, trust=A, by="agent:alice")
+    undone = desk.convs.unmerge(merged.merge_id)
+    assert desk.convs.find_customer(PHONE2) == ann
+    assert desk.convs.find_customer(MAIL2) == bob
+    assert [i for i, _t in undone.identifiers] == [MAIL2]
+    assert PHONE2.key in desk.convs.customer(ann).state.identifiers
+    assert desk.convs.customer(bob).state.identifiers.keys() == {MAIL2.key}
+
+
+def test_unmerge_does_not_bring_back_an_identifier_unlinked_after_the_merge(
+    desk: Desk,
+) -> None:
+    ann, bob, merged = _ann_and_bob(desk)
+    desk.convs.unlink(PHONE2, by="agent:alice")
+    desk.convs.unmerge(merged.merge_id)
+    assert desk.convs.find_customer(PHONE2) is None
+    assert PHONE2.key not in desk.convs.customer(ann).state.identifiers
+    assert PHONE2.key not in desk.convs.customer(bob).state.identifiers
+    assert desk.convs.find_customer(MAIL2) == bob
+
+
+def test_unmerge_keeps_an_identifier_that_came_back_with_another_customer(
+    desk: Desk,
+) -> None:
+    ann, _bob, merged = _ann_and_bob(desk)
+    desk.convs.unlink(PHONE2)
+    cat = desk.msg("sms", (PHONE2, A)).customer_id  # a new customer holds it
+    later = desk.convs.merge(ann, cat)  # and is merged into Ann: a link after the merge
+    desk.convs.unmerge(merged.merge_id)
+    assert desk.convs.find_customer(PHONE2) == ann
+    desk.convs.unmerge(later.merge_id)
+    assert desk.convs.find_customer(PHONE2) == cat
+
+
+@pytest.mark.parametrize("relinked_while_away", [False, True])
+def test_unmerge_after_the_survivor_was_merged_away_and_back(
+    desk: Desk, relinked_while_away: bool
+) -> None:
+    old = desk.msg("email", (ct.email("old@example.com"), A)).customer_id  # oldest
+    ann, bob, merged = _ann_and_bob(desk)
+    desk.convs.link(ann, PHONE2, trust=V, by="agent:alice")  # a raise, not a new link
+    away = desk.convs.merge(old, ann)
+    assert away.survivor == old
+    if relinked_while_away:
+        desk.convs.unlink(PHONE2)
+        desk.convs.link(old, PHONE2, trust=A)
+    desk.convs.unmerge(away.merge_id)
+    undone = desk.convs.unmerge(merged.merge_id)
+    if relinked_while_away:
+        assert desk.convs.find_customer(PHONE2) == old
+        assert PHONE2 not in dict(undone.identifiers)
+    else:
+        assert dict(undone.identifiers)[PHONE2] is V
+        assert desk.convs.find_customer(PHONE2) == bob
+    assert desk.convs.find_customer(MAIL2) == bob
+
+
 def test_explain_gives_the_chain(desk: Desk) -> None:
     r1 = desk.msg("sms", (PHONE, A))
     r2 = desk.msg("email", (MAIL, C))

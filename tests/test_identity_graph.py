@@ -196,6 +196,24 @@ def test_merge_oldest_survives_and_unmerge_gives_back_exactly() -> None:
         graph.unmerge(b)
 
 
+def test_unmerge_respects_unlinks_and_links_made_after_the_merge() -> None:
+    """The service's rule (see ``unmerge_keys``): an identifier unlinked since the merge
+    is not given back, even when it was linked to the survivor again."""
+    graph = IdentityGraph()
+    ann, bob = graph.add_customers([member(1), member(2)])
+    graph.link(bob, phone(2))
+    graph.link(bob, mail(2))
+    assert graph.merge(ann, bob) == ann
+    graph.unlink(phone(2))
+    graph.link(ann, phone(2))  # linked again, to the survivor
+    graph.unlink(mail(2))  # and not linked again
+    graph.link(ann, member(2), trust=Trust.VERIFIED)  # a raise of trust: not a new link
+    assert graph.unmerge(bob) == ann
+    assert graph.customer_of(phone(2)) == ann
+    assert graph.customer_of(mail(2)) is None
+    assert graph.identifiers_of(bob) == [(member(2), Trust.VERIFIED)]
+
+
 def test_survivors_are_the_plan_one_customer_per_person() -> None:
     graph = IdentityGraph()
     a, b, c, d = graph.add_customers([member(1), member(2), member(3), member(4)])

@@ -1,9 +1,11 @@
 """Stateful property test: after any sequence of messages, links, unlinks, merges and
 unmerges, the customers partition the identifiers exactly as a simple reference model
-says; no customer ever crosses a blocklisted value, a per-kind limit or two verified
-account ids; unmerge(merge(x)) gives back x; a claim never discloses history; and a claim
-never captures a holder (no message presented with an asserted or verified identifier
-lands with a customer who holds it only as a claim: the identifier is taken over).
+says (an unmerge gives back only the identifiers the survivor still holds because of the
+merge: none unlinked, taken over or linked again since); no customer ever crosses a
+blocklisted value, a per-kind limit or two verified account ids; unmerge(merge(x)) gives
+back x; a claim never discloses history; and a claim never captures a holder (no message
+presented with an asserted or verified identifier lands with a customer who holds it
+only as a claim: the identifier is taken over).
 
 Runs against the memory store and SQLite.
 """
@@ -73,7 +75,8 @@ class Model:
         self.kind: dict[str, str] = {i.key: i.kind for i in POOL}
         self.live: dict[str, int] = {}  # customer -> creation order
         self.merged: dict[str, str] = {}  # absorbed -> survivor
-        self.merges: dict[str, tuple[str, str, frozenset[str]]] = {}  # active merges
+        # active merges: survivor, absorbed, and the keys an unmerge would give back
+        self.merges: dict[str, tuple[str, str, set[str]]] = {}
         self.order = itertools.count()
 
     def current(self) -> list[str]:
@@ -99,9 +102,15 @@ class Model:
     def survivor(self, a: str, b: str) -> tuple[str, str]:
         return (a, b) if (self.live[a], a) <= (self.live[b], b) else (b, a)
 
+    def lose(self, key: str) -> None:
+        """``key`` left its customer (unlinked, or taken over by another customer): no
+        unmerge gives it back, even if it is linked to the survivor again later."""
+        for _s, _x, moved in self.merges.values():
+            moved.discard(key)
+
     def do_merge(self, merge_id: str, a: str, b: str) -> tuple[str, str]:
         s, x = self.survivor(a, b)
-        moved = frozenset(k for k, c in self.owner.items() if c == x)
+        moved = {k for k, c in self.owner.items() if c == x}
         for k in moved:
             self.owner[k] = s
         self.merges[merge_id] = (s, x, moved)
@@ -133,6 +142,7 @@ class IdentityMachine(RuleBasedStateMachine):
         self.model = Model()
         self.n = itertools.count(1)
         self.all_customers: list[str] = []
+        self.relinkable: set[str] = set()  # unlinked after a merge had moved them
 
     def teardown(self) -> None:
         self.store.close()
@@ -174,6 +184,7 @@ class IdentityMachine(RuleBasedStateMachine):
                     if key in m.owner and key not in proven:
                         continue
                     if m.can_hold(result_cid, key, s.trust):
+                        m.lose(key)
                         m.owner[key] = result_cid
                         m.trust[key] = s.trust
                 return
@@ -214,6 +225,7 @@ class IdentityMachine(RuleBasedStateMachine):
                 trust = min(s.trust, cap)
                 if m.fits({**work, key: trust}):
                     event("takeover by a known customer")
+                    m.lose(key)
                     work[key] = trust
                     m.owner[key] = chosen
                     m.trust[key] = trust
@@ -329,8 +341,11 @@ class IdentityMachine(RuleBasedStateMachine):
         self.clock.advance(seconds=5)
         if expect_ok:
             self.convs.link(cid, ident, trust=t, by="agent:test")
+            if key in self.relinkable and any(s == cid for s, _x, _k in m.merges.values()):
+                event("linked again to a survivor after a merge moved and unlinked it")
             if takeover:
                 event("takeover by an agent's link")
+                m.lose(key)
             if owner != cid or t > m.trust[key]:
                 m.owner[key] = cid
                 m.trust[key] = t
@@ -344,9 +359,27 @@ class IdentityMachine(RuleBasedStateMachine):
         if key in self.model.owner:
             assert self.convs.unlink(POOL[i]) == self.model.owner.pop(key)
             del self.model.trust[key]
+            if any(key in moved for _s, _x, moved in self.model.merges.values()):
+                event("unlinked an identifier a merge moved")
+                self.relinkable.add(key)
+            self.model.lose(key)
         else:
             with pytest.raises(NotFound):
                 self.convs.unlink(POOL[i])
+
+    @precondition(lambda self: any(moved for _s, _x, moved in self.model.merges.values()))
+    @rule(data=st.data(), t=trusts)
+    def unlink_then_link_after_a_merge(self, data: st.DataObject, t: Trust) -> None:
+        """Unlink an identifier that an active merge moved, then perhaps link it again
+        (to the survivor or to another customer): no unmerge gives it back after that."""
+        m = self.model
+        due = sorted(k for _s, _x, moved in m.merges.values() for k in moved)
+        key = data.draw(st.sampled_from(due))
+        ident = next(i for i in POOL if i.key == key)
+        self.unlink(POOL.index(ident))
+        to = data.draw(st.sampled_from([None, *sorted(m.current())]))
+        if to is not None:
+            self.link(_Draws([to]), POOL.index(ident), t)
 
     @precondition(lambda self: len(self.all_customers) >= 2)
     @rule(data=st.data())
@@ -380,11 +413,12 @@ class IdentityMachine(RuleBasedStateMachine):
             with pytest.raises(InvalidTransition):
                 self.convs.unmerge(merge_id)
             return
-        self.convs.unmerge(merge_id)
+        undone = self.convs.unmerge(merge_id)
         event("unmerge")
         for k in moved:
-            if m.owner.get(k) == s:
-                m.owner[k] = x
+            assert m.owner.get(k) == s, "a key due back is still the survivor's"
+            m.owner[k] = x
+        assert {i.key for i, _t in undone.identifiers} == moved
         del m.merges[merge_id]
         del m.merged[x]
 
@@ -478,3 +512,49 @@ def test_the_takeover_invariant_fails_without_the_fix(monkeypatch: pytest.Monkey
             steps(machine)
     finally:
         machine.teardown()
+
+
+def test_the_unmerge_rule_fails_without_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unmerge that gave back every identifier the survivor holds (the rule before
+    unlinks were respected) is caught: merge, unlink the absorbed customer's phone, link
+    it to the survivor again, unmerge: the model says the phone stays."""
+    import convthread.service._identity as identity_service
+
+    def steps(machine: IdentityMachine) -> None:
+        machine.first_message(0, A)  # phone 0: customer 1 (oldest)
+        machine.message([(1, A)], "")  # phone 1: customer 2
+        data = _Draws([machine.all_customers[0], machine.all_customers[1]])
+        machine.merge(data)  # customer 2 into customer 1
+        machine.unlink(1)
+        machine.link(_Draws([machine.all_customers[0]]), 1, A)
+        machine.unmerge(_Draws([next(iter(machine.model.merges))]))
+        machine.partition_matches_the_model()
+
+    monkeypatch.setattr(sys.modules[__name__], "event", lambda *_a: None)  # outside a test
+    machine = IdentityMachine()
+    try:
+        steps(machine)
+        assert machine.convs.find_customer(POOL[1]) == machine.all_customers[0]
+    finally:
+        machine.teardown()
+    monkeypatch.setattr(
+        identity_service,
+        "unmerge_keys",
+        lambda merge, _later: frozenset(i.key for i, _t in merge.identifiers),
+    )
+    machine = IdentityMachine()
+    try:
+        with pytest.raises(AssertionError):
+            steps(machine)
+    finally:
+        machine.teardown()
+
+
+class _Draws:
+    """Stands in for ``st.data()`` outside Hypothesis: hands out the given values."""
+
+    def __init__(self, values: list[str]) -> None:
+        self.values = list(values)
+
+    def draw(self, _strategy: object) -> str:
+        return self.values.pop(0)

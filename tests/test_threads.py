@@ -7,9 +7,13 @@ import asyncio
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import convthread as ct
+from convthread import codec
 from convthread.domain.thread import LIFECYCLE, LifecyclePolicy
+from convthread.domain.timeline import MessageMark
 from convthread.domain.updates import (
     DeletionReport,
     EditReport,
@@ -18,6 +22,8 @@ from convthread.domain.updates import (
     Unsupported,
 )
 from convthread.errors import IdempotencyError, InvalidTransition, NotFound, ValidationError
+from convthread.service._marks import EarlyStatus, EarlyStatuses, decode_early, early_events, hold
+from convthread.stores import MemoryStore
 from tests._thread_util import T0, check_store_invariants, msg
 
 S = ct.ThreadStatus
@@ -202,6 +208,96 @@ def test_status_before_the_message_is_held_then_applied_by_send(convs: ct.Conver
     # The held entry is gone: a later, lower status is judged against the applied one.
     assert convs.apply(_status("o-early", "sent", 3)).outcome == "ignored"
     assert convs.apply(_status("o-early", "read", 4)).outcome == "recorded"
+
+
+@pytest.mark.parametrize("via", ["send", "record_provider_id"])
+def test_many_held_reports_never_push_out_a_higher_status(convs: ct.Conversations, via) -> None:
+    tid = convs.ingest(msg("in1", channel="whatsapp")).thread_id
+    assert convs.apply(_status("o-many", "read", 1)).outcome == "held"
+    outcomes = {convs.apply(_status("o-many", "delivered", m)).outcome for m in range(2, 40)}
+    assert outcomes == {"held", "ignored"}  # the first is held, its repeats add nothing
+    assert convs.apply(_status("o-many", "delivered", 0)).outcome == "held"  # an earlier one
+    if via == "send":
+        seq = convs.send(tid, "hi", sender="agent:ann", provider_message_id="o-many").seq
+    else:
+        seq = convs.send(tid, "hi", sender="agent:ann").seq
+        convs.record_provider_id(tid, seq, "o-many")
+    [entry] = [e for e in convs.timeline(tid) if e.seq == seq]
+    assert (entry.status, entry.status_at) == (ct.DeliveryStatus.READ, T0 + timedelta(minutes=1))
+    statuses = [e.event for e in convs.events(tid) if isinstance(e.event, ct.StatusUpdated)]
+    assert [(s.status, s.reported_at) for s in statuses] == [
+        (ct.DeliveryStatus.DELIVERED, T0),
+        (ct.DeliveryStatus.READ, T0 + timedelta(minutes=1)),
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    reports=st.lists(
+        st.tuples(
+            st.sampled_from(list(ct.DeliveryStatus)),
+            st.integers(0, 5),
+            st.sampled_from(["", "undeliverable", "blocked"]),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_held_statuses_keep_the_earliest_report_of_each_status(
+    reports: list[tuple[ct.DeliveryStatus, int, str]],
+) -> None:
+    convs = ct.Conversations(MemoryStore(), clock=ct.ManualClock(T0), ids=ct.SequentialIds())
+    tid = convs.ingest(msg("in1", channel="whatsapp")).thread_id
+    first: dict[ct.DeliveryStatus, tuple[int, str]] = {}
+    for status, minute, error in reports:
+        report = StatusReport(
+            channel="whatsapp",
+            provider_message_id="o-p",
+            status=status,
+            at=T0 + timedelta(minutes=minute),
+            error=error,
+        )
+        outcome = convs.apply(report).outcome
+        earlier = status not in first or minute < first[status][0]
+        assert outcome == ("held" if earlier else "ignored")
+        if earlier:
+            first[status] = (minute, error)
+    seq = convs.send(tid, "hi", sender="agent:ann", provider_message_id="o-p").seq
+    statuses = [e.event for e in convs.events(tid) if isinstance(e.event, ct.StatusUpdated)]
+    expected = sorted(first, key=lambda s: s.rank)
+    assert [s.status for s in statuses] == expected
+    for event in statuses:
+        minute, error = first[event.status]
+        assert (event.reported_at, event.error) == (T0 + timedelta(minutes=minute), error)
+    [entry] = [e for e in convs.timeline(tid) if e.seq == seq]
+    assert entry.status is expected[-1]
+
+
+def test_a_held_entry_in_the_older_window_format_still_applies() -> None:
+    # Releases that kept a window of reports wrote the same shape, repeats included.
+    delivered = ct.DeliveryStatus.DELIVERED
+    window = EarlyStatuses(
+        (
+            EarlyStatus(delivered, T0 + timedelta(minutes=3)),
+            EarlyStatus(delivered, T0 + timedelta(minutes=2)),
+            EarlyStatus(ct.DeliveryStatus.FAILED, T0, "blocked"),
+        )
+    )
+    early = decode_early(codec.encode(window))
+    assert early == window
+    events, _mark = early_events(early, MessageMark(), 5, T0)
+    assert [(e.status, e.reported_at, e.error) for e in events] == [
+        (ct.DeliveryStatus.DELIVERED, T0 + timedelta(minutes=2), ""),
+        (ct.DeliveryStatus.FAILED, T0, "blocked"),
+    ]
+    held = hold(early, EarlyStatus(ct.DeliveryStatus.SENT, T0))
+    assert held is not None
+    assert [(e.status, e.reported_at) for e in held.statuses] == [
+        (ct.DeliveryStatus.SENT, T0),
+        (ct.DeliveryStatus.DELIVERED, T0 + timedelta(minutes=2)),
+        (ct.DeliveryStatus.FAILED, T0),
+    ]
+    assert hold(held, EarlyStatus(ct.DeliveryStatus.FAILED, T0, "other")) is None
 
 
 def test_status_held_then_applied_by_record_provider_id(convs: ct.Conversations) -> None:

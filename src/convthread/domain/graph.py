@@ -16,7 +16,10 @@ How it is kept:
   (what the policy's limits need);
 * a merge sets one pointer (the absorbed customer's identifiers stay linked to it and are
   found through the survivor); ``unmerge`` clears that pointer, so it gives back exactly
-  the customers as they were, with whatever was linked to each since.
+  the customers as they were, with whatever was linked to each since. An identifier
+  unlinked since the merge is not given back, and one linked after it (again, perhaps)
+  was linked to the survivor and stays there: the rule of ``Conversations.unmerge``
+  (:func:`~convthread.domain.merge.unmerge_keys`).
 
 Customers are numbers ``0, 1, 2, ...`` in creation order, so "oldest" is the lowest
 number; map them to your own ids (or to new customer ids when you write the result).

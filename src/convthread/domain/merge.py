@@ -23,6 +23,13 @@ Pure: the service loads both customers' states and asks the policy. Four rules:
 4. **Survivor.** ``survivor="oldest"`` (default): the customer created first survives
    (ties: the smaller id). ``"most_identifiers"``, ``"most_trusted"``, or a callable
    ``(a, b) -> survivor`` choose otherwise.
+
+What an unmerge gives back (:func:`unmerge_keys`): the identifiers the absorbed customer
+had at the merge that the survivor still holds *because of* the merge. One that was
+unlinked from the survivor since (by an agent, or taken over by another customer) is
+not given back, even when it was linked to the survivor again afterwards: a link made
+after the merge stays with the survivor. A raise of trust (a link at a higher trust, a
+verification) is not a new link: the identifier goes back at its current trust.
 """
 
 from __future__ import annotations
@@ -37,7 +44,13 @@ from typing import Final, Union
 import msgspec
 import phonenumbers
 
-from convthread.domain.events import Decision
+from convthread.domain.events import (
+    CustomerEvent,
+    CustomerMerged,
+    CustomerUnmerged,
+    Decision,
+    IdentifierUnlinked,
+)
 from convthread.domain.model import Identifier, IdentifierKind, Trust
 from convthread.domain.thread import CustomerState
 from convthread.errors import ValidationError
@@ -49,6 +62,7 @@ __all__ = [
     "MergeVerdict",
     "SurvivorRule",
     "repeated_digit_phone",
+    "unmerge_keys",
 ]
 
 #: Default patterns of shared or junk values (matched against ``str(identifier)``).
@@ -359,3 +373,29 @@ class MergePolicy:
         if isinstance(rule, SurvivorRule):
             return f"survivor rule {rule.value}"
         return "custom survivor rule"
+
+
+def unmerge_keys(merge: CustomerMerged, later: Iterable[CustomerEvent]) -> frozenset[str]:
+    """The keys of the identifiers that undoing ``merge`` gives back to the absorbed
+    customer, given ``later``: the survivor's events recorded after ``merge``, in order.
+
+    An identifier of ``merge.identifiers`` is given back unless, since the merge, it was
+    unlinked from the survivor (whatever happened to it afterwards) or the survivor lost
+    it otherwise: given away by the undoing of a later merge into the survivor, or not
+    given back when the survivor, merged into a third customer since, was restored.
+    """
+    survivor = merge.survivor
+    due = {ident.key for ident, _trust in merge.identifiers}
+    for event in later:
+        if isinstance(event, IdentifierUnlinked):
+            due.discard(event.identifier.key)
+        elif isinstance(event, CustomerUnmerged):
+            keys = {ident.key for ident, _trust in event.identifiers}
+            if event.restored == survivor:
+                due &= keys  # back from the third customer: only what that undo returned
+            elif event.survivor == survivor:
+                due -= keys  # given back to a customer merged into the survivor since
+        # A later CustomerMerged that absorbs the survivor takes everything along; the
+        # CustomerUnmerged that undoes it says what came back (until then, ``merge``
+        # cannot be undone).
+    return frozenset(due)

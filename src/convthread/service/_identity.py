@@ -52,7 +52,7 @@ from convthread.domain.identity import (
     resolve,
     takeover_suggestion,
 )
-from convthread.domain.merge import MergeAction
+from convthread.domain.merge import MergeAction, unmerge_keys
 from convthread.domain.model import (
     MAX_IDENTIFIERS,
     Identifier,
@@ -742,10 +742,11 @@ def _plan_merge(
 
 
 def unmerge(config: Config, merge_id: str, *, by: str = "", reason: str = "") -> Op[UnmergeResult]:
-    """Undo merge ``merge_id``: the absorbed customer gets back its identifiers (at their
-    current trust), its threads, the live status of threads the merge resolved, and its
-    topic pointers; the survivor's pointers the merge changed are restored unless they
-    moved on since."""
+    """Undo merge ``merge_id``: the absorbed customer gets back its identifiers that the
+    survivor still holds because of the merge (see
+    :func:`~convthread.domain.merge.unmerge_keys`; at their current trust), its threads,
+    the live status of threads the merge resolved, and its topic pointers; the
+    survivor's pointers the merge changed are restored unless they moved on since."""
     item = yield from core.get(NS_MERGE, merge_id)
     if item is None:
         raise NotFound("merge", merge_id)
@@ -764,21 +765,31 @@ def unmerge(config: Config, merge_id: str, *, by: str = "", reason: str = "") ->
     if a_state.merged_into != s_state.id:
         raise InvalidTransition(f"customer {a_state.id!r} is not merged into {s_state.id!r}")
     mev: CustomerMerged | None = None
+    later: list[CustomerEvent] = []
     for _seq, ev in (yield from core.read_customer_events(s_state.id)):
         if isinstance(ev, CustomerMerged) and ev.merge_id == merge_id and ev.survivor == s_state.id:
-            mev = ev
+            mev, later = ev, []
+        else:
+            later.append(ev)
     if mev is None:
         raise NotFound("merge event", merge_id)
     s_id, a_id = s_state.id, a_state.id
     now = config.clock.now()
     w = _Writes()
-    # Identifiers still on the survivor go back, at their current trust.
+    # Identifiers the survivor still holds because of the merge go back, at their
+    # current trust; one unlinked since (and perhaps linked again) stays.
+    due = unmerge_keys(mev, later)
     ident_items = yield from core.get_many(NS_IDENT, [i.key for i, _t in mev.identifiers])
     back: list[tuple[Identifier, Trust]] = []
     for ident, _trust in mev.identifiers:
         it = ident_items.get(ident.key)
         current = s_state.identifiers.get(ident.key)
-        if it is None or current is None or core.decode_identref(it.value).customer_id != s_id:
+        if (
+            ident.key not in due
+            or it is None
+            or current is None
+            or core.decode_identref(it.value).customer_id != s_id
+        ):
             continue
         back.append(current)
         w.put(NS_IDENT, ident.key, IdentRef(a_id), it.version)

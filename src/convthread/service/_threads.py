@@ -92,12 +92,12 @@ from convthread.service._core import (
 )
 from convthread.service._core import Writes as _Writes
 from convthread.service._marks import (
-    MAX_EARLY,
     EarlyStatus,
     EarlyStatuses,
     decode_early,
     decode_mark,
     early_events,
+    hold,
 )
 from convthread.service._prefetch import Cache
 from convthread.service._results import IngestResult
@@ -374,15 +374,14 @@ def _apply_status(config: Config, report: StatusReport) -> Op[ApplyResult]:
     if found is None:
         item = yield from core.get(NS_EARLY, msg_key)
         early = decode_early(item.value) if item is not None else EarlyStatuses()
-        entry = EarlyStatus(report.status, report.at, report.error)
-        if entry in early.statuses:
+        kept = hold(early, EarlyStatus(report.status, report.at, report.error))
+        if kept is None:
             return ApplyResult(
                 kind="status",
                 outcome="ignored",
                 reason=f"{status} for unknown message {msg_key} is already held",
             )
-        kept = (*early.statuses, entry)[-MAX_EARLY:]
-        writes.put(NS_EARLY, msg_key, EarlyStatuses(kept), item.version if item else ABSENT)
+        writes.put(NS_EARLY, msg_key, kept, item.version if item else ABSENT)
         # Assert the message is still unknown (deleting a missing key is a no-op): a send
         # recording this id concurrently makes one of the two retry.
         writes.delete(NS_MSG, msg_key, ABSENT)
