@@ -76,8 +76,38 @@ def test_show_prints_a_thread_and_a_customer(tmp_path: Path) -> None:
 
 def test_show_unknown_thread_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "empty.db"
+    SQLiteStore(db).close()  # an existing store without that thread
     assert main(["show", "thread", "th_nope", "--store", str(db)]) == 2
     assert "no thread 'th_nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("form", ["path", "url", "environment"])
+@pytest.mark.parametrize("what", ["thread", "customer"])
+def test_show_refuses_a_sqlite_file_that_does_not_exist(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    form: str,
+    what: str,
+) -> None:
+    typo = tmp_path / "typo.db"
+    store = {"path": [str(typo)], "url": [f"sqlite:///{typo}"], "environment": []}[form]
+    if form == "environment":
+        monkeypatch.setenv("CONVTHREAD_STORE", str(typo))
+    out = io.StringIO()
+    assert main(["show", what, "x_1", *(["--store", *store] if store else [])], out=out) == 2
+    err = capsys.readouterr().err
+    assert f"no SQLite store at {typo}" in err and "does not exist" in err
+    assert out.getvalue() == ""
+    assert list(tmp_path.iterdir()) == []  # nothing created: no file, no -wal, no -shm
+
+
+def test_writing_commands_still_create_their_sqlite_file(tmp_path: Path) -> None:
+    db = tmp_path / "new" / "fresh.db"
+    db.parent.mkdir()
+    run_cli("demo", "--store", f"sqlite:///{db}")
+    assert db.is_file()
+    assert "Thread th_0001" in run_cli("show", "thread", "th_0001", "--store", str(db))
 
 
 def test_store_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

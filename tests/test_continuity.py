@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import convthread as ct
 from convthread.domain.continuity import (
@@ -215,10 +217,19 @@ def test_beyond_reopen_window_a_successor_records_its_predecessor(
     assert r.new_thread and r.thread_id != a.thread_id
     assert r.decision.rule == "new_thread"
     assert r.decision.evidence == {"previous": a.thread_id}
+    beyond = f"{a.thread_id}, which was resolved 3d ago, beyond the 2d reopen window"
+    assert r.decision.reason.endswith(f"new thread after {beyond}")
     assert convs.thread_state(r.thread_id).predecessor == a.thread_id
     # A reply to the old thread's message, beyond the window, continues the live successor.
     r2 = convs.ingest(msg("m3", at=clock.now(), reply_to="m1"))
     assert r2.thread_id == r.thread_id
+    # Once the successor is closed too, the reply starts a third thread, and says why.
+    convs.close_thread(r.thread_id)
+    r3 = convs.ingest(msg("m4", at=clock.now(), reply_to="m1"))
+    assert r3.new_thread and convs.thread_state(r3.thread_id).predecessor == a.thread_id
+    assert r3.decision.reason.endswith(
+        "that thread was resolved 3d ago, beyond the 2d reopen window, so a new thread follows it"
+    )
     check_store_invariants(convs.store)
 
 
@@ -226,12 +237,117 @@ def test_closed_thread_never_reopens(store_factory, clock, ids) -> None:
     convs = make(store_factory, clock, ids)
     a = convs.ingest(msg("m1"))
     convs.close_thread(a.thread_id)
-    r = convs.ingest(msg("m2", reply_to="m1"))
+    clock.advance(days=1)  # well within the 7-day reopen window: closed is final anyway
+    r = convs.ingest(msg("m2", at=clock.now(), reply_to="m1"))
     assert r.thread_id != a.thread_id
     assert r.decision.rule == "explicit_reference"
-    assert "closed" in r.decision.reason
+    assert "that thread was closed, and a closed thread never reopens" in r.decision.reason
+    assert "reopen window" not in r.decision.reason
     assert convs.thread_state(r.thread_id).predecessor == a.thread_id
     assert convs.thread_state(a.thread_id).status is ct.ThreadStatus.CLOSED
+    # Without a reference, the successor's reason says the same of the closed thread.
+    convs.close_thread(r.thread_id)
+    n = convs.ingest(msg("m3", at=clock.now()))
+    assert n.decision.rule == "new_thread"
+    assert n.decision.reason.endswith(
+        f"new thread after {r.thread_id}, which was closed, and a closed thread never reopens"
+    )
+
+
+# ----------------------------------------------------------------- reopen and topics
+
+
+def _order(m: ct.Inbound) -> str | None:
+    """Topic extractor of these tests: the first word like A-1001."""
+    words = m.content.text.replace("?", " ").split()
+    return next((w for w in words if w.startswith("A-") and w[2:].isdigit()), None)
+
+
+@pytest.mark.parametrize("via", ["reply_to", "token"])
+def test_a_message_naming_a_new_topic_does_not_reopen_the_resolved_thread(
+    store_factory, clock, ids, via: str
+) -> None:
+    convs = make(store_factory, clock, ids, topic_extractor=_order)
+    a = convs.ingest(msg("m1", text="A-1001 arrived broken"))
+    convs.send(a.thread_id, "Refunded.", sender="agent:ann", provider_message_id="out-1")
+    convs.resolve(a.thread_id)
+    clock.advance(hours=2)
+
+    def about(pid: str, text: str) -> ct.IngestResult:
+        if via == "reply_to":
+            return convs.ingest(msg(pid, text=text, at=clock.now(), reply_to="out-1"))
+        return convs.ingest(msg(pid, text=f"{text} {reference_token(a.thread_id)}", at=clock.now()))
+
+    new = about("m2", "and now A-2002 is late")
+    assert new.new_thread and new.thread_id != a.thread_id
+    state = convs.thread_state(new.thread_id)
+    assert state.topic == "A-2002" and state.predecessor == a.thread_id
+    assert "resolved about 'A-1001', and the message is about 'A-2002', a new topic" in (
+        new.decision.reason
+    )
+    assert convs.thread_state(a.thread_id).status is ct.ThreadStatus.RESOLVED
+    # A second message about A-2002 on the old thread continues the new, live one.
+    again = about("m3", "A-2002 still late")
+    assert again.thread_id == new.thread_id and again.decision.evidence["live"] == new.thread_id
+    # The resolved thread's own topic, or no topic at all, reopens it (within the window).
+    same = about("m4", "A-1001 broke again")
+    assert same.thread_id == a.thread_id and "reopens" in same.decision.reason
+    check_store_invariants(convs.store)
+
+
+def test_a_message_without_a_topic_reopens_the_resolved_thread(store_factory, clock, ids) -> None:
+    convs = make(store_factory, clock, ids, topic_extractor=_order)
+    a = convs.ingest(msg("m1", text="A-1001 arrived broken"))
+    convs.resolve(a.thread_id)
+    clock.advance(hours=2)
+    r = convs.ingest(msg("m2", text="it broke again", at=clock.now(), reply_to="m1"))
+    assert r.thread_id == a.thread_id and "reopens" in r.decision.reason
+    check_store_invariants(convs.store)
+
+
+_TEXTS = ("hello", "about A-1001", "about A-2002")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(("ingest", "resolve", "close")),
+            st.sampled_from(_TEXTS),
+            st.integers(0, 2),  # which earlier message to reply to (none when too large)
+            st.integers(0, 30),  # hours to wait first
+        ),
+        max_size=12,
+    )
+)
+def test_a_resolved_thread_reopens_only_for_its_own_topic_or_none(steps) -> None:
+    S = ct.ThreadStatus
+    clock = ct.ManualClock(T0)
+    convs = ct.Conversations(
+        "memory://",
+        clock=clock,
+        ids=ct.SequentialIds(),
+        continuity=ContinuityPolicy(topic_extractor=_order),
+    )
+    pids: list[str] = []
+    thread_of: dict[str, str] = {}
+    for n, (what, text, reply, hours) in enumerate(steps):
+        clock.advance(hours=hours)
+        if what != "ingest":
+            if pids:
+                state = convs.thread_state(thread_of[pids[reply % len(pids)]])
+                if state.is_open or (what == "close" and state.status is S.RESOLVED):
+                    (convs.resolve if what == "resolve" else convs.close_thread)(state.id)
+            continue
+        pid = f"m{n}"
+        ref = pids[reply] if reply < len(pids) else None
+        r = convs.ingest(msg(pid, text=text, at=clock.now(), reply_to=ref))
+        pids.append(pid)
+        thread_of[pid] = r.thread_id
+        events = [e.event for e in convs.events(r.thread_id)]
+        if len(events) >= 2 and isinstance(events[-2], ct.LifecycleChanged) and events[-2].reopened:
+            assert _order(r.event) in (None, convs.thread_state(r.thread_id).topic)
+        check_store_invariants(convs.store)
 
 
 # ----------------------------------------------------------------- pure policy

@@ -6,7 +6,9 @@ each thread as a timeline with channels, parties and the reason for every decisi
 ``convthread schema snapshot|events`` prints a JSON Schema (2020-12).
 
 The store is chosen by ``--store URL`` or the ``CONVTHREAD_STORE`` environment variable
-(``sqlite:///path.db``, ``memory://``, ``postgresql://...``).
+(``sqlite:///path.db``, ``memory://``, ``postgresql://...``). A command that only reads
+(``show``) refuses a SQLite path whose file does not exist, with exit status 2, rather
+than create an empty database there; commands that write (``demo``) create the file.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import unquote, urlsplit
 
 from convthread import codec
 from convthread._version import __version__
@@ -58,6 +61,26 @@ def _store_url(args: argparse.Namespace, default: str | None) -> str:
     if "://" not in url:  # a bare path means a SQLite file
         url = "sqlite:///" + url
     return url
+
+
+#: Exit status of a read command whose SQLite file does not exist.
+EXIT_NO_STORE = 2
+
+
+def _open_existing(url: str) -> Conversations | None:
+    """The service over the store ``url`` names, for a command that only reads. A SQLite
+    file that does not exist is refused (opening it would create an empty database): the
+    reason goes to stderr and the result is ``None``. Other schemes open as usual."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "sqlite" and not parts.netloc:
+        path = Path(unquote(parts.path[1:] if parts.path.startswith("/") else parts.path))
+        if str(path) not in ("", ".") and not path.is_file():
+            sys.stderr.write(
+                f"convthread: no SQLite store at {path} ({url}): the file does not exist, "
+                "and read commands never create one\n"
+            )
+            return None
+    return Conversations(open_store(url))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -431,8 +454,10 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_show(args: argparse.Namespace, out: TextIO) -> int:
-    url = _store_url(args, None)
-    with Conversations(open_store(url)) as convs:
+    opened = _open_existing(_store_url(args, None))
+    if opened is None:
+        return EXIT_NO_STORE
+    with opened as convs:
         if args.json:
             if args.what == "thread":
                 out.write(codec.to_json(convs.thread(args.id)).decode() + "\n")

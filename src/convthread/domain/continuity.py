@@ -8,9 +8,13 @@ last rule always decides (a new thread).
 
 Default order: explicit reference (reply to a known message, e-mail ``In-Reply-To`` /
 ``References``), a thread reference token (``[#th_...]``, which ``send`` can embed, found
-in the subject or the text), topic key, recency across channels, new thread. A thread
-that was resolved reopens when the message falls within the reopen window; otherwise the
-new thread records it as its predecessor.
+in the subject or the text), topic key, recency across channels, new thread.
+
+A resolved thread reopens when the message falls within the reopen window and names no
+topic or the thread's own topic; a message that names another topic (one the resolved
+thread did not have) goes to the customer's live thread for that topic, or starts one.
+Beyond the reopen window, and always for a closed thread (closed is final), the new
+thread records the old one as its predecessor.
 
 Invariants :meth:`ContinuityPolicy.decide` keeps whatever the rules say:
 
@@ -156,32 +160,49 @@ def _continue(
             decision=Decision(rule=decision.rule, reason=reason, evidence=evidence),
             thread=sibling,
         )
-    if thread.status is ThreadStatus.RESOLVED and policy.within_reopen(thread, ctx.inbound):
+    if (
+        thread.status is ThreadStatus.RESOLVED
+        and policy.within_reopen(thread, ctx.inbound)
+        and _same_topic(thread, ctx)
+    ):
         reason = f"{decision.reason}; it was resolved and reopens (within the reopen window)"
         return Choice(
             decision=Decision(rule=decision.rule, reason=reason, evidence=decision.evidence),
             thread=thread,
             reopen=True,
         )
+    why = f"that thread was {_not_reopened(thread, ctx, policy)}"
     live = ctx.live
     if live is not None and live.is_open:
-        reason = (
-            f"{decision.reason}, but that thread is {thread.status.value}; the customer's "
-            f"open thread {live.id} continues"
-        )
-        evidence = {**decision.evidence, "live": live.id}
-        return Choice(
-            decision=Decision(rule=decision.rule, reason=reason, evidence=evidence),
-            thread=live,
-        )
-    reason = (
-        f"{decision.reason}, but that thread is {thread.status.value} "
-        "beyond the reopen window, so a new thread follows it"
-    )
+        reason = f"{decision.reason}, but {why}; the customer's open thread {live.id} continues"
+        return Choice(decision=_replace_reason(decision, reason, live=live.id), thread=live)
+    reason = f"{decision.reason}, but {why}, so a new thread follows it"
     return Choice(
         decision=Decision(rule=decision.rule, reason=reason, evidence=decision.evidence),
         predecessor=thread.id,
     )
+
+
+def _same_topic(thread: ThreadState, ctx: ContinuityContext) -> bool:
+    """May the message reopen ``thread``? Only if it names no topic or the thread's own."""
+    return ctx.topic is None or ctx.topic == thread.topic
+
+
+def _not_reopened(thread: ThreadState, ctx: ContinuityContext, policy: ContinuityPolicy) -> str:
+    """Why the message does not reopen ``thread``, which is not live: it is closed, it was
+    resolved too long ago, or the message is about another topic (a clause that follows
+    "that thread was")."""
+    if thread.status is ThreadStatus.CLOSED:
+        return "closed, and a closed thread never reopens"
+    if thread.status is not ThreadStatus.RESOLVED:
+        return f"{thread.status.value}"
+    if not policy.within_reopen(thread, ctx.inbound):
+        return (
+            f"resolved {_ago(ctx.inbound.sent_at, thread.status_changed_at)} ago, beyond "
+            f"the {_fmt(policy.reopen_window)} reopen window"
+        )
+    had = f"about {thread.topic!r}" if thread.topic else "about no topic in particular"
+    return f"resolved {had}, and the message is about {ctx.topic!r}, a new topic"
 
 
 def explicit_reference(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
@@ -254,6 +275,7 @@ def recency(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
             ctx.latest is not None
             and ctx.latest.status is ThreadStatus.RESOLVED
             and policy.within_reopen(ctx.latest, ctx.inbound)
+            and _same_topic(ctx.latest, ctx)
         ):
             decision = Decision(
                 rule="recency",
@@ -337,7 +359,8 @@ def new_thread(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | Non
         reason = (
             f"no open thread for this customer"
             f"{' and topic ' + repr(ctx.topic) if ctx.topic else ''}; "
-            f"new thread after {ctx.latest.id} ({ctx.latest.status.value})"
+            f"new thread after {ctx.latest.id}, which was "
+            f"{_not_reopened(ctx.latest, ctx, policy)}"
         )
         return Choice(
             decision=Decision(
