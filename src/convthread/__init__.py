@@ -161,6 +161,9 @@ from convthread.service import (
     Explanation,
     HandoffResult,
     History,
+    HistoryReply,
+    ImportFailure,
+    ImportSummary,
     IngestResult,
     MergeResult,
     MergeSuggestion,
@@ -174,6 +177,7 @@ from convthread.service import (
     UnmergeResult,
     VerificationResult,
     VerificationStarted,
+    history_order,
 )
 from convthread.stores import open_store
 
@@ -234,6 +238,7 @@ __all__ = [
     "HandoffRule",
     "HandoffStatus",
     "History",
+    "HistoryReply",
     "IdSource",
     "Identifier",
     "IdentifierKind",
@@ -242,6 +247,8 @@ __all__ = [
     "IdentifierUnlinked",
     "IdentifierVerified",
     "IdentityGraph",
+    "ImportFailure",
+    "ImportSummary",
     "Inbound",
     "IngestResult",
     "IntentDetected",
@@ -306,6 +313,7 @@ __all__ = [
     "email",
     "event_schema",
     "handle",
+    "history_order",
     "normalize_identifier",
     "open_store",
     "phone",
