@@ -267,8 +267,11 @@ class Conversations:
     ) -> ImportSummary:
         """Import history: each message is recorded at its own time (``sent_at``), company
         replies (:class:`HistoryReply`) as outbound messages; ``chunk_size`` messages per
-        transaction; a rerun skips what is stored. ``progress`` is called after each
-        chunk with the counts so far. See :mod:`convthread.service._import`."""
+        transaction; a rerun skips what is stored. Results that are not messages are
+        counted as ignored; an :class:`ImportFailure` (from a reader of
+        :mod:`convthread.importing`) as failed. ``progress`` is called after each chunk
+        with the counts so far. See :mod:`convthread.service._import` and
+        docs/import.md."""
         importer = _import.Importer(self.config, chunk_size, progress)
         for chunk in importer.chunks(messages):
             importer.start(chunk)
