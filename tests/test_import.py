@@ -420,3 +420,45 @@ def test_progress_bar_draws_counts_on_one_line() -> None:
     bar(ct.ImportSummary(read=5, imported=4, skipped=1))
     bar.end()
     assert stream.getvalue() == ("\rimporting [#####-----] 5/10 (4 new, 1 already in, 0 failed)\n")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_cli_interrupted_then_rerun_resumes_with_a_progress_bar(tmp_path, monkeypatch) -> None:
+    lines = tmp_path / "p.jsonl"
+    lines.write_text(
+        "".join(
+            _whatsapp_envelope(f"wamid.{i}", T0 + timedelta(minutes=i), f"m{i}") + "\n"
+            for i in range(5)
+        ),
+        encoding="utf-8",
+    )
+    db = str(tmp_path / "i.db")
+    real = ct.Conversations.import_history
+
+    def interrupted(self, messages, *, chunk_size, progress):  # type: ignore[no-untyped-def]
+        def then_stop(summary: ct.ImportSummary) -> None:
+            progress(summary)
+            raise KeyboardInterrupt
+
+        return real(self, messages, chunk_size=chunk_size, progress=then_stop)
+
+    err = _Terminal()
+    monkeypatch.setattr("sys.stderr", err)
+    with monkeypatch.context() as patch:
+        patch.setattr(ct.Conversations, "import_history", interrupted)
+        status, _text = run_cli(
+            "import", str(lines), "--channel", "whatsapp", "--store", db, "--chunk-size", "2"
+        )
+    assert status == 130
+    assert "\rimporting [############------------------] 2/5 (2 new" in err.getvalue()
+    assert "interrupted after 2 of 5 messages (2 imported); run the same command again" in (
+        err.getvalue()
+    )
+    status, text = run_cli("import", str(lines), "--channel", "whatsapp", "--store", db)
+    assert status == 0
+    assert "read 5: imported 3, skipped 2 (already in), failed 0" in text
+    assert err.getvalue().rstrip("\n").endswith("5/5 (3 new, 2 already in, 0 failed)")
