@@ -26,6 +26,7 @@ MODULES = [
     ("convthread.ports", "The store protocol (sync and async), clock and id source."),
     ("convthread.stores", "Stores and opening one by URL."),
     ("convthread.codec", "MessagePack for storage, JSON for export, JSON Schema."),
+    ("convthread.importing", "Reading history files for import_history."),
     ("convthread.channels", "Channel adapters."),
     ("convthread.testing", "Strategies, conformance kits and the pytest plugin."),
     ("convthread.domain.segments", "Exact SMS segment counting."),

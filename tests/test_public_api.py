@@ -14,6 +14,7 @@ PUBLIC_MODULES = [
     "convthread.errors",
     "convthread.ports",
     "convthread.codec",
+    "convthread.importing",
     "convthread.stores",
     "convthread.service",
     "convthread.domain.model",

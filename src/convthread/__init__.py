@@ -162,6 +162,9 @@ from convthread.service import (
     Explanation,
     HandoffResult,
     History,
+    HistoryReply,
+    ImportFailure,
+    ImportSummary,
     IngestResult,
     MergeResult,
     MergeSuggestion,
@@ -175,6 +178,7 @@ from convthread.service import (
     UnmergeResult,
     VerificationResult,
     VerificationStarted,
+    history_order,
 )
 from convthread.stores import open_store
 
@@ -235,6 +239,7 @@ __all__ = [
     "HandoffRule",
     "HandoffStatus",
     "History",
+    "HistoryReply",
     "IdSource",
     "Identifier",
     "IdentifierKind",
@@ -243,6 +248,8 @@ __all__ = [
     "IdentifierUnlinked",
     "IdentifierVerified",
     "IdentityGraph",
+    "ImportFailure",
+    "ImportSummary",
     "Inbound",
     "IngestResult",
     "IntentDetected",
@@ -308,6 +315,7 @@ __all__ = [
     "email",
     "event_schema",
     "handle",
+    "history_order",
     "normalize_identifier",
     "open_store",
     "phone",

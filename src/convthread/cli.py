@@ -1,9 +1,11 @@
-"""The ``convthread`` command line: ``demo``, ``show``, ``schema``.
+"""The ``convthread`` command line: ``demo``, ``show``, ``schema``, ``import``.
 
 ``convthread demo`` plays a realistic cross-channel journey into a SQLite file and prints
 each thread as a timeline with channels, parties and the reason for every decision.
 ``convthread show`` prints a thread or a customer from an existing store.
 ``convthread schema snapshot|events`` prints a JSON Schema (2020-12).
+``convthread import PATH`` imports history with its own times (see docs/import.md): a
+progress bar on stderr when it is a terminal, a summary (``--json`` for JSON) at the end.
 
 The store is chosen by ``--store URL`` or the ``CONVTHREAD_STORE`` environment variable
 (``sqlite:///path.db``, ``memory://``, ``postgresql://...``). A command that only reads
@@ -17,7 +19,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
@@ -45,8 +47,15 @@ from convthread.domain.identifiers import email as email_address
 from convthread.domain.model import Inbound, Trust
 from convthread.domain.tokens import KeyRing
 from convthread.errors import ConvthreadError, NotFound
+from convthread.importing import HistoryInput, read_email_folder, read_jsonl, read_twitter_csv
 from convthread.ports import ManualClock, SequentialIds
-from convthread.service import Conversations, IngestResult, ThreadView
+from convthread.service import (
+    Conversations,
+    ImportSummary,
+    IngestResult,
+    ThreadView,
+    history_order,
+)
 from convthread.stores import open_store
 
 __all__ = ["main"]
@@ -483,6 +492,103 @@ def _cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- import
+
+#: Exit status of an import that finished with messages it could not record.
+EXIT_SOME_FAILED = 3
+
+
+class _ProgressBar:
+    """A one-line progress bar on ``stream`` (stderr), redrawn after each chunk."""
+
+    def __init__(self, stream: TextIO, total: int, width: int = 30) -> None:
+        self.stream = stream
+        self.total = max(total, 1)
+        self.width = width
+        self.drawn = False
+
+    def __call__(self, summary: ImportSummary) -> None:
+        done = min(summary.read, self.total)
+        filled = self.width * done // self.total
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(
+            f"\rimporting [{bar}] {done}/{self.total} "
+            f"({summary.imported} new, {summary.skipped} already in, {summary.failed} failed)"
+        )
+        self.stream.flush()
+        self.drawn = True
+
+    def end(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _history_source(args: argparse.Namespace) -> Iterable[HistoryInput]:
+    path = Path(args.path)
+    if not path.exists():
+        raise SystemExit(f"convthread: {path} does not exist")
+    channel = args.channel
+    if path.is_dir():
+        if channel not in (None, "email"):
+            raise SystemExit("convthread: a folder is read as raw e-mails (--channel email)")
+        return read_email_folder(path, pattern=args.pattern)
+    if path.suffix.lower() == ".csv":
+        if channel not in (None, "twitter"):
+            raise SystemExit("convthread: a CSV is read as Twitter support tweets")
+        return read_twitter_csv(path)
+    if channel is None:
+        raise SystemExit("convthread: a JSONL file needs --channel (whatsapp, email, ...)")
+    return read_jsonl(path, channel)
+
+
+def _print_summary(summary: ImportSummary, out: TextIO) -> None:
+    out.write(
+        f"  read {summary.read}: imported {summary.imported}, skipped {summary.skipped} "
+        f"(already in), failed {summary.failed}, ignored {summary.ignored}; "
+        f"{summary.new_threads} new threads\n"
+    )
+    for kind, count in summary.ignored_kinds.items():
+        out.write(f"  ignored {kind}: {count} (not a message)\n")
+    for f in summary.failures:
+        where = f" ({f.where})" if f.where else ""
+        what = f"{f.channel} {f.provider_message_id}".strip() or "-"
+        out.write(f"  failed #{f.index} {what}{where}: {f.error}: {f.reason}\n")
+
+
+def _cmd_import(args: argparse.Namespace, out: TextIO) -> int:
+    url = _store_url(args, None)
+    items = history_order(_history_source(args))
+    bar = _ProgressBar(sys.stderr, len(items)) if sys.stderr.isatty() else None
+    last: list[ImportSummary] = [ImportSummary()]
+
+    def progress(summary: ImportSummary) -> None:
+        last[0] = summary
+        if bar is not None:
+            bar(summary)
+
+    with Conversations(open_store(url)) as convs:
+        try:
+            summary = convs.import_history(items, chunk_size=args.chunk_size, progress=progress)
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.end()
+            done = last[0]
+            sys.stderr.write(
+                f"convthread: interrupted after {done.read} of {len(items)} messages "
+                f"({done.imported} imported); run the same command again to resume\n"
+            )
+            return 130
+    if bar is not None:
+        bar.end()
+    if args.json:
+        out.write(codec.to_json(summary).decode() + "\n")
+    else:
+        out.write(f"Imported history from {args.path} into {url}\n")
+        _print_summary(summary, out)
+    return EXIT_SOME_FAILED if summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convthread",
@@ -510,6 +616,23 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of snapshots or events")
     schema.add_argument("which", choices=["snapshot", "events"])
     schema.set_defaults(func=_cmd_schema)
+
+    imp = sub.add_parser(
+        "import",
+        help="import history with its own times (JSONL payloads, e-mail folder, Twitter CSV)",
+        description="Import history: each message is recorded at its own time. A rerun "
+        "skips what is already in, so an interrupted import resumes. Exit status 3 when "
+        "some messages could not be recorded (the summary says why).",
+    )
+    imp.add_argument("path", help="a JSONL file of raw payloads, a folder of e-mails, or a CSV")
+    imp.add_argument("--channel", help="the channel of a JSONL file's payloads (whatsapp, ...)")
+    imp.add_argument("--store", help="store URL or SQLite path (or CONVTHREAD_STORE)")
+    imp.add_argument(
+        "--chunk-size", type=int, default=200, help="messages per transaction (%(default)s)"
+    )
+    imp.add_argument("--pattern", default="*.eml", help="files of a folder (%(default)s)")
+    imp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    imp.set_defaults(func=_cmd_import)
     return parser
 
 

@@ -11,8 +11,9 @@ purpose; catch a subclass to handle one kind of failure.
     │   ├── InvalidIdentifier                an identifier that cannot be normalized
     │   ├── UnknownIdentifierKind            a kind no normalizer is registered for
     │   ├── ContentTooLarge                  text or metadata over the documented limit
-    │   └── ParseError                       a channel payload that cannot be parsed
-    │       └── SignatureError               a provider signature that does not verify
+    │   ├── ParseError                       a channel payload that cannot be parsed
+    │   │   └── SignatureError               a provider signature that does not verify
+    │   └── OutOfOrderError                  an imported message older than its thread
     ├── NotFound (also LookupError)          a thread, customer, message or handoff id
     ├── ConflictError                        optimistic concurrency: someone wrote first
     ├── IdempotencyError                     a key reused with a different payload
@@ -40,6 +41,7 @@ __all__ = [
     "InvalidIdentifier",
     "InvalidTransition",
     "NotFound",
+    "OutOfOrderError",
     "ParseError",
     "PolicyViolation",
     "SchemaError",
@@ -186,3 +188,15 @@ class HandoffTaken(InvalidTransition):
         self.handoff_id = handoff_id
         self.accepted_by = accepted_by
         super().__init__(f"handoff {handoff_id!r} was already accepted by {accepted_by}")
+
+
+class OutOfOrderError(ValidationError):
+    """A history import's message is older than the newest event of the thread it would
+    join: a thread's events keep the order of their times. Nothing was stored."""
+
+    def __init__(self, thread_id: str, sent_at: str, newest: str) -> None:
+        self.thread_id = thread_id
+        super().__init__(
+            f"the message of {sent_at} is older than thread {thread_id!r}, whose newest "
+            f"event is of {newest}; import history oldest first"
+        )

@@ -15,6 +15,12 @@ from convthread.service._identity import (
     VerificationResult,
     VerificationStarted,
 )
+from convthread.service._import import (
+    HistoryReply,
+    ImportFailure,
+    ImportSummary,
+    history_order,
+)
 from convthread.service._results import (
     ContinuationToken,
     CustomerView,
@@ -44,6 +50,9 @@ __all__ = [
     "Explanation",
     "HandoffResult",
     "History",
+    "HistoryReply",
+    "ImportFailure",
+    "ImportSummary",
     "IngestResult",
     "MergeResult",
     "MergeSuggestion",
@@ -57,4 +66,5 @@ __all__ = [
     "UnmergeResult",
     "VerificationResult",
     "VerificationStarted",
+    "history_order",
 ]

@@ -7,7 +7,7 @@ worker threads).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from types import TracebackType
@@ -41,6 +41,7 @@ from convthread.service import (
     _erasure,
     _handoff,
     _identity,
+    _import,
     _messages,
     _prefetch,
     _reads,
@@ -66,6 +67,7 @@ from convthread.service._identity import (
     VerificationResult,
     VerificationStarted,
 )
+from convthread.service._import import HistoryReply, ImportFailure, ImportSummary
 from convthread.service._results import (
     ContinuationToken,
     CustomerView,
@@ -255,6 +257,30 @@ class Conversations:
             embed_reference,
         )
         return run_sync(self.store, op, self.config.max_retries)
+
+    def import_history(
+        self,
+        messages: Iterable[ChannelResult | HistoryReply | ImportFailure],
+        *,
+        chunk_size: int = _import.DEFAULT_CHUNK,
+        progress: Callable[[ImportSummary], None] | None = None,
+    ) -> ImportSummary:
+        """Import history: each message is recorded at its own time (``sent_at``), company
+        replies (:class:`HistoryReply`) as outbound messages; ``chunk_size`` messages per
+        transaction; a rerun skips what is stored. Results that are not messages are
+        counted as ignored; an :class:`ImportFailure` (from a reader of
+        :mod:`convthread.importing`) as failed. ``progress`` is called after each chunk
+        with the counts so far. See :mod:`convthread.service._import` and
+        docs/import.md."""
+        importer = _import.Importer(self.config, chunk_size, progress)
+        for chunk in importer.chunks(messages):
+            importer.start(chunk)
+            while (op := importer.next_op()) is not None:
+                try:
+                    importer.done(run_sync(self.store, op, self.config.max_retries))
+                except _import.ItemFailed as failure:
+                    importer.failed(failure)
+        return importer.summary()
 
     # -- reads
 
@@ -900,6 +926,24 @@ class AsyncConversations:
             partial(_erasure.erase_customer, self.config, customer_id, by),
             self.config.max_retries,
         )
+
+    async def import_history(
+        self,
+        messages: Iterable[ChannelResult | HistoryReply | ImportFailure],
+        *,
+        chunk_size: int = _import.DEFAULT_CHUNK,
+        progress: Callable[[ImportSummary], None] | None = None,
+    ) -> ImportSummary:
+        """Import history, as :meth:`Conversations.import_history` does."""
+        importer = _import.Importer(self.config, chunk_size, progress)
+        for chunk in importer.chunks(messages):
+            importer.start(chunk)
+            while (op := importer.next_op()) is not None:
+                try:
+                    importer.done(await run_async(self.store, op, self.config.max_retries))
+                except _import.ItemFailed as failure:
+                    importer.failed(failure)
+        return importer.summary()
 
     # -- threads (lifecycle, reports, queries, batches)
 

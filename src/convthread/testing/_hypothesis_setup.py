@@ -43,6 +43,7 @@ _TYPES: dict[tuple[str, str], str] = {
     ("convthread.domain.continuity", "ContinuityPolicy"): "continuity_policies",
     ("convthread.domain.identifiers", "IdentifierRegistry"): "identifier_registries",
     ("convthread.service._results", "IngestResult"): "ingest_results",
+    ("convthread.service._import", "HistoryReply"): "history_replies",
     ("convthread.service._results", "SendResult"): "send_results",
     ("convthread.service._results", "StoredEvent"): "stored_events",
     ("convthread.service._results", "ThreadView"): "thread_views",

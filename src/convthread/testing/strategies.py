@@ -136,6 +136,7 @@ from convthread.domain.updates import (
     Unsupported,
 )
 from convthread.ports import ManualClock, SequentialIds
+from convthread.service._import import HistoryReply
 from convthread.service._results import (
     CustomerView,
     IngestResult,
@@ -185,6 +186,7 @@ __all__ = [
     "evidences",
     "handle_values",
     "handles",
+    "history_replies",
     "identifier_registries",
     "identifiers",
     "inbounds",
@@ -788,6 +790,37 @@ def inbounds(
         subject=subject,
         # an explicit key, when there is one, is tied to the provider id: same id, same key
         idempotency_key=f"{ch}:{n}" if draw(st.booleans()) else None,
+    )
+
+
+def history_replies(
+    channel: str | SearchStrategy[str] | None = None,
+    *,
+    sent_at: SearchStrategy[datetime] | None = None,
+) -> SearchStrategy[HistoryReply]:
+    """Company replies from history (:class:`~convthread.HistoryReply`): a staff sender,
+    a provider id like the channel's, answering another provider id of the channel."""
+    chosen = (
+        st.just(Channel.validate(channel))
+        if isinstance(channel, str)
+        else (channel if channel is not None else channels())
+    )
+    return chosen.flatmap(
+        lambda ch: st.builds(
+            lambda n, to, who, c, at: HistoryReply(
+                channel=ch,
+                provider_message_id=_provider_id(ch, n),
+                reply_to=_provider_id(ch, to),
+                sender=who,
+                content=c,
+                sent_at=at,
+            ),
+            st.integers(0, 10**9),
+            st.integers(0, 10**9),
+            parties((PartyKind.AGENT, PartyKind.BOT, PartyKind.QUEUE)),
+            contents(),
+            sent_at if sent_at is not None else timestamps(),
+        )
     )
 
 
