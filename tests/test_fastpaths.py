@@ -34,9 +34,11 @@ from convthread.domain.identity import (
 from convthread.domain.merge import MergeAction, MergePolicy, MergeVerdict
 from convthread.domain.model import (
     Channel,
+    Content,
     Identifier,
     Inbound,
     SenderIdentifier,
+    TimeSource,
     Trust,
     ensure_utc,
 )
@@ -322,8 +324,35 @@ def test_merges_and_suggestions_are_unchanged(verdicts: list[MergeVerdict]) -> N
 # --------------------------------------------------------------------------- fingerprint
 
 
+class _StoredLayout(msgspec.Struct, frozen=True, kw_only=True):
+    """``Inbound`` as it was when the first fingerprints were stored (before
+    ``time_source``): stored digests are the encoding of this layout."""
+
+    channel: str
+    provider_message_id: str
+    sender: tuple[SenderIdentifier, ...]
+    content: Content = Content()
+    sent_at: datetime | None
+    recipient: str = ""
+    reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    subject: str = ""
+    idempotency_key: str | None = None
+
+
 def _fingerprint_reference(inbound: Inbound) -> str:
-    payload = msgspec.structs.replace(inbound, idempotency_key=None)
+    provider_time = inbound.time_source is TimeSource.PROVIDER
+    payload = _StoredLayout(
+        channel=inbound.channel,
+        provider_message_id=inbound.provider_message_id,
+        sender=inbound.sender,
+        content=inbound.content,
+        sent_at=inbound.sent_at if provider_time else None,
+        recipient=inbound.recipient,
+        reply_to=inbound.reply_to,
+        references=inbound.references,
+        subject=inbound.subject,
+    )
     data = codec._inbound_fp_encoder.encode(payload)
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
