@@ -9,22 +9,15 @@ rounds meet the interleavings of one accept's reads with another's commit.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 import convthread as ct
 from convthread.errors import HandoffTaken
 from convthread.ports import Item, Store
 from convthread.stores import open_store
 from tests._thread_util import T0, msg
-
-from .conftest import POSTGRES_URL, require_postgres
 
 PROCESSES, ROUNDS = 4, 30
 
@@ -62,21 +55,6 @@ def _accept_worker(url: str, agent: str, handoff_ids: list[str], barrier: Any, o
                 out.put((hid, agent, "error", repr(exc)))
     finally:
         convs.close()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'race.db'}"
-        return
-    require_postgres()
-    from convthread.stores.postgres import PostgresStore
-
-    schema = f"accept_{os.getpid()}_{random.randrange(10**6)}"
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    yield f"{POSTGRES_URL}{sep}schema={schema}"
-    with PostgresStore(POSTGRES_URL, schema=schema) as store:
-        store.drop_schema()
 
 
 def test_every_losing_process_is_told_who_won(store_url: str) -> None:
