@@ -8,6 +8,7 @@ reason, except under CI=true, where they fail: CI must run them.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -106,3 +107,20 @@ def store(store_factory: StoreFactory) -> Store:
 @pytest.fixture
 def convs(store: Store, clock: ct.ManualClock, ids: ct.SequentialIds) -> ct.Conversations:
     return ct.Conversations(store, clock=clock, ids=ids)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a fresh store that several processes can share: a SQLite file, or a
+    PostgreSQL schema of its own (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared.db'}"
+        return
+    require_postgres()
+    from convthread.stores.postgres import PostgresStore
+
+    schema = f"url_{os.getpid()}_{random.randrange(10**6)}"
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{sep}schema={schema}"
+    with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        store.drop_schema()

@@ -139,7 +139,7 @@ from convthread.domain.updates import (
     StatusReport,
     Unsupported,
 )
-from convthread.errors import ConvthreadError
+from convthread.errors import Contention, ConvthreadError
 from convthread.ports import (
     AsyncStore,
     Clock,
@@ -200,6 +200,7 @@ __all__ = [
     "Choice",
     "Clock",
     "Content",
+    "Contention",
     "ContinuationIssued",
     "ContinuationRedeemed",
     "ContinuationToken",

@@ -16,6 +16,7 @@ purpose; catch a subclass to handle one kind of failure.
     │   └── OutOfOrderError                  an imported message older than its thread
     ├── NotFound (also LookupError)          a thread, customer, message or handoff id
     ├── ConflictError                        optimistic concurrency: someone wrote first
+    │   └── Contention                       retries spent on a busy thread: try later
     ├── IdempotencyError                     a key reused with a different payload
     ├── InvalidTransition                    a lifecycle or handoff move not allowed now
     │   └── HandoffTaken                     the handoff was accepted by someone else
@@ -34,6 +35,7 @@ from __future__ import annotations
 __all__ = [
     "ConflictError",
     "ContentTooLarge",
+    "Contention",
     "ConvthreadError",
     "ErasedError",
     "HandoffTaken",
@@ -121,8 +123,27 @@ class ConflictError(ConvthreadError):
     """An optimistic-concurrency conflict: another writer committed first.
 
     The batch that raised it wrote nothing. The service retries these a bounded
-    number of times before letting one through.
+    number of times before letting one through (as :class:`Contention`).
     """
+
+
+class Contention(ConflictError):
+    """The service spent its retry budget (``max_retries``) on conflicting writers.
+
+    Nothing was written, and the operation is safe to retry: a redelivered payload is
+    still stored once. ``retry_after`` is a hint in seconds (a float; round it up for an
+    HTTP ``Retry-After`` header), ``attempts`` how many times the operation ran. A web
+    handler answers 503 with ``Retry-After``, so the provider delivers the payload again.
+    """
+
+    def __init__(self, reason: str, *, attempts: int, retry_after: float) -> None:
+        self.reason = reason
+        self.attempts = attempts
+        self.retry_after = retry_after
+        super().__init__(
+            f"gave up after {attempts} attempt{'s' if attempts != 1 else ''} on conflicting "
+            f"writers ({reason}); retry in about {retry_after:.3g}s"
+        )
 
 
 class IdempotencyError(ConvthreadError):

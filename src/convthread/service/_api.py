@@ -168,7 +168,9 @@ class Conversations:
     ``store`` is a store object or a URL (``"memory://"``, ``"sqlite:///support.db"``).
     ``clock`` and ``ids`` are injectable for deterministic tests; ``identifiers`` holds
     the identifier normalizers; ``continuity`` decides which thread a message continues.
-    Conflicts between concurrent writers are retried up to ``max_retries`` times.
+    Conflicts between concurrent writers are retried up to ``max_retries`` times (writers
+    of one service queue once they conflict); then :class:`~convthread.errors.Contention`
+    is raised, with a ``retry_after`` hint.
     """
 
     def __init__(
@@ -818,7 +820,7 @@ class AsyncConversations:
 
     ``store`` may be an :class:`~convthread.ports.AsyncStore`, or a sync store or URL:
     the memory store is called inline (it never blocks); blocking stores run in a pool
-    of worker threads.
+    of worker threads. Conflicting writers queue and retry as in :class:`Conversations`.
     """
 
     def __init__(

@@ -1,15 +1,39 @@
-"""The sync and asyncio drivers: run an operation's store calls against a store."""
+"""The sync and asyncio drivers: run an operation's store calls against a store.
+
+An operation is a generator of store calls that ends in (at most) one ``commit``. The
+drivers keep these promises:
+
+* A :class:`~convthread.errors.ConflictError` at the commit means another writer
+  committed first; nothing was written. The driver runs the operation again from the
+  start, on fresh reads, up to ``max_retries`` times. When that budget is spent it raises
+  :class:`~convthread.errors.Contention` (a ``ConflictError``) carrying a ``retry_after``
+  hint. A conflict raised by any other call is passed through unchanged.
+* Writers in one process queue rather than race. The uncontended path takes no lock.
+  Once a writer's commit has conflicted, it and every writer that arrives while any
+  writer is queued run one at a time, in arrival order, through the store's gate: a FIFO
+  lock per store for the sync driver, an ``asyncio.Lock`` per store and event loop for
+  the async one. The backlog drains in order; when it is empty, writers run lock-free
+  again. Operations run with ``max_retries=0`` (the reads) never queue, nor does a
+  writer started inside the turn of the writer holding the gate (same thread or task).
+* A writer that waited in the queue retries at once (its wait was the backoff). One that
+  did not, the head of the queue meeting writers in other processes, first sleeps for an
+  exponential backoff with full jitter: uniform in ``[0, min(BACKOFF_CAP, BACKOFF_BASE *
+  2**attempt)]`` seconds.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
-from convthread.errors import ConflictError
+from convthread.errors import ConflictError, Contention
 from convthread.ports import AsyncStore, Batch, Item, Recorded, Store
 from convthread.service._core import Op
 
@@ -17,54 +41,239 @@ T = TypeVar("T")
 
 _rng = random.Random()
 
+#: The first retry waits up to twice this (seconds); each later one doubles the window.
+BACKOFF_BASE: Final = 0.002
+#: The longest window a retry waits in (seconds).
+BACKOFF_CAP: Final = 0.5
+
+
+def backoff_window(attempt: int) -> float:
+    """The upper bound of the wait before retry ``attempt`` (1-based)."""
+    return min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 32))
+
 
 def backoff(attempt: int) -> float:
-    """Seconds to wait before retry ``attempt`` (1-based): jittered, capped at 50 ms."""
-    return _rng.uniform(0, min(0.05, 0.001 * (2**attempt)))
+    """Seconds to wait before retry ``attempt`` (1-based): full jitter in its window."""
+    return _rng.uniform(0.0, backoff_window(attempt))
+
+
+def _spent(exc: ConflictError, attempts: int) -> Contention:
+    return Contention(str(exc), attempts=attempts, retry_after=backoff_window(attempts + 1))
+
+
+class _Conflicted:
+    """One attempt's commit conflicted."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: ConflictError) -> None:
+        self.error = error
+
+
+# --------------------------------------------------------------------------- gates
+
+
+class _SyncGate:
+    """A FIFO lock and the count of writers queued on it (waiting or holding)."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+        self._held = False
+        self.queued = 0
+        self.owner: int | None = None  # the thread holding the gate
+
+    def mine(self) -> bool:
+        return self.owner == threading.get_ident()
+
+    def enter(self) -> bool:
+        """Take the gate in arrival order; True when this writer had to wait."""
+        with self._mutex:
+            self.queued += 1
+            if not self._held:
+                self._held = True
+                self.owner = threading.get_ident()
+                return False
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        try:
+            turn.acquire()  # released by the writer ahead, which hands the gate over
+        except BaseException:
+            with self._mutex:
+                if turn in self._waiters:
+                    self._waiters.remove(turn)
+                    self.queued -= 1
+                    raise
+            self.owner = threading.get_ident()
+            self.leave()  # the gate was handed over as this writer gave up
+            raise
+        self.owner = threading.get_ident()
+        return True
+
+    def leave(self) -> None:
+        with self._mutex:
+            self.queued -= 1
+            self.owner = None
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
+
+
+class _AsyncGate:
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()  # FIFO: waiters are woken in arrival order
+        self.queued = 0
+        self.owner: asyncio.Task[Any] | None = None  # the task holding the gate
+
+    def mine(self) -> bool:
+        return self.owner is not None and self.owner is asyncio.current_task()
+
+    async def enter(self) -> bool:
+        self.queued += 1
+        waited = self._lock.locked()
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self.queued -= 1
+            raise
+        self.owner = asyncio.current_task()
+        return waited
+
+    def leave(self) -> None:
+        self.queued -= 1
+        self.owner = None
+        self._lock.release()
+
+
+_gates_lock = threading.Lock()
+_sync_gates: weakref.WeakKeyDictionary[Any, _SyncGate] = weakref.WeakKeyDictionary()
+_async_gates: weakref.WeakKeyDictionary[
+    Any, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncGate]
+] = weakref.WeakKeyDictionary()
+# Stores that cannot be weakly referenced or hashed get a gate by id (small, never freed).
+_gates_by_id: dict[tuple[int, int], Any] = {}
+
+
+def _sync_gate(store: object) -> _SyncGate:
+    with _gates_lock:
+        try:
+            gate = _sync_gates.get(store)
+            if gate is None:
+                gate = _sync_gates[store] = _SyncGate()
+        except TypeError:
+            gate = _gates_by_id.setdefault((id(store), 0), _SyncGate())
+        return gate
+
+
+def _async_gate(store: object) -> _AsyncGate:
+    loop = asyncio.get_running_loop()
+    with _gates_lock:
+        try:
+            per_loop = _async_gates.get(store)
+            if per_loop is None:
+                per_loop = _async_gates[store] = weakref.WeakKeyDictionary()
+        except TypeError:
+            gate: _AsyncGate = _gates_by_id.setdefault((id(store), id(loop)), _AsyncGate())
+            return gate
+        gate = per_loop.get(loop) or per_loop.setdefault(loop, _AsyncGate())
+        return gate
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+def _once_sync(store: Store, factory: Callable[[], Op[T]]) -> T | _Conflicted:
+    gen = factory()
+    try:
+        name, args = next(gen)
+        while True:
+            try:
+                result = getattr(store, name)(*args)
+            except ConflictError as exc:
+                if name != "commit":
+                    raise
+                gen.close()
+                return _Conflicted(exc)
+            name, args = gen.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def _once_async(store: AsyncStore, factory: Callable[[], Op[T]]) -> T | _Conflicted:
+    gen = factory()
+    try:
+        name, args = next(gen)
+        while True:
+            try:
+                result = await getattr(store, name)(*args)
+            except ConflictError as exc:
+                if name != "commit":
+                    raise
+                gen.close()
+                return _Conflicted(exc)
+            name, args = gen.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
 
 
 def run_sync(store: Store, factory: Callable[[], Op[T]], max_retries: int) -> T:
-    attempt = 0
-    while True:
-        gen = factory()
-        try:
-            name, args = next(gen)
-            while True:
-                try:
-                    result = getattr(store, name)(*args)
-                except ConflictError:
-                    if name != "commit" or attempt >= max_retries:
-                        raise
-                    gen.close()
-                    break
-                name, args = gen.send(result)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        attempt += 1
-        delay = backoff(attempt)
-        if delay:
-            time.sleep(delay)
+    gate = _sync_gate(store) if max_retries > 0 else None
+    if gate is not None and gate.mine():
+        gate = None  # a writer nested in the holder's turn runs within it
+    queued = False
+    try:
+        if gate is not None and gate.queued:
+            gate.enter()
+            queued = True
+        attempt = 0
+        while True:
+            outcome = _once_sync(store, factory)
+            if not isinstance(outcome, _Conflicted):
+                return outcome
+            if attempt >= max_retries:
+                raise _spent(outcome.error, attempt + 1) from outcome.error
+            attempt += 1
+            waited = False
+            if gate is not None and not queued:
+                waited = gate.enter()
+                queued = True
+            if not waited:
+                time.sleep(backoff(attempt))
+    finally:
+        if queued:
+            assert gate is not None
+            gate.leave()
 
 
 async def run_async(store: AsyncStore, factory: Callable[[], Op[T]], max_retries: int) -> T:
-    attempt = 0
-    while True:
-        gen = factory()
-        try:
-            name, args = next(gen)
-            while True:
-                try:
-                    result = await getattr(store, name)(*args)
-                except ConflictError:
-                    if name != "commit" or attempt >= max_retries:
-                        raise
-                    gen.close()
-                    break
-                name, args = gen.send(result)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        attempt += 1
-        await asyncio.sleep(backoff(attempt))
+    gate = _async_gate(store) if max_retries > 0 else None
+    if gate is not None and gate.mine():
+        gate = None  # a writer nested in the holder's turn runs within it
+    queued = False
+    try:
+        if gate is not None and gate.queued:
+            await gate.enter()
+            queued = True
+        attempt = 0
+        while True:
+            outcome = await _once_async(store, factory)
+            if not isinstance(outcome, _Conflicted):
+                return outcome
+            if attempt >= max_retries:
+                raise _spent(outcome.error, attempt + 1) from outcome.error
+            attempt += 1
+            waited = False
+            if gate is not None and not queued:
+                waited = await gate.enter()
+                queued = True
+            if not waited:
+                await asyncio.sleep(backoff(attempt))
+    finally:
+        if queued:
+            assert gate is not None
+            gate.leave()
 
 
 class InlineAsyncStore:

@@ -5,10 +5,17 @@ state machine (:mod:`convthread.domain.handoff`) decide, and writes the events, 
 thread's state and the record in one batch, compare-and-set on the thread stream: of two
 concurrent moves on one thread, one commits and the other runs again on the new state
 (where, say, the offer it wanted to accept has been taken).
+
+A refusal is decided on a record and a state of one moment: the two are read one after
+the other, so when the machine refuses and the record has moved since it was read, the
+machine decides again on the fresh pair. The loser of two accepts is therefore always
+told who won (:class:`~convthread.errors.HandoffTaken`), never that the offer merely
+"is no longer pending".
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -35,6 +42,7 @@ from convthread.domain.model import Party, PartyKind
 from convthread.domain.redaction import Audience
 from convthread.domain.thread import ThreadState, evolve
 from convthread.errors import (
+    HandoffTaken,
     InvalidTransition,
     NotFound,
     StaleControllerError,
@@ -102,6 +110,33 @@ def find_handoff(handoff_id: str) -> Op[HandoffRecord | None]:
     transfer under that id)."""
     item = yield from core.get(NS_HANDOFF, handoff_id)
     return None if item is None else decode_record(item.value)
+
+
+def decide_on(
+    handoff_id: str, decide: Callable[[ThreadState, HandoffRecord], Step]
+) -> Op[tuple[HandoffRecord, Item, ThreadState, int, Step]]:
+    """Load the handoff's record and its thread's state and let ``decide`` rule on them.
+
+    The record is read before the state, so a move committed in between pairs a stale
+    record with a newer state (an offer the record still has pending, on a thread that
+    has handed it over). A step that commits is safe either way (its batch names the
+    record's version); a refusal is final, so when ``decide`` refuses and the record has
+    moved meanwhile, it rules again on the fresh pair. A record that stood still across
+    the state's read is of the same moment as that state: every move writes both.
+    Returns the record, its item, the state, the state's item version and the step.
+    """
+    record, record_item = yield from load_handoff(handoff_id)
+    while True:
+        state, item_version = yield from core.load_thread(record.thread_id)
+        try:
+            return record, record_item, state, item_version, decide(state, record)
+        except HandoffTaken:
+            raise  # the record names the winner: already the latest word
+        except InvalidTransition as refusal:
+            fresh, fresh_item = yield from load_handoff(handoff_id)
+            if fresh_item.version == record_item.version:
+                raise refusal from None
+            record, record_item = fresh, fresh_item
 
 
 def get_handoff(handoff_id: str) -> Op[HandoffRecord]:
@@ -195,10 +230,10 @@ def request(
 def offer(config: Config, handoff_id: str, to: Party, ttl: timedelta) -> Op[HandoffResult]:
     if ttl <= timedelta(0):
         raise ValidationError("an offer's ttl must be positive")
-    record, record_item = yield from load_handoff(handoff_id)
-    state, item_version = yield from core.load_thread(record.thread_id)
     now = config.clock.now()
-    step = decide_offer(state, record, to=to, now=now, expires_at=now + ttl)
+    record, record_item, state, item_version, step = yield from decide_on(
+        handoff_id, lambda s, r: decide_offer(s, r, to=to, now=now, expires_at=now + ttl)
+    )
     if step.repeat:
         return HandoffResult(record=step.record, repeat=True)
     writes = Writes()
@@ -209,9 +244,10 @@ def offer(config: Config, handoff_id: str, to: Party, ttl: timedelta) -> Op[Hand
 
 
 def accept(config: Config, handoff_id: str, by: Party) -> Op[HandoffResult]:
-    record, record_item = yield from load_handoff(handoff_id)
-    state, item_version = yield from core.load_thread(record.thread_id)
-    step = decide_accept(state, record, by=by, now=config.clock.now())
+    now = config.clock.now()
+    record, record_item, state, item_version, step = yield from decide_on(
+        handoff_id, lambda s, r: decide_accept(s, r, by=by, now=now)
+    )
     if step.repeat:
         snap = yield from _stored_snapshot(step.record)
         return HandoffResult(record=step.record, snapshot=snap, repeat=True)
@@ -224,9 +260,10 @@ def accept(config: Config, handoff_id: str, by: Party) -> Op[HandoffResult]:
 
 
 def decline(config: Config, handoff_id: str, by: Party, reason: str) -> Op[HandoffResult]:
-    record, record_item = yield from load_handoff(handoff_id)
-    state, item_version = yield from core.load_thread(record.thread_id)
-    step = decide_decline(state, record, by=by, now=config.clock.now(), reason=reason)
+    now = config.clock.now()
+    record, record_item, state, item_version, step = yield from decide_on(
+        handoff_id, lambda s, r: decide_decline(s, r, by=by, now=now, reason=reason)
+    )
     if step.repeat:
         return HandoffResult(record=step.record, repeat=True)
     writes = Writes()
