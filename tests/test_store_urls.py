@@ -312,16 +312,20 @@ class TestAsyncPostgresStore(StoreConformance):
             sync.drop_schema()
 
 
-def test_async_conversations_over_postgres_url(pg_schema: str) -> None:
+@pytest.mark.parametrize("given", ["url", "store object"])
+def test_async_conversations_over_postgres(pg_schema: str, given: str) -> None:
     from convthread.stores.postgres import AsyncPostgresStore
 
     sep = "&" if "?" in POSTGRES_URL else "?"
 
     async def main() -> None:
-        convs = ct.AsyncConversations(
-            f"{POSTGRES_URL}{sep}schema={pg_schema}", clock=ct.ManualClock(T0)
+        store = (
+            f"{POSTGRES_URL}{sep}schema={pg_schema}"
+            if given == "url"
+            else AsyncPostgresStore(POSTGRES_URL, schema=pg_schema)
         )
-        assert isinstance(convs.store, AsyncPostgresStore)
+        convs = ct.AsyncConversations(store, clock=ct.ManualClock(T0))
+        assert isinstance(convs.store, AsyncPostgresStore)  # used as it is, not wrapped
         results = await asyncio.gather(*(convs.ingest(inbound(f"P{i}")) for i in range(10)))
         assert sorted(r.seq for r in results) == list(range(2, 12))
         assert len({r.thread_id for r in results}) == 1

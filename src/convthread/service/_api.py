@@ -7,6 +7,7 @@ worker threads).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -1468,6 +1469,8 @@ def _as_async(store: AsyncStore | Store | str) -> AsyncStore:
         store = _open(store)
     if isinstance(store, MemoryStore):
         return InlineAsyncStore(store)
-    if isinstance(store, Store):
+    # Store and AsyncStore name the same methods, so isinstance cannot tell them apart:
+    # a store whose commit is a coroutine function is already asynchronous.
+    if isinstance(store, Store) and not inspect.iscoroutinefunction(store.commit):
         return ThreadedAsyncStore(store)
     return store
