@@ -55,3 +55,33 @@ def test_doc_python_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.M
             if isinstance(exc, (KeyboardInterrupt, pytest.skip.Exception)):
                 raise
             pytest.fail(f"{where} failed:\n{traceback.format_exc()}", pytrace=False)
+
+
+#: Guides whose python blocks must also pass ``mypy --strict``, as one module per guide
+#: (the blocks of a guide run in one namespace, so later blocks use earlier names).
+TYPE_CHECKED_DOCS = ("concepts.md", "quickstart.md", "stores.md")
+
+
+@pytest.mark.parametrize("name", TYPE_CHECKED_DOCS)
+def test_doc_python_blocks_type_check(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from mypy import api
+
+    path = DOCS / name
+    blocks = python_blocks(path)
+    assert blocks, f"docs/{name} has no ```python block to type-check"
+    module = tmp_path / f"docs_{path.stem}.py"
+    # one line per doc line, so mypy's line numbers are the guide's
+    lines = [""] * path.read_text(encoding="utf-8").count("\n")
+    for line, code in blocks:
+        for offset, text in enumerate(code.splitlines()):
+            lines[line - 1 + offset] = text
+    module.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cache = request.config.cache
+    cache_dir = cache.mkdir("mypy-docs") if cache is not None else tmp_path / "mypy-cache"
+    out, err, status = api.run(
+        ["--strict", "--cache-dir", str(cache_dir), "--no-error-summary", str(module)]
+    )
+    errors = out.replace(str(module), f"docs/{name}")
+    assert status == 0, f"mypy --strict on the python blocks of docs/{name}:\n{errors}{err}"

@@ -125,7 +125,7 @@ def test_erase_removes_everything_personal(any_store: Store, clock: ct.ManualClo
     threads_before = convs.customer(customer_id).thread_ids
     assert any(MARK in s or PHONE in s for s in personal_strings(any_store))
 
-    report = convs.erase_customer(customer_id, by="dpo:1")
+    report = convs.erase_customer(customer_id, by="agent:dpo")
 
     assert report.customer_ids == (customer_id,)
     assert set(report.thread_ids) == set(threads_before)

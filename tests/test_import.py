@@ -278,6 +278,9 @@ def test_results_that_are_not_messages_are_counted_as_ignored() -> None:
     assert summary.ignored_kinds == {"status": 1}
     with pytest.raises(ValidationError):
         convs.import_history([], chunk_size=0)
+    for not_a_list in (b"payload", "payload", {"k": "v"}):
+        with pytest.raises(ValidationError, match="must be an iterable"):
+            convs.import_history(not_a_list)  # type: ignore[arg-type]
 
 
 def test_the_async_service_imports_alike() -> None:

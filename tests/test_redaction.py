@@ -242,3 +242,44 @@ def test_custom_policies_through_the_service(
     assert snap.customer.id == convs.thread_state(tid).customer_id
     vendor = convs.snapshot(tid, audience="bot_vendor")
     assert vendor.customer.id.startswith("anon_") and vendor.customer.identifiers[0].value == ""
+
+
+VENDOR = DEFAULT_POLICIES["bot_vendor"]
+
+
+@pytest.mark.parametrize(
+    ("typed", "known"),
+    [
+        ("Jose\u0301", "Jos\u00e9"),  # decomposed in the text, composed on file
+        ("Jos\u00e9", "Jose\u0301"),  # composed in the text, decomposed on file
+        ("\uff2a\uff4f\uff53\u00e9", "Jos\u00e9"),  # full-width letters
+    ],
+)
+def test_known_names_match_whatever_their_unicode_form(typed: str, known: str) -> None:
+    text = f"hola, soy {typed} Garc\u00eda. \u00bfY usted?"
+    out = scrub_text(text, VENDOR, [f"{known} Garcia"])
+    assert out == "hola, soy [redacted] Garc\u00eda. \u00bfY usted?"
+
+
+def test_a_decomposed_name_is_redacted_with_its_combining_marks() -> None:
+    text = "Zoe\u0308 said: call Zoe\u0308 back, e\u0301te\u0301 plans"
+    out = scrub_text(text, VENDOR, ["Zo\u00eb"])
+    assert out == "[redacted] said: call [redacted] back, e\u0301te\u0301 plans"
+    assert "\u0308" not in out  # no stray accent left behind
+
+
+@given(
+    before=st.text(max_size=30),
+    after=st.text(max_size=30),
+    name=st.sampled_from(FIRST + LAST),
+    form=st.sampled_from(["NFC", "NFD", "NFKC", "NFKD"]),
+)
+def test_a_known_name_in_any_normal_form_never_survives(
+    before: str, after: str, name: str, form: str
+) -> None:
+    import unicodedata
+
+    text = f"{before} {unicodedata.normalize(form, name)} {after}"
+    out = scrub_text(text, VENDOR, [name])
+    flat = unicodedata.normalize("NFKC", out).lower()
+    assert not re.search(r"(?<!\w)" + re.escape(name.lower()) + r"(?!\w)", flat), (text, out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -273,3 +274,22 @@ def test_postgres_plans_stay_on_the_primary_keys(pg_fresh_schema: str) -> None:
             assert rows is not None and rows[0] >= 1
         store.commit(Batch(puts=(Put("ns", "k", b"last", 8),)))
         assert store.get("ns", "k") == Item(b"last", 9)
+
+
+class _ForgetfulStore(MemoryStore):
+    """Loses every index entry it is given: a store that must fail the kit."""
+
+    def get(self, ns: str, key: str) -> Item | None:
+        return None
+
+
+def test_run_without_pytest_names_the_failing_case() -> None:
+    class ForgetfulKit(StoreConformance):
+        def make_store(self) -> Store:
+            return _ForgetfulStore()
+
+    with pytest.raises(AssertionError) as info:
+        ForgetfulKit().run_without_pytest(machines=False)
+    message = str(info.value)
+    assert re.match(r"store conformance case ForgetfulKit\.test_\w+ failed: ", message), message
+    assert info.value.__cause__ is not None

@@ -4,10 +4,12 @@ Stores hold MessagePack bytes. Export (snapshots, ``show --json``) is JSON. Both
 same msgspec structs, so the JSON Schema of the structs (:func:`json_schema`) describes
 the exported data exactly.
 
-User objects in ``metadata`` or attributes: msgspec structs, dataclasses and attrs
-classes encode natively; pydantic models encode through their ``model_dump``. They come
-back as plain JSON-compatible values; :func:`read_as` converts one back into the user's
-type (``read_as(content.metadata["order"], Order)``).
+User objects in ``metadata`` (``Content(metadata=...)``) and attributes
+(``set_attribute``): msgspec structs, dataclasses, attrs classes and pydantic models are
+accepted alike, and turned into plain JSON values when they are passed in (dicts with
+string keys, lists, strings, numbers; datetimes as ISO 8601 strings). They come back
+as those plain values, from every store and export; :func:`read_as` converts one back
+into the user's type (``read_as(content.metadata["order"], Order)``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from typing import Any, TypeVar
 import msgspec
 
 from convthread.domain.events import CustomerEvent, ThreadEvent
-from convthread.domain.model import Content, Inbound, SenderIdentifier, TimeSource
+from convthread.domain.model import (
+    Content,
+    Inbound,
+    SenderIdentifier,
+    TimeSource,
+    user_object_hook,
+)
 from convthread.domain.thread import CustomerState, ThreadState
 from convthread.errors import ValidationError
 
@@ -29,6 +37,7 @@ __all__ = [
     "encode",
     "fingerprint",
     "fingerprint_outbound",
+    "from_json",
     "json_schema",
     "read_as",
     "to_builtins",
@@ -38,14 +47,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-def _enc_hook(obj: Any) -> Any:
-    dump = getattr(obj, "model_dump", None)
-    if callable(dump):  # pydantic v2
-        return dump(mode="json")
-    dump_v1 = getattr(obj, "dict", None)
-    if callable(dump_v1) and hasattr(obj, "__fields__"):  # pydantic v1
-        return msgspec.to_builtins(dump_v1())
-    raise TypeError(f"cannot encode {type(obj).__name__}; use JSON-compatible values")
+_enc_hook = user_object_hook
 
 
 _mp_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
@@ -82,6 +84,17 @@ def decode_customer_state(data: bytes) -> CustomerState:
 def to_json(obj: Any) -> bytes:
     """Deterministic JSON (sorted keys): the same value gives the same bytes."""
     return _json_encoder.encode(obj)
+
+
+def from_json(data: bytes | str, type_: type[T]) -> T:
+    """The value of ``type_`` that :func:`to_json` (or ``show --json``) wrote: a
+    ``ThreadView``, a ``CustomerView``, ``list[StoredEvent]``, one event, a snapshot.
+
+    ValidationError when ``data`` is not JSON of that type."""
+    try:
+        return msgspec.json.decode(data, type=type_)
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"not JSON of {getattr(type_, '__name__', type_)}: {exc}") from None
 
 
 def to_builtins(obj: Any) -> Any:

@@ -66,6 +66,7 @@ __all__ = [
     "Delete",
     "IdSource",
     "Item",
+    "KeyWrite",
     "ManualClock",
     "MultiGet",
     "Put",
@@ -110,21 +111,32 @@ class Append(msgspec.Struct, frozen=True):
     events: tuple[bytes, ...]
 
 
-class Put(msgspec.Struct, frozen=True):
-    """Set ``ns``/``key`` to ``value`` if its version is ``expected`` (or ABSENT / ANY)."""
+class KeyWrite(msgspec.Struct, frozen=True):
+    """What :class:`Put` and :class:`Delete` share: a write to key ``key`` of namespace
+    ``ns``, checked against the version ``expected`` of the key. A store checks both kinds
+    alike (``for op in (*batch.puts, *batch.deletes)``); only the two subclasses are
+    ever committed."""
 
     ns: str
     key: str
+
+    @property
+    def expected(self) -> int:
+        """The version the key must have (:data:`ABSENT`, :data:`ANY` or a version)."""
+        raise NotImplementedError("a KeyWrite is a Put or a Delete")
+
+
+class Put(KeyWrite, frozen=True):
+    """Set ``ns``/``key`` to ``value`` if its version is ``expected`` (or ABSENT / ANY)."""
+
     value: bytes
     expected: int = ANY
 
 
-class Delete(msgspec.Struct, frozen=True):
+class Delete(KeyWrite, frozen=True):
     """Delete ``ns``/``key`` if its version is ``expected`` (ANY: unconditionally; deleting
     a missing key with ANY is a no-op)."""
 
-    ns: str
-    key: str
     expected: int = ANY
 
 

@@ -34,7 +34,10 @@ __all__ = [
     "SenderIdentifier",
     "TimeSource",
     "Trust",
+    "check_text",
     "ensure_utc",
+    "to_json_values",
+    "user_object_hook",
 ]
 
 #: Longest message text accepted, in characters (a long e-mail body fits; a file does not).
@@ -71,6 +74,65 @@ def ensure_utc(value: datetime, what: str = "timestamp") -> datetime:
 
 def _set(obj: msgspec.Struct, name: str, value: object) -> None:
     msgspec.structs.force_setattr(obj, name, value)
+
+
+def check_text(value: object, what: str) -> str:
+    """Return ``value`` if it is a string of valid Unicode text, else raise
+    ValidationError (a non-string, or a string with a lone surrogate, which no encoding
+    can store)."""
+    if isinstance(value, str) and value.isascii():
+        return value
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string, not {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"{what} holds a lone surrogate ({value[exc.start]!r} at {exc.start}); "
+            "text must be valid Unicode"
+        ) from None
+    return value
+
+
+def user_object_hook(obj: Any) -> Any:
+    """The JSON-compatible form of a user object msgspec does not encode itself: a
+    pydantic model (v2 ``model_dump(mode="json")``, v1 ``dict()``). Anything else is a
+    TypeError."""
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):  # pydantic v2
+        return dump(mode="json")
+    dump_v1 = getattr(obj, "dict", None)
+    if callable(dump_v1) and hasattr(obj, "__fields__"):  # pydantic v1
+        return msgspec.to_builtins(dump_v1())
+    raise TypeError(f"cannot encode {type(obj).__name__}; use JSON-compatible values")
+
+
+def to_json_values(value: Any, what: str) -> Any:
+    """``value`` as plain JSON values (dicts with string keys, lists, strings, numbers,
+    booleans, None): msgspec structs, dataclasses, attrs classes and pydantic models
+    become dicts, datetimes ISO 8601 strings. ValidationError when that is impossible."""
+    try:
+        plain = msgspec.to_builtins(value, enc_hook=user_object_hook)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ValidationError(f"{what} is not encodable: {exc}") from None
+    _check_json(plain, what)
+    return plain
+
+
+def _check_json(value: Any, what: str) -> None:
+    if isinstance(value, str):
+        check_text(value, what)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(
+                    f"{what} has a key of type {type(key).__name__} ({key!r}); keys must be strings"
+                )
+            check_text(key, what)
+            _check_json(item, what)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, what)
 
 
 class Trust(str, enum.Enum):
@@ -143,6 +205,9 @@ class Identifier(msgspec.Struct, frozen=True, order=True):
             raise ValidationError("identifier kind must be a non-empty string")
         if not isinstance(self.value, str) or not self.value:
             raise ValidationError(f"{self.kind} identifier value must be a non-empty string")
+        check_text(self.kind, "identifier kind")
+        check_text(self.value, f"{self.kind} identifier value")
+        check_text(self.scope, f"{self.kind} identifier scope")
         if len(self.value) > MAX_PROVIDER_ID:
             raise ContentTooLarge(f"{self.kind} identifier", len(self.value), MAX_PROVIDER_ID)
 
@@ -169,6 +234,21 @@ class SenderIdentifier(msgspec.Struct, frozen=True):
     trust: Trust = Trust.CLAIMED
     method: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.identifier, Identifier):
+            raise ValidationError(
+                f"a sender identifier holds an Identifier, not {type(self.identifier).__name__}"
+            )
+        if not isinstance(self.trust, Trust):
+            try:
+                _set(self, "trust", Trust(self.trust))
+            except ValueError:
+                allowed = ", ".join(t.value for t in Trust)
+                raise ValidationError(
+                    f"trust must be one of {allowed}, got {self.trust!r}"
+                ) from None
+        check_text(self.method, "sender identifier method")
+
 
 class PartyKind(str, enum.Enum):
     """Who takes part in a conversation."""
@@ -184,6 +264,9 @@ class Party(msgspec.Struct, frozen=True, order=True):
     """A participant: a customer, a bot, a queue, an agent or the system.
 
     ``Party.parse("agent:alice")`` reads the ``kind:id`` form; ``str(party)`` writes it.
+    That is the one rule for every ``by=``, ``to=`` and ``sender=`` of the service: a
+    :class:`Party`, or a string ``"kind:id"`` whose kind is one of :class:`PartyKind`
+    (``"system:scheduler"``, not ``"system"``).
     """
 
     kind: PartyKind
@@ -192,15 +275,23 @@ class Party(msgspec.Struct, frozen=True, order=True):
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id or len(self.id) > MAX_PROVIDER_ID:
             raise ValidationError(f"party id must be a non-empty string, got {self.id!r}")
+        check_text(self.id, "party id")
+        if not isinstance(self.kind, PartyKind):
+            raise ValidationError(f"party kind must be a PartyKind, got {self.kind!r}")
 
     @classmethod
     def parse(cls, text: str | Party) -> Party:
         """Parse ``"kind:id"`` (e.g. ``"queue:billing"``) into a :class:`Party`."""
         if isinstance(text, Party):
             return text
-        kind, sep, ident = str(text).partition(":")
+        if not isinstance(text, str):
+            raise ValidationError(f"a party is a Party or a 'kind:id' string, not {text!r}")
+        kind, sep, ident = text.partition(":")
         if not sep or not ident:
-            raise ValidationError(f"party must look like 'kind:id', got {text!r}")
+            raise ValidationError(
+                f"party must look like 'kind:id' (e.g. 'agent:alice', 'system:scheduler'), "
+                f"got {text!r}"
+            )
         try:
             party_kind = PartyKind(kind)
         except ValueError:
@@ -288,8 +379,11 @@ _metadata_encoder: Final = msgspec.json.Encoder()
 class Content(msgspec.Struct, frozen=True, kw_only=True):
     """What a message says: text, attachments metadata and free metadata.
 
-    ``metadata`` holds JSON-compatible values (and msgspec structs, dataclasses, attrs
-    classes; see :mod:`convthread.codec` for pydantic models).
+    ``metadata`` is a mapping of strings to JSON-compatible values; msgspec structs,
+    dataclasses, attrs classes and pydantic models are accepted too. Every value is
+    kept as plain JSON values from the start (objects become dicts, datetimes ISO 8601
+    strings), so the metadata reads back the same from the object, from any store and
+    from an export; :func:`convthread.codec.read_as` turns a value back into its type.
     """
 
     text: str = ""
@@ -297,19 +391,22 @@ class Content(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
-        if not isinstance(self.text, str):
-            raise ValidationError(f"text must be a string, not {type(self.text).__name__}")
+        check_text(self.text, "message text")
         if len(self.text) > MAX_TEXT:
             raise ContentTooLarge("message text", len(self.text), MAX_TEXT)
         if len(self.attachments) > MAX_ATTACHMENTS:
             raise ContentTooLarge("attachment list", len(self.attachments), MAX_ATTACHMENTS)
+        if not isinstance(self.attachments, tuple) or not all(
+            isinstance(a, Attachment) for a in self.attachments
+        ):
+            raise ValidationError("attachments must be a tuple of Attachment")
         if self.metadata:
             if not isinstance(self.metadata, dict):
                 raise ValidationError("metadata must be a mapping of strings to values")
-            try:
-                size = len(_metadata_encoder.encode(self.metadata))
-            except (TypeError, msgspec.EncodeError) as exc:
-                raise ValidationError(f"metadata is not encodable: {exc}") from None
+            plain = to_json_values(self.metadata, "metadata")
+            if plain != self.metadata:
+                _set(self, "metadata", plain)
+            size = len(_metadata_encoder.encode(plain))
             if size > MAX_METADATA_BYTES:
                 raise ContentTooLarge("metadata (encoded)", size, MAX_METADATA_BYTES)
 
@@ -333,8 +430,8 @@ class TimeSource(str, enum.Enum):
 
 
 def _check_id(value: object, what: str, *, allow_empty: bool = False) -> None:
-    if not isinstance(value, str):
-        raise ValidationError(f"{what} must be a string, not {type(value).__name__}")
+    check_text(value, what)
+    assert isinstance(value, str)
     if not value and not allow_empty:
         raise ValidationError(f"{what} must not be empty")
     if len(value) > MAX_PROVIDER_ID:
@@ -376,6 +473,10 @@ class Inbound(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         Channel.validate(self.channel)
         _check_id(self.provider_message_id, "provider_message_id")
+        if not isinstance(self.sender, tuple) or not all(
+            isinstance(s, SenderIdentifier) for s in self.sender
+        ):
+            raise ValidationError("sender must be a tuple of SenderIdentifier")
         if not self.sender:
             raise ValidationError("an inbound message needs at least one sender identifier")
         if len(self.sender) > MAX_IDENTIFIERS:
@@ -387,6 +488,11 @@ class Inbound(msgspec.Struct, frozen=True, kw_only=True):
             raise ContentTooLarge("references", len(self.references), 100)
         for ref in self.references:
             _check_id(ref, "reference")
+        if not isinstance(self.content, Content):
+            raise ValidationError(f"content must be a Content, not {type(self.content).__name__}")
+        if not isinstance(self.references, tuple):
+            raise ValidationError("references must be a tuple of strings")
+        check_text(self.subject, "subject")
         if len(self.subject) > 2000:
             raise ContentTooLarge("subject", len(self.subject), 2000)
         _check_id(self.recipient, "recipient", allow_empty=True)

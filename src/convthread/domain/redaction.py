@@ -7,7 +7,10 @@ Three audiences ship (see :data:`DEFAULT_POLICIES`), each a :class:`RedactionPol
   customer id replaced by a pseudonym, staff ids hidden, personal attributes dropped, and
   free text scrubbed of phone numbers, e-mail addresses, payment card numbers
   (Luhn-checked), any other run of 7 or more digits, and every known personal value of
-  the customer (name attributes, identifier values).
+  the customer (name attributes, identifier values). Known values are matched under
+  Unicode NFKC normalization and without regard to case, so a name typed with combining
+  accents ("Jose" + U+0301) or in full-width letters is found, and the original characters
+  are replaced.
 * ``customer``: the customer themselves (a summary shown or read back to them).
   Identifiers partially masked, payment card numbers scrubbed, internal attributes
   (``internal.`` prefix), intents and handoff reasons hidden.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -240,7 +244,7 @@ def _known_patterns(values: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
     out: list[re.Pattern[str]] = []
     seen: set[str] = set()
     for raw in values:
-        value = raw.strip()
+        value = unicodedata.normalize("NFKC", raw).strip()
         if not value:
             continue
         digits = re.sub(r"\D", "", value)
@@ -319,8 +323,7 @@ def _scrub_cached(text: str, policy: RedactionPolicy, known: tuple[str, ...]) ->
         if spans:
             text = _replace_spans(text, spans, ph.format("phone"))
     if policy.scrub_known_values:
-        for pattern in _known_patterns(known):
-            text = pattern.sub(ph.format("redacted"), text)
+        text = _scrub_known(text, _known_patterns(known), ph.format("redacted"))
     if policy.scrub_digit_runs and has_digits:
         runs = _DIGIT_RUNS.get(policy.scrub_digit_runs)
         if runs is None:
@@ -331,6 +334,53 @@ def _scrub_cached(text: str, policy: RedactionPolicy, known: tuple[str, ...]) ->
             lambda m: m.group(0) if _DATE_RE.fullmatch(m.group(0)) else ph.format("number"), text
         )
     return text
+
+
+def _scrub_known(text: str, patterns: tuple[re.Pattern[str], ...], placeholder: str) -> str:
+    """``text`` with every match of ``patterns`` replaced, matching on its NFKC form.
+
+    The patterns match the normalized text; each match is mapped back to the original
+    characters it came from, so the replacement covers exactly those (a base letter and
+    its combining marks go together)."""
+    if not patterns:
+        return text
+    if text.isascii():  # NFKC leaves ASCII as it is
+        norm, starts, ends = text, None, None
+    else:
+        norm, starts, ends = _normalize_with_offsets(text)
+    spans: list[tuple[int, int]] = []
+    for pattern in patterns:
+        for m in pattern.finditer(norm):
+            if m.end() > m.start():
+                if starts is None or ends is None:
+                    spans.append((m.start(), m.end()))
+                else:
+                    spans.append((starts[m.start()], ends[m.end() - 1]))
+    return _replace_spans(text, spans, placeholder) if spans else text
+
+
+def _normalize_with_offsets(text: str) -> tuple[str, list[int], list[int]]:
+    """``text`` in NFKC form, with the span of the original each normalized character
+    comes from (``starts[i]``, ``ends[i]``).
+
+    The text is normalized a segment at a time: a segment is a character with no
+    combining class followed by the combining marks after it, the unit composition and
+    reordering work within."""
+    parts: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    n = len(text)
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and unicodedata.combining(text[j]):
+            j += 1
+        piece = unicodedata.normalize("NFKC", text[i:j])
+        parts.append(piece)
+        starts.extend([i] * len(piece))
+        ends.extend([j] * len(piece))
+        i = j
+    return "".join(parts), starts, ends
 
 
 def _replace_spans(text: str, spans: list[tuple[int, int]], placeholder: str) -> str:

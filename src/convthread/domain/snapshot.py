@@ -246,6 +246,16 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
         """Deterministic JSON: equal snapshots give identical bytes."""
         return _json.encode(self)
 
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Snapshot:
+        """The snapshot that :meth:`to_json` wrote (``Snapshot.from_json(s.to_json()) == s``).
+
+        ValidationError when ``data`` is not a snapshot's JSON."""
+        try:
+            return _json_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise ValidationError(f"not a snapshot's JSON: {exc}") from None
+
     def render(self, fmt: str = "text", **budget: Any) -> str:
         """Render for a channel; see :func:`convthread.domain.render.render`."""
         from convthread.domain.render import render
@@ -254,6 +264,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _json: Final = msgspec.json.Encoder(order="deterministic")
+_json_decoder: Final = msgspec.json.Decoder(Snapshot)
 
 
 # --------------------------------------------------------------------------- folding

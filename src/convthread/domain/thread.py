@@ -103,6 +103,12 @@ class ThreadState(msgspec.Struct, frozen=True, kw_only=True):
     bot_failures: int = 0
 
     @property
+    def thread_id(self) -> str:
+        """The thread's id, by the name every other result uses (``IngestResult.thread_id``,
+        ``Snapshot.thread_id``); the same value as ``id``, the field that is stored."""
+        return self.id
+
+    @property
     def is_open(self) -> bool:
         """Open, pending or snoozed: the thread is live for its customer and topic."""
         return self.status in _LIVE

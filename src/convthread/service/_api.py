@@ -7,12 +7,13 @@ worker threads).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
-from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from types import TracebackType, UnionType
+from typing import TYPE_CHECKING, Final, Union, cast, get_args, get_origin, get_type_hints
 
 from convthread.domain.continuity import ContinuityPolicy
 from convthread.domain.events import ThreadStatus
@@ -20,7 +21,17 @@ from convthread.domain.handoff import HandoffRecord, HandoffRule
 from convthread.domain.identifiers import IdentifierRegistry, default_registry
 from convthread.domain.identity import DisclosurePolicy
 from convthread.domain.merge import MergePolicy
-from convthread.domain.model import Content, Identifier, Inbound, Party, SenderIdentifier, Trust
+from convthread.domain.model import (
+    Channel,
+    Content,
+    Identifier,
+    Inbound,
+    Party,
+    SenderIdentifier,
+    Trust,
+    check_text,
+    ensure_utc,
+)
 from convthread.domain.redaction import RedactionPolicy
 from convthread.domain.snapshot import Snapshot
 from convthread.domain.thread import CustomerState, LifecyclePolicy, ThreadState
@@ -118,6 +129,16 @@ DEFAULT_TOKEN_TTL: Final = timedelta(minutes=15)
 
 def _party(value: Party | str | None) -> Party | None:
     return None if value is None else Party.parse(value)
+
+
+def _actor(value: Party | str) -> str:
+    """Who made an identity or erasure change, as recorded: ``""`` (nobody named) or a
+    party in its ``kind:id`` form, read by the one rule for parties (:meth:`Party.parse`)."""
+    return "" if value == "" else str(Party.parse(value))
+
+
+def _channel(value: str | None) -> str | None:
+    return None if value is None else Channel.validate(value)
 
 
 def _configure_handoff(
@@ -252,7 +273,7 @@ class Conversations:
             thread_id,
             _content(content),
             Party.parse(sender),
-            channel,
+            _channel(channel),
             fencing_token,
             provider_message_id,
             idempotency_key,
@@ -313,7 +334,7 @@ class Conversations:
 
     # -- erasure
 
-    def erase_customer(self, customer_id: str, *, by: str = "") -> ErasureReport:
+    def erase_customer(self, customer_id: str, *, by: Party | str = "") -> ErasureReport:
         """Erase a customer: identifiers, message content, attributes, snapshots and every
         index entry that carries personal data, then scrub the store. Idempotent.
 
@@ -322,7 +343,7 @@ class Conversations:
         """
         return run_sync(
             self.store,
-            partial(_erasure.erase_customer, self.config, customer_id, by),
+            partial(_erasure.erase_customer, self.config, customer_id, _actor(by)),
             self.config.max_retries,
         )
 
@@ -462,7 +483,7 @@ class Conversations:
         identifier: Identifier,
         *,
         trust: Trust = Trust.CLAIMED,
-        by: str = "",
+        by: Party | str = "",
         method: str = "agent",
         channel: str = "",
         detail: str = "",
@@ -477,32 +498,34 @@ class Conversations:
             customer_id,
             identifier,
             trust,
-            by=by,
+            by=_actor(by),
             method=method,
             channel=channel,
             detail=detail,
         )
         return run_sync(self.store, op, self.config.max_retries)
 
-    def unlink(self, identifier: Identifier, *, by: str = "", reason: str = "") -> str:
+    def unlink(self, identifier: Identifier, *, by: Party | str = "", reason: str = "") -> str:
         """Remove ``identifier`` from its customer (an ``IdentifierUnlinked`` event); returns
         the customer id."""
-        op = partial(_identity.unlink, self.config, identifier, by=by, reason=reason)
+        op = partial(_identity.unlink, self.config, identifier, by=_actor(by), reason=reason)
         return run_sync(self.store, op, self.config.max_retries)
 
     def merge(
-        self, a: str, b: str, *, by: str = "", reason: str = "", dry_run: bool = False
+        self, a: str, b: str, *, by: Party | str = "", reason: str = "", dry_run: bool = False
     ) -> MergeResult:
         """Merge two customers (the merge policy's survivor rule says who survives).
 
         The hard rules (per-kind limits, verified account ids, blocklist) raise
         PolicyViolation. ``dry_run=True`` returns what would change without writing."""
-        op = partial(_identity.merge, self.config, a, b, by=by, reason=reason, dry_run=dry_run)
+        op = partial(
+            _identity.merge, self.config, a, b, by=_actor(by), reason=reason, dry_run=dry_run
+        )
         return run_sync(self.store, op, self.config.max_retries)
 
-    def unmerge(self, merge_id: str, *, by: str = "", reason: str = "") -> UnmergeResult:
+    def unmerge(self, merge_id: str, *, by: Party | str = "", reason: str = "") -> UnmergeResult:
         """Undo a merge: identifiers, their trust, threads and topic pointers go back."""
-        op = partial(_identity.unmerge, self.config, merge_id, by=by, reason=reason)
+        op = partial(_identity.unmerge, self.config, merge_id, by=_actor(by), reason=reason)
         return run_sync(self.store, op, self.config.max_retries)
 
     def explain(self, identifier: Identifier) -> Explanation:
@@ -518,17 +541,17 @@ class Conversations:
         return run_sync(self.store, op, 0)
 
     def accept_suggestion(
-        self, suggestion_id: str, *, by: str = "", dry_run: bool = False
+        self, suggestion_id: str, *, by: Party | str = "", dry_run: bool = False
     ) -> MergeResult:
         """Accept a merge suggestion: the customers merge (hard rules still apply)."""
         op = partial(
-            _identity.accept_suggestion, self.config, suggestion_id, by=by, dry_run=dry_run
+            _identity.accept_suggestion, self.config, suggestion_id, by=_actor(by), dry_run=dry_run
         )
         return run_sync(self.store, op, self.config.max_retries)
 
-    def reject_suggestion(self, suggestion_id: str, *, by: str = "") -> MergeSuggestion:
+    def reject_suggestion(self, suggestion_id: str, *, by: Party | str = "") -> MergeSuggestion:
         """Reject a merge suggestion; the pair is not suggested again."""
-        op = partial(_identity.reject_suggestion, self.config, suggestion_id, by=by)
+        op = partial(_identity.reject_suggestion, self.config, suggestion_id, by=_actor(by))
         return run_sync(self.store, op, self.config.max_retries)
 
     def start_verification(
@@ -538,7 +561,7 @@ class Conversations:
         customer_id: str | None = None,
         session_trust: Trust = Trust.CLAIMED,
         channel: str = "",
-        by: str = "",
+        by: Party | str = "",
         ttl: timedelta = timedelta(minutes=10),
         attempts: int = 5,
     ) -> VerificationStarted:
@@ -550,18 +573,20 @@ class Conversations:
             customer_id=customer_id,
             session_trust=session_trust,
             channel=channel,
-            by=by,
+            by=_actor(by),
             ttl=ttl,
             attempts=attempts,
         )
         return run_sync(self.store, op, self.config.max_retries)
 
     def confirm_verification(
-        self, verification_id: str, code: str, *, by: str = ""
+        self, verification_id: str, code: str, *, by: Party | str = ""
     ) -> VerificationResult:
         """Confirm a one-time code: the identifier becomes verified (VerificationError when
         the code is wrong, expired or out of attempts)."""
-        op = partial(_identity.confirm_verification, self.config, verification_id, code, by=by)
+        op = partial(
+            _identity.confirm_verification, self.config, verification_id, code, by=_actor(by)
+        )
         return run_sync(self.store, op, self.config.max_retries)
 
     def history_for(
@@ -894,7 +919,7 @@ class AsyncConversations:
             thread_id,
             _content(content),
             Party.parse(sender),
-            channel,
+            _channel(channel),
             fencing_token,
             provider_message_id,
             idempotency_key,
@@ -922,11 +947,11 @@ class AsyncConversations:
         key = _reads.ident_key(self.config, identifier)
         return _reads.owner_of(await self.store.get(NS_IDENT, key))
 
-    async def erase_customer(self, customer_id: str, *, by: str = "") -> ErasureReport:
+    async def erase_customer(self, customer_id: str, *, by: Party | str = "") -> ErasureReport:
         """Erase a customer (see :meth:`Conversations.erase_customer`)."""
         return await run_async(
             self.store,
-            partial(_erasure.erase_customer, self.config, customer_id, by),
+            partial(_erasure.erase_customer, self.config, customer_id, _actor(by)),
             self.config.max_retries,
         )
 
@@ -1090,7 +1115,7 @@ class AsyncConversations:
         identifier: Identifier,
         *,
         trust: Trust = Trust.CLAIMED,
-        by: str = "",
+        by: Party | str = "",
         method: str = "agent",
         channel: str = "",
         detail: str = "",
@@ -1105,32 +1130,38 @@ class AsyncConversations:
             customer_id,
             identifier,
             trust,
-            by=by,
+            by=_actor(by),
             method=method,
             channel=channel,
             detail=detail,
         )
         return await run_async(self.store, op, self.config.max_retries)
 
-    async def unlink(self, identifier: Identifier, *, by: str = "", reason: str = "") -> str:
+    async def unlink(
+        self, identifier: Identifier, *, by: Party | str = "", reason: str = ""
+    ) -> str:
         """Remove ``identifier`` from its customer (an ``IdentifierUnlinked`` event); returns
         the customer id."""
-        op = partial(_identity.unlink, self.config, identifier, by=by, reason=reason)
+        op = partial(_identity.unlink, self.config, identifier, by=_actor(by), reason=reason)
         return await run_async(self.store, op, self.config.max_retries)
 
     async def merge(
-        self, a: str, b: str, *, by: str = "", reason: str = "", dry_run: bool = False
+        self, a: str, b: str, *, by: Party | str = "", reason: str = "", dry_run: bool = False
     ) -> MergeResult:
         """Merge two customers (the merge policy's survivor rule says who survives).
 
         The hard rules (per-kind limits, verified account ids, blocklist) raise
         PolicyViolation. ``dry_run=True`` returns what would change without writing."""
-        op = partial(_identity.merge, self.config, a, b, by=by, reason=reason, dry_run=dry_run)
+        op = partial(
+            _identity.merge, self.config, a, b, by=_actor(by), reason=reason, dry_run=dry_run
+        )
         return await run_async(self.store, op, self.config.max_retries)
 
-    async def unmerge(self, merge_id: str, *, by: str = "", reason: str = "") -> UnmergeResult:
+    async def unmerge(
+        self, merge_id: str, *, by: Party | str = "", reason: str = ""
+    ) -> UnmergeResult:
         """Undo a merge: identifiers, their trust, threads and topic pointers go back."""
-        op = partial(_identity.unmerge, self.config, merge_id, by=by, reason=reason)
+        op = partial(_identity.unmerge, self.config, merge_id, by=_actor(by), reason=reason)
         return await run_async(self.store, op, self.config.max_retries)
 
     async def explain(self, identifier: Identifier) -> Explanation:
@@ -1146,17 +1177,19 @@ class AsyncConversations:
         return await run_async(self.store, op, 0)
 
     async def accept_suggestion(
-        self, suggestion_id: str, *, by: str = "", dry_run: bool = False
+        self, suggestion_id: str, *, by: Party | str = "", dry_run: bool = False
     ) -> MergeResult:
         """Accept a merge suggestion: the customers merge (hard rules still apply)."""
         op = partial(
-            _identity.accept_suggestion, self.config, suggestion_id, by=by, dry_run=dry_run
+            _identity.accept_suggestion, self.config, suggestion_id, by=_actor(by), dry_run=dry_run
         )
         return await run_async(self.store, op, self.config.max_retries)
 
-    async def reject_suggestion(self, suggestion_id: str, *, by: str = "") -> MergeSuggestion:
+    async def reject_suggestion(
+        self, suggestion_id: str, *, by: Party | str = ""
+    ) -> MergeSuggestion:
         """Reject a merge suggestion; the pair is not suggested again."""
-        op = partial(_identity.reject_suggestion, self.config, suggestion_id, by=by)
+        op = partial(_identity.reject_suggestion, self.config, suggestion_id, by=_actor(by))
         return await run_async(self.store, op, self.config.max_retries)
 
     async def start_verification(
@@ -1166,7 +1199,7 @@ class AsyncConversations:
         customer_id: str | None = None,
         session_trust: Trust = Trust.CLAIMED,
         channel: str = "",
-        by: str = "",
+        by: Party | str = "",
         ttl: timedelta = timedelta(minutes=10),
         attempts: int = 5,
     ) -> VerificationStarted:
@@ -1178,18 +1211,20 @@ class AsyncConversations:
             customer_id=customer_id,
             session_trust=session_trust,
             channel=channel,
-            by=by,
+            by=_actor(by),
             ttl=ttl,
             attempts=attempts,
         )
         return await run_async(self.store, op, self.config.max_retries)
 
     async def confirm_verification(
-        self, verification_id: str, code: str, *, by: str = ""
+        self, verification_id: str, code: str, *, by: Party | str = ""
     ) -> VerificationResult:
         """Confirm a one-time code: the identifier becomes verified (VerificationError when
         the code is wrong, expired or out of attempts)."""
-        op = partial(_identity.confirm_verification, self.config, verification_id, code, by=by)
+        op = partial(
+            _identity.confirm_verification, self.config, verification_id, code, by=_actor(by)
+        )
         return await run_async(self.store, op, self.config.max_retries)
 
     async def history_for(
@@ -1473,4 +1508,103 @@ def _as_async(store: AsyncStore | Store | str) -> AsyncStore:
     # a store whose commit is a coroutine function is already asynchronous.
     if isinstance(store, Store) and not inspect.iscoroutinefunction(store.commit):
         return ThreadedAsyncStore(store)
-    return store
+    return cast("AsyncStore", store)
+
+
+# -- argument checks at the public entry points
+#
+# Every public method of both services checks its arguments against its annotations
+# before anything runs: a value of the wrong type, a string with a lone surrogate or a
+# naive datetime is a ValidationError naming the method and the argument, and nothing
+# is read or written. (Defaults are not checked: they are the library's own.)
+
+_Check = Callable[[object], bool]
+
+
+def _matcher(tp: object) -> _Check:
+    """A predicate: does a value belong to annotation ``tp``? (Unknown forms: yes.)"""
+    origin = get_origin(tp)
+    if origin is Union or origin is UnionType:
+        members = tuple(_matcher(arg) for arg in get_args(tp))
+        return lambda v: any(m(v) for m in members)
+    if tp is type(None):
+        return lambda v: v is None
+    if tp is int:
+        return lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    if origin in (Sequence, list, tuple):
+        args = get_args(tp)
+        item = _matcher(args[0]) if args else None
+        return lambda v: isinstance(v, (list, tuple)) and (item is None or all(map(item, v)))
+    if origin is not None:
+        origin_cls = origin
+        return lambda v: isinstance(v, origin_cls) if isinstance(origin_cls, type) else True
+    if isinstance(tp, type) and tp is not object and not getattr(tp, "_is_protocol", False):
+        cls = tp
+        return lambda v: isinstance(v, cls)
+    return lambda v: True
+
+
+def _describe(tp: object) -> str:
+    if get_origin(tp) is Union or get_origin(tp) is UnionType:
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if tp is type(None):
+        return "None"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _checked_value(where: str, name: str, tp: object, match: _Check, value: object) -> None:
+    if not match(value):
+        raise ValidationError(
+            f"{where}: {name} must be {_describe(tp)}, not {type(value).__name__} ({value!r:.60})"
+        )
+    if isinstance(value, str):
+        check_text(value, f"{where}: {name}")
+    elif isinstance(value, datetime):
+        ensure_utc(value, f"{where}: {name}")
+
+
+def _guard(fn: Callable[..., object], where: str) -> Callable[..., object]:
+    hints = get_type_hints(fn)
+    params = list(inspect.signature(fn).parameters.values())[1:]  # after self
+    checks = {p.name: (hints[p.name], _matcher(hints[p.name])) for p in params if p.name in hints}
+    positional = [
+        (p.name, *checks[p.name])
+        for p in params
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.name in checks
+    ]
+
+    def check(args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        for (name, tp, match), value in zip(positional, args, strict=False):
+            _checked_value(where, name, tp, match, value)
+        for name, value in kwargs.items():
+            found = checks.get(name)
+            if found is not None:
+                _checked_value(where, name, found[0], found[1], value)
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def checked_async(self: object, *args: object, **kwargs: object) -> object:
+            check(args, kwargs)
+            return await fn(self, *args, **kwargs)
+
+        return checked_async
+
+    @functools.wraps(fn)
+    def checked(self: object, *args: object, **kwargs: object) -> object:
+        check(args, kwargs)
+        return fn(self, *args, **kwargs)
+
+    return checked
+
+
+def _guard_public_methods(cls: type) -> None:
+    for name, fn in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(fn):
+            setattr(cls, name, _guard(fn, f"{cls.__name__}.{name}"))
+
+
+_guard_public_methods(Conversations)
+_guard_public_methods(AsyncConversations)

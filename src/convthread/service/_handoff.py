@@ -38,7 +38,7 @@ from convthread.domain.handoff import (
     decide_transfer,
     evolve_record,
 )
-from convthread.domain.model import Party, PartyKind
+from convthread.domain.model import Party, PartyKind, to_json_values
 from convthread.domain.redaction import Audience
 from convthread.domain.thread import ThreadState, evolve
 from convthread.errors import (
@@ -420,11 +420,8 @@ def set_attribute(
 ) -> Op[int]:
     if not isinstance(name, str) or not name or len(name) > MAX_ATTRIBUTE_NAME:
         raise ValidationError(f"an attribute name is 1-{MAX_ATTRIBUTE_NAME} characters")
-    try:
-        value = codec.to_builtins(value)
-        size = len(codec.to_json(value))
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise ValidationError(f"attribute {name!r} is not encodable: {exc}") from None
+    value = to_json_values(value, f"attribute {name!r}")
+    size = len(codec.to_json(value))
     if size > 64 * 1024:
         raise ValidationError(f"attribute {name!r} is {size} bytes encoded; the limit is 65536")
     return (

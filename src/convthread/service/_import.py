@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
@@ -270,6 +270,11 @@ class Importer:
         self, items: Iterable[ChannelResult | HistoryReply | ImportFailure]
     ) -> Iterator[list[tuple[int, Item]]]:
         """The input in chunks of messages, with their input positions."""
+        if isinstance(items, str | bytes | bytearray | Mapping) or not isinstance(items, Iterable):
+            raise ValidationError(
+                "messages must be an iterable of channel results or HistoryReply values, "
+                f"not {type(items).__name__}"
+            )
         chunk: list[tuple[int, Item]] = []
         for item in items:
             index = self.read

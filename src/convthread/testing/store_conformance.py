@@ -179,8 +179,10 @@ class _StoreKit:
     ) -> dict[str, str]:
         """Run every case outside pytest (a REPL, a notebook, a docs example).
 
-        Returns ``{case name: "passed" | "skipped: reason"}``; the first failing case
-        raises. ``machines=False`` leaves out the two state machines.
+        Returns ``{case name: "passed" | "skipped: reason"}``. The first failing case
+        raises an :class:`AssertionError` whose message names the case (``Class.test_x``)
+        and says what failed; the original error is its ``__cause__``. ``machines=False``
+        leaves out the two state machines.
         """
         import inspect
         import tempfile
@@ -202,6 +204,13 @@ class _StoreKit:
                     results[name] = "passed"
                 except pytest.skip.Exception as exc:
                     results[name] = f"skipped: {exc.msg}"
+                except Exception as exc:
+                    what = str(exc) or type(exc).__name__
+                    if not isinstance(exc, AssertionError):
+                        what = f"{type(exc).__name__}: {what}"
+                    raise AssertionError(
+                        f"store conformance case {type(self).__name__}.{name} failed: {what}"
+                    ) from exc
                 finally:
                     for store in reversed(self._opened):
                         with contextlib.suppress(ConvthreadError):
