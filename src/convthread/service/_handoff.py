@@ -77,13 +77,13 @@ __all__ = [
     "transfer",
 ]
 
-_record_decoder: Final = msgspec.msgpack.Decoder(HandoffRecord)
+_record_decoder: Final = codec.decoder(HandoffRecord)
 _STAFF: Final = frozenset({PartyKind.BOT, PartyKind.QUEUE, PartyKind.AGENT})
 MAX_ATTRIBUTE_NAME: Final = 128
 
 
 def decode_record(data: bytes) -> HandoffRecord:
-    return _record_decoder.decode(data)
+    return _record_decoder(data)
 
 
 def receiver_audience(party: Party) -> str:

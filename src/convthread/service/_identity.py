@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from convthread import codec
 from convthread.domain.events import (
     CustomerCreated,
     CustomerEvent,
@@ -116,7 +117,7 @@ class MergeRef(msgspec.Struct, frozen=True, array_like=True):
     undone: bool = False
 
 
-class SuggestionRef(msgspec.Struct, frozen=True, kw_only=True):
+class SuggestionRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     """NS_SUGGEST value: a recorded merge suggestion and its status."""
 
     customer_id: str
@@ -128,7 +129,7 @@ class SuggestionRef(msgspec.Struct, frozen=True, kw_only=True):
     by: str = ""
 
 
-class VerificationRecord(msgspec.Struct, frozen=True, kw_only=True):
+class VerificationRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     """NS_VERIFY value: a started verification. The code is kept only as an HMAC."""
 
     identifier: Identifier
@@ -142,9 +143,9 @@ class VerificationRecord(msgspec.Struct, frozen=True, kw_only=True):
     by: str = ""
 
 
-_mergeref = msgspec.msgpack.Decoder(MergeRef)
-_suggestion = msgspec.msgpack.Decoder(SuggestionRef)
-_verification = msgspec.msgpack.Decoder(VerificationRecord)
+_mergeref = codec.decoder(MergeRef)
+_suggestion = codec.decoder(SuggestionRef)
+_verification = codec.decoder(VerificationRecord)
 
 
 # --------------------------------------------------------------------------- results
@@ -588,7 +589,7 @@ def merge(
             sid = pair.value.decode()
             found = yield from core.get(NS_SUGGEST, sid)
             if found is not None:
-                pending = _suggestion.decode(found.value)
+                pending = _suggestion(found.value)
                 if pending.status == "pending":
                     suggestion = (sid, pending, found.version)
     if suggestion is not None:
@@ -750,7 +751,7 @@ def unmerge(config: Config, merge_id: str, *, by: str = "", reason: str = "") ->
     item = yield from core.get(NS_MERGE, merge_id)
     if item is None:
         raise NotFound("merge", merge_id)
-    ref = _mergeref.decode(item.value)
+    ref = _mergeref(item.value)
     if ref.undone:
         raise InvalidTransition(f"merge {merge_id!r} was already undone")
     s_state, s_ver = yield from core.load_customer(ref.survivor)
@@ -1171,7 +1172,7 @@ def suggestions(
     while True:
         page = yield from core.scan(NS_SUGGEST, "", after, 1000)
         for sid, it in page:
-            ref = _suggestion.decode(it.value)
+            ref = _suggestion(it.value)
             if status is not None and ref.status != status:
                 continue
             if customer_id is not None and customer_id not in (ref.customer_id, ref.other):
@@ -1201,7 +1202,7 @@ def _load_suggestion(suggestion_id: str) -> Op[tuple[SuggestionRef, int]]:
     item = yield from core.get(NS_SUGGEST, suggestion_id)
     if item is None:
         raise NotFound("merge suggestion", suggestion_id)
-    ref = _suggestion.decode(item.value)
+    ref = _suggestion(item.value)
     if ref.status != "pending":
         raise InvalidTransition(f"merge suggestion {suggestion_id!r} is already {ref.status}")
     return ref, item.version
@@ -1327,7 +1328,7 @@ def confirm_verification(
     item = yield from core.get(NS_VERIFY, verification_id)
     if item is None:
         raise NotFound("verification", verification_id)
-    record = _verification.decode(item.value)
+    record = _verification(item.value)
     now = config.clock.now()
     w = _Writes()
     if now >= record.expires_at:
@@ -1614,19 +1615,19 @@ def erasure_deletes(customer_ids: set[str], identifier_keys: set[str]) -> Op[lis
 
 
 def _suggestion_hit(data: bytes, customers: set[str], keys: set[str]) -> str | None:
-    ref = _suggestion.decode(data)
+    ref = _suggestion(data)
     if ref.customer_id in customers or ref.other in customers or ref.identifier.key in keys:
         return _pair_key(ref.customer_id, ref.other)
     return None
 
 
 def _verification_hit(data: bytes, customers: set[str], keys: set[str]) -> str | None:
-    record = _verification.decode(data)
+    record = _verification(data)
     if record.identifier.key in keys or record.customer_id in customers:
         return ""
     return None
 
 
 def _merge_hit(data: bytes, customers: set[str], keys: set[str]) -> str | None:
-    ref = _mergeref.decode(data)
+    ref = _mergeref(data)
     return "" if ref.survivor in customers or ref.absorbed in customers else None

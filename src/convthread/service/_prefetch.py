@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import msgspec
 
+from convthread import codec
 from convthread.domain.continuity import find_reference_tokens
 from convthread.domain.model import Inbound
 from convthread.ports import Item
@@ -50,14 +51,17 @@ Cache = dict[tuple[str, str], "Item | None"]
 CHUNK = 500
 
 
-class _ThreadHead(msgspec.Struct, gc=False):
-    """Whose a thread is and its version: two fields of an encoded ThreadState."""
+class _ThreadHead(msgspec.Struct, array_like=True, gc=False):
+    """Whose a thread is and its version: the first fields of an encoded ThreadState,
+    in its order (the decoder skips the rest)."""
 
+    id: str
     customer_id: str
+    status: str
     version: int
 
 
-_thread_head: Final = msgspec.msgpack.Decoder(_ThreadHead)  # skips the other fields
+_thread_head: Final = codec.decoder(_ThreadHead)  # skips the other fields
 
 
 def fetch(cache: Cache, keys: Iterable[tuple[str, str]]) -> Op[None]:
@@ -200,7 +204,7 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[tuple[Cache, l
     owners = Counter(owned)
     for (ns, key), item in list(cache.items()):
         if ns == NS_THREAD and item is not None:
-            head = _thread_head.decode(item.value)
+            head = _thread_head(item.value)
             if head.version + 2 * owners[head.customer_id] >= CHECKPOINT_EVERY:
                 level.append((core.NS_HSNAP, checkpoint_key(key)))
     yield from fetch(cache, level)
