@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_ingest import T0, reference_messages
+
 import convthread as ct
 from convthread import codec
 from convthread.stores import MemoryStore
-
-from bench_ingest import T0, reference_messages
 
 
 def per_call(fn: object, arg: object, repeats: int = 20_000) -> float:

@@ -15,6 +15,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import msgspec
 from hypothesis import HealthCheck, assume, example, given, settings
@@ -34,7 +35,6 @@ from convthread.domain.identity import (
 from convthread.domain.merge import MergeAction, MergePolicy, MergeVerdict
 from convthread.domain.model import (
     Channel,
-    Content,
     Identifier,
     Inbound,
     SenderIdentifier,

@@ -9,9 +9,11 @@ states, the values of the key-value index) is written by :func:`encode` as::
     version = one byte, a MessagePack positive fixint: 0x01 for format 1
     array   = a MessagePack array: the struct's fields in declaration order
 
-No field names and no defaults are stored: a struct is the array of its field values,
-with the trailing fields that hold their default value left off. A tagged struct (every
-event) has its tag first (``["message_received", at, channel, ...]``). Nested structs
+No field names are stored: a struct is the array of its field values. A tagged struct
+(every event) has its tag first (``["message_received", at, channel, ...]``). msgspec
+writes every field of an array-like struct, defaults included (most take one byte:
+``""``, ``None``, ``0``, ``[]``, ``{}``); a reader accepts a shorter array and fills the
+missing trailing fields with their defaults, so a writer may leave them off. Nested structs
 (a :class:`~convthread.domain.model.Content`, a :class:`~convthread.domain.events.Decision`)
 are arrays in the same way. A record is therefore a MessagePack *stream* of two values,
 the format version and the record, readable by any MessagePack tool. Nothing is
@@ -164,9 +166,12 @@ def _named_type(tp: Any) -> Any:
         return tp
     if origin is Annotated:
         base = _named_type(args[0])
-        return tp if base is args[0] else Annotated[(base, *tp.__metadata__)]
+        if base is args[0]:
+            return tp
+        params = (base, *tp.__metadata__)
+        return Annotated[params]
     new = tuple(a if a is Ellipsis else _named_type(a) for a in args)
-    if all(n is a for n, a in zip(new, args)):
+    if all(n is a for n, a in zip(new, args, strict=True)):
         return tp
     if origin is Union or origin is types.UnionType:
         return Union[new]
@@ -178,7 +183,7 @@ def _named_class(cls: type) -> type:
     if found is not None:
         return found
     _named_classes[cls] = cls  # a struct that refers to itself stays as it is
-    fields = msgspec.structs.fields(cls)  # type: ignore[type-var]
+    fields = msgspec.structs.fields(cls)
     mapped = {f.name: _named_type(f.type) for f in fields}
     positional = _stored_positionally(cls)
     changed = [f.name for f in fields if mapped[f.name] is not f.type]
@@ -244,7 +249,7 @@ def _converter(
             env[f"_c{i}"] = _type_converter(f.type, table)
             parts.append(f"{f.name}=_c{i}(v.{f.name})")
     code = f"def convert(v):\n    return _target({', '.join(parts)})\n"
-    exec(code, env)  # noqa: S102 - the source is built from field names only
+    exec(code, env)  # the source is made of field names only
     convert: Callable[[Any], Any] = env["convert"]
     return convert
 
@@ -264,7 +269,7 @@ def _type_converter(tp: Any, table: dict[type, Callable[[Any], Any]]) -> Callabl
         return lambda v: {k: item(x) for k, x in v.items()}
     if origin is tuple and args:
         items = [_type_converter(a, table) for a in args]
-        return lambda v: tuple([c(x) for c, x in zip(items, v)])
+        return lambda v: tuple([c(x) for c, x in zip(items, v, strict=True)])
     if origin is Annotated:
         return _type_converter(args[0], table)
     again = _named_value if table is _to_named else _domain_value
@@ -342,8 +347,7 @@ def decoder(type_: type[T]) -> Callable[[bytes], T]:
             result: T = legacy(data)
             return result
         raise SchemaError(
-            f"a stored record of format {first}; this release reads formats up to"
-            f" {FORMAT_VERSION}"
+            f"a stored record of format {first}; this release reads formats up to {FORMAT_VERSION}"
         )
 
     return decode

@@ -264,7 +264,9 @@ class ContinuationIssued(_ThreadEventBase, frozen=True, tag="continuation_issued
     by: Party | None = None
 
 
-class ContinuationRedeemed(_ThreadEventBase, frozen=True, tag="continuation_redeemed", kw_only=True):
+class ContinuationRedeemed(
+    _ThreadEventBase, frozen=True, tag="continuation_redeemed", kw_only=True
+):
     """A continuation token was redeemed: the thread continues on ``channel``."""
 
     token_id: str
@@ -395,7 +397,9 @@ class MergeSuggested(_CustomerEventBase, tag="merge_suggested", frozen=True, kw_
     decision: Decision
 
 
-class MergeSuggestionResolved(_CustomerEventBase, tag="merge_suggestion_resolved", frozen=True, kw_only=True):
+class MergeSuggestionResolved(
+    _CustomerEventBase, tag="merge_suggestion_resolved", frozen=True, kw_only=True
+):
     suggestion_id: str
     accepted: bool
     by: str = ""

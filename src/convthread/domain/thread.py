@@ -66,7 +66,9 @@ _replace: Final = msgspec.structs.replace
 FALLBACK_INTENT: Final = "fallback"
 
 
-class PendingHandoff(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
+class PendingHandoff(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True
+):
     """A handoff that was requested and not yet accepted, declined or expired."""
 
     handoff_id: str

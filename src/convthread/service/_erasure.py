@@ -64,8 +64,8 @@ from convthread.domain.events import (
     ThreadStarted,
 )
 from convthread.domain.model import Identifier
-from convthread.domain.updates import Unsupported
 from convthread.domain.thread import CustomerState, evolve_customer, fold
+from convthread.domain.updates import Unsupported
 from convthread.errors import ConvthreadError, NotFound
 from convthread.ports import ANY, Append, Batch, Delete, Put, Rewrite
 from convthread.service import _core as core

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-import msgspec
-
 from convthread import codec
 from convthread.domain.events import AttributeSet, IntentDetected, MessageReceived, ThreadEvent
 from convthread.domain.handoff import (

@@ -129,7 +129,9 @@ class SuggestionRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     by: str = ""
 
 
-class VerificationRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
+class VerificationRecord(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True
+):
     """NS_VERIFY value: a started verification. The code is kept only as an HMAC."""
 
     identifier: Identifier
