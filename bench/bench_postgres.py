@@ -383,12 +383,13 @@ def event_anatomy(n: int, customers: int) -> tuple[float, float, float, float]:
     for b in rec.batches:
         for a in b.appends:
             for data in a.events:
-                event = codec.decode_event(data)
-                if not isinstance(event, ct.MessageReceived):
-                    continue
                 # A record is a version byte and an array (no field names), or a 0.1.0 map.
                 positional = data[0] == codec.FORMAT_VERSION
                 obj = msgspec.msgpack.decode(data[1:] if positional else data)
+                tag = obj[0] if positional else obj.get("type")
+                if tag != "message_received":
+                    continue
+                event = codec.decode_event(data)
                 sizes.append(len(data))
                 empties.append(empty_bytes(obj))
                 names.append(key_bytes(obj))
@@ -472,7 +473,8 @@ def main() -> None:
     )
     size, names, decisions, empties = event_anatomy(min(n, 500), customers)
     print(
-        f"  message_received event: {size:,.0f} bytes, of which field names {names:,.0f}, "
+        f"  message_received event: {size:,.0f} bytes, of which map keys {names:,.0f} "
+        f"(field names, metadata and evidence keys), "
         f"decision+resolution {decisions:,.0f}, empty/default entries {empties:,.0f} "
         f"(what omit_defaults=True would drop)"
     )

@@ -342,7 +342,8 @@ def decoder(type_: type[T]) -> Callable[[bytes], T]:
     def decode(data: bytes) -> T:
         first = data[0]
         if first == FORMAT_VERSION:
-            return current(memoryview(data)[1:])
+            # Copying a short record is cheaper than making a view of it.
+            return current(data[1:] if len(data) < 4096 else memoryview(data)[1:])
         if first >= _FIRST_MSGPACK_CONTAINER:
             result: T = legacy(data)
             return result
