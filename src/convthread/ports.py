@@ -18,6 +18,13 @@ Store semantics, which every backend must keep:
 4. Acknowledged commits survive a process crash (durability is per backend; see its docs).
 5. ``rewrite`` (erasure) replaces an event's bytes in place, keeping its sequence number;
    ``scrub()`` then makes sure replaced or deleted bytes are gone from storage.
+6. Every event has a **position** (:attr:`Recorded.position`), unique in the store and
+   increasing in **commit order**: once a reader has seen an event at position p, no
+   event with a position <= p becomes visible later. Within a stream, positions grow
+   with the sequence number; they may have gaps (a rolled-back commit can use some up).
+   A rewrite keeps the position. A store that cannot keep this promise reports 0 (its
+   events then have no global order); the conformance kit's ``positions`` capability
+   checks a store that reports them.
 
 Clarifications (the conformance kit checks each):
 
@@ -85,14 +92,20 @@ ANY: Final = -1
 
 
 class Recorded(msgspec.Struct, frozen=True, gc=False):
-    """An event as stored: its stream, its sequence number and its encoded bytes.
+    """An event as stored: its stream, its sequence number, its encoded bytes and its
+    global position.
 
-    (``gc=False``: it holds only a str, an int and bytes, so it can be in no reference
-    cycle; the garbage collector need not track the millions a store may hold.)"""
+    ``position`` orders every event of the store in commit order (see the module
+    docstring, semantics 6). The stores of this library always set it (1 or more); 0
+    means "not reported", the default for a store written before positions existed, so
+    ``Recorded(stream, seq, data)`` still builds one. (``gc=False``: it holds only a str,
+    ints and bytes, so it can be in no reference cycle; the garbage collector need not
+    track the millions a store may hold.)"""
 
     stream: str
     seq: int
     data: bytes
+    position: int = 0
 
 
 class Item(msgspec.Struct, frozen=True, gc=False):
