@@ -8,6 +8,7 @@ is upgraded to the current schema, and reads back exactly what that release read
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import os
 import random
@@ -62,9 +63,7 @@ def _check_reads(convs: Conversations) -> None:
     """Every read the fixture recorded gives the same result now."""
     for tid, want in EXPECTED["threads"].items():
         _same(f"thread_state({tid})", codec.to_builtins(convs.thread_state(tid)), want["state"])
-        _same(
-            f"events({tid})", [codec.to_builtins(e) for e in convs.events(tid)], want["events"]
-        )
+        _same(f"events({tid})", [codec.to_builtins(e) for e in convs.events(tid)], want["events"])
     for cid, want in EXPECTED["customers"].items():
         _same(f"customer({cid})", codec.to_builtins(convs.customer(cid)), want)
     snap = EXPECTED["snapshot"]
@@ -94,11 +93,11 @@ def _check_positions(store: Store, order: list[tuple[str, int]], *, exact: bool 
     assert len(set(position.values())) == len(position)
     if not exact:
         order = sorted(order)  # by stream, then seq
-        pairs = zip(order, order[1:], strict=False)
+        pairs = itertools.pairwise(order)
         assert all(position[a] < position[b] for a, b in pairs if a[0] == b[0])
         return
     in_order = [position[key] for key in order]
-    assert all(a < b for a, b in zip(in_order, in_order[1:], strict=False)), in_order
+    assert all(a < b for a, b in itertools.pairwise(in_order)), in_order
 
 
 def _no_erased_text(path: Path) -> None:
@@ -137,9 +136,7 @@ def test_the_upgraded_file_takes_new_events_after_the_old(old_db: Path) -> None:
     convs.close()
 
 
-def test_migrate_command_dry_run_then_run(
-    old_db: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_migrate_command_dry_run_then_run(old_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     untouched = old_db.read_bytes()
     assert main(["migrate", str(old_db), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -150,7 +147,7 @@ def test_migrate_command_dry_run_then_run(
     summary = json.loads(capsys.readouterr().out)
     assert summary["from_version"] == 2 and summary["applied"] is True
     assert summary["to_version"] == summary["target_version"] == sqlite_store.SCHEMA_VERSION
-    assert [s["version"] for s in summary["steps"]][0] == 3
+    assert next(s["version"] for s in summary["steps"]) == 3
     assert main(["migrate", str(old_db)]) == 0
     assert "nothing to do" in capsys.readouterr().out
     store = SQLiteStore(old_db)

@@ -27,6 +27,7 @@ _counter = itertools.count()
 
 class TestMemoryStore(StoreConformance):
     positions = True
+
     def make_store(self) -> Store:
         return MemoryStore()
 

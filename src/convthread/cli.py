@@ -59,9 +59,8 @@ from convthread.service import (
     ThreadView,
     history_order,
 )
-from convthread.stores import SchemaStatus, open_store
+from convthread.stores import SchemaStatus, open_store, schema_status
 from convthread.stores import migrate as migrate_store
-from convthread.stores import schema_status
 
 __all__ = ["main"]
 
@@ -613,8 +612,7 @@ def _migrate_url(target: str) -> str:
 
 def _print_status(status: SchemaStatus, out: TextIO) -> None:
     out.write(
-        f"{status.store}: schema version {status.current}, this convthread writes "
-        f"{status.target}\n"
+        f"{status.store}: schema version {status.current}, this convthread writes {status.target}\n"
     )
     for step in status.pending:
         out.write(f"  step {step.version} ({step.kind}): {step.description}\n")

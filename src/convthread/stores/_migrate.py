@@ -89,6 +89,4 @@ def pending_steps(
 
 def status(migrations: Mapping[int, Step], current: int, where: str) -> SchemaStatus:
     steps = pending_steps(migrations, current, where)
-    return SchemaStatus(
-        where, current, max(migrations), tuple(describe(v, s) for v, s in steps)
-    )
+    return SchemaStatus(where, current, max(migrations), tuple(describe(v, s) for v, s in steps))

@@ -133,8 +133,7 @@ class MemoryStore:
             stop = len(events) if limit is None else min(len(events), after + limit)
             positions = self._positions[stream]
             return [
-                Recorded(stream, i + 1, events[i], positions[i])
-                for i in range(max(after, 0), stop)
+                Recorded(stream, i + 1, events[i], positions[i]) for i in range(max(after, 0), stop)
             ]
 
     def version(self, stream: str) -> int:

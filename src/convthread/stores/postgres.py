@@ -725,9 +725,7 @@ def _where(sql: _Sql) -> str:
     return f"PostgreSQL schema {sql.schema!r}"
 
 
-def _upgrade(
-    conn: psycopg.Connection[Any], sql: _Sql, progress: MigrationProgress | None
-) -> None:
+def _upgrade(conn: psycopg.Connection[Any], sql: _Sql, progress: MigrationProgress | None) -> None:
     """Apply every pending step on ``conn`` (autocommit), each in a transaction of its
     own that holds the schema's advisory lock, reads the version again and records the
     version it reaches: processes opening one schema at once apply each step once."""

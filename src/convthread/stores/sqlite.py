@@ -214,9 +214,7 @@ class SQLiteStore:
     # ------------------------------------------------------------------ reads
 
     def read(self, stream: str, after: int = 0, limit: int | None = None) -> list[Recorded]:
-        sql = (
-            "SELECT seq, data, position FROM events WHERE stream = ? AND seq > ? ORDER BY seq"
-        )
+        sql = "SELECT seq, data, position FROM events WHERE stream = ? AND seq > ? ORDER BY seq"
         args: tuple[object, ...] = (stream, after)
         if limit is not None:
             sql += " LIMIT ?"
@@ -360,7 +358,8 @@ class SQLiteStore:
             # in order: the same key put twice grows by two versions
             conn.executemany(
                 "INSERT INTO kv (ns, key, version, value) VALUES (?, ?, 1, ?) "
-                "ON CONFLICT (ns, key, tenant) DO UPDATE SET version = version + 1, value = excluded.value",
+                "ON CONFLICT (ns, key, tenant) DO UPDATE "
+                "SET version = version + 1, value = excluded.value",
                 [(put.ns, put.key, put.value) for put in batch.puts],
             )
         if batch.deletes:
@@ -407,9 +406,7 @@ def _connect(path: Path, timeout: float, synchronous: Synchronous) -> sqlite3.Co
     """A connection in autocommit mode (transactions are explicit), WAL, the given
     ``synchronous``, ``secure_delete`` on."""
     try:
-        conn = sqlite3.connect(
-            path, timeout=timeout, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
