@@ -686,8 +686,7 @@ class _HoldSql(NamedTuple):
 def _hold_sql(schema: str) -> _HoldSql:
     lock = f"pg_advisory_lock(hashtext('{_lock_id(schema)}'), hashtext(%s))"
     return _HoldSql(
-        "SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, false), "
-        + lock,
+        "SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, false), " + lock,
         "SELECT " + lock,
         "SELECT pg_advisory_unlock_all(), set_config('lock_timeout', %s, false)",
     )
