@@ -46,6 +46,13 @@ may also offer ``get_multi(keys)`` (:class:`MultiGet` / :class:`AsyncMultiGet`):
 entries of several namespaces in one call. The service then fetches what an ingest will
 read in a few calls instead of one per namespace and step. A store without it works
 unchanged; the conformance kit checks it where a store declares it.
+
+Optional capability: a store shared by several processes may offer ``hold(streams)``
+(:class:`StreamHold` / :class:`AsyncStreamHold`): a context in which this writer reads
+and commits while other holders of those streams wait, across processes. The service
+enters it only to retry a write whose commit conflicted on those streams, so a busy
+thread's writers queue in the database instead of racing. A hold never replaces the
+compare-and-set: a commit inside one checks every expectation as always.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import datetime, timedelta, timezone
 from typing import Final, Protocol, runtime_checkable
 
@@ -68,6 +76,7 @@ __all__ = [
     "Append",
     "AsyncMultiGet",
     "AsyncStore",
+    "AsyncStreamHold",
     "Batch",
     "Clock",
     "Delete",
@@ -82,6 +91,7 @@ __all__ = [
     "Rewrite",
     "SequentialIds",
     "Store",
+    "StreamHold",
     "SystemClock",
 ]
 
@@ -256,6 +266,26 @@ class AsyncMultiGet(Protocol):
     """The asyncio form of :class:`MultiGet`."""
 
     async def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]: ...
+
+
+@runtime_checkable
+class StreamHold(Protocol):
+    """Optional: serialize the writers of some streams (see the module notes)."""
+
+    def hold(self, streams: Sequence[str]) -> AbstractContextManager[None]:
+        """A context in which the calling thread's reads see every commit to
+        ``streams`` made before it was entered, and no other holder of any of them, in
+        any process, is inside its own. Entering waits (up to the store's timeout: then
+        :class:`~convthread.errors.StoreUnavailable`). Commits made inside are checked
+        as always; leaving releases the streams, whether or not a commit was made."""
+        ...
+
+
+@runtime_checkable
+class AsyncStreamHold(Protocol):
+    """The asyncio form of :class:`StreamHold` (for the calling task)."""
+
+    def hold(self, streams: Sequence[str]) -> AbstractAsyncContextManager[None]: ...
 
 
 # --------------------------------------------------------------------------- clock, ids

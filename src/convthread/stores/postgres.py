@@ -80,7 +80,7 @@ import functools
 import re
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from typing import Any, Final, Literal, NamedTuple
@@ -792,6 +792,52 @@ def _lock_id(schema: str) -> str:
     return f"convthread:{schema}"
 
 
+# -- holding streams (StreamHold)
+#
+# Optimistic writers of one busy thread all read version N, one commits N+1 and the rest
+# conflict; each retries on fresh reads but races again, now also against writers in
+# other processes, so under a burst from many processes some writers lose every round
+# and spend their retry budget. A lock taken only at commit would not help: a writer
+# whose reads were stale still conflicts after waiting for it. So a retry holds the
+# streams its commit conflicted on from its first read to its commit: a session-level
+# advisory lock per stream, on a connection of its own, taken in sorted order (holders
+# of several streams cannot deadlock) and released when the attempt ends. Retries of one
+# thread then queue in the database, in arrival order, and each reads the state its
+# predecessor committed; other threads' locks are other keys, so they run in parallel.
+# Only a retry takes one (the service's drivers decide), so the uncontended path keeps
+# its one round trip per commit, and a first attempt that races a holder can only
+# conflict and join the queue. The compare-and-set still guards every commit: a hold
+# makes conflicts rare, never correctness depend on it.
+#
+# The keys are the two-int4 form (schema, stream), a lock space apart from the one-key
+# form the migration lock uses. ``lock_timeout`` (the store's timeout) bounds the wait.
+
+
+class _HoldSql(NamedTuple):
+    #: sets lock_timeout for the connection, answering the value it had, and takes the
+    #: first stream's lock (a target list is evaluated in order)
+    first: str
+    #: takes another stream's lock
+    take: str
+    #: releases every lock of the connection and puts lock_timeout back
+    release: str
+
+
+def _hold_sql(schema: str) -> _HoldSql:
+    lock = f"pg_advisory_lock(hashtext('{_lock_id(schema)}'), hashtext(%s))"
+    return _HoldSql(
+        "SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, false), " + lock,
+        "SELECT " + lock,
+        "SELECT pg_advisory_unlock_all(), set_config('lock_timeout', %s, false)",
+    )
+
+
+def _hold_failed(exc: BaseException) -> BaseException:
+    if getattr(exc, "sqlstate", None) == "55P03":  # lock_not_available: lock_timeout
+        return StoreUnavailable(f"PostgreSQL: a busy thread stayed held too long: {exc}")
+    return _translate(exc, "hold")
+
+
 def _send_sync(conn: psycopg.Connection[Any], steps: list[_Step]) -> None:
     """Run ``steps`` as one transaction in one round trip; raise the first error, not
     "pipeline aborted".
@@ -880,6 +926,7 @@ class PostgresStore:
         self.scrub_mode = _check_scrub(scrub_mode)
         self._sql = _Sql(self.schema)
         self._url = url
+        self._timeout = timeout
         self._closed = False
         self._lock = threading.Lock()
         try:
@@ -1010,6 +1057,30 @@ class PostgresStore:
                     raise
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _translate(exc, "commit") from exc
+
+    def hold(self, streams: Sequence[str]) -> contextlib.AbstractContextManager[None]:
+        """Hold ``streams`` against other holders, in any process, until the context
+        ends (:class:`~convthread.ports.StreamHold`; see the notes at ``_hold_sql``)."""
+        self._check_open()
+        return self._holding(sorted(set(streams))) if streams else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _holding(self, streams: list[str]) -> Iterator[None]:
+        sql = _hold_sql(self.schema)
+        wait = f"{max(1, int(self._timeout * 1000))}ms"
+        try:
+            with self._pool.connection() as conn:
+                cur = conn.execute(sql.first, (wait, streams[0]))
+                row = cur.fetchone()
+                before = row[0] if row else "0"
+                try:
+                    for stream in streams[1:]:
+                        conn.execute(sql.take, (stream,))
+                    yield
+                finally:
+                    conn.execute(sql.release, (before,))
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise _hold_failed(exc) from exc
 
     def scrub(self) -> None:
         self._check_open()
@@ -1228,6 +1299,30 @@ class AsyncPostgresStore:
                     raise
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _translate(exc, "commit") from exc
+
+    def hold(self, streams: Sequence[str]) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold ``streams`` against other holders, in any process, until the context
+        ends (:class:`~convthread.ports.AsyncStreamHold`; as :meth:`PostgresStore.hold`)."""
+        return self._holding(sorted(set(streams))) if streams else contextlib.nullcontext()
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, streams: list[str]) -> AsyncIterator[None]:
+        pool = await self._ready()
+        sql = _hold_sql(self.schema)
+        wait = f"{max(1, int(self._timeout * 1000))}ms"
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(sql.first, (wait, streams[0]))
+                row = await cur.fetchone()
+                before = row[0] if row else "0"
+                try:
+                    for stream in streams[1:]:
+                        await conn.execute(sql.take, (stream,))
+                    yield
+                finally:
+                    await conn.execute(sql.release, (before,))
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise _hold_failed(exc) from exc
 
     async def scrub(self) -> None:
         pool = await self._ready()

@@ -26,7 +26,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -289,12 +289,8 @@ class SQLiteStore:
         if batch.is_empty:
             return
         conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(
-                f"SQLite file {self.path} stayed locked for {self.timeout}s: {exc}"
-            ) from exc
+        if not conn.in_transaction:  # else inside hold(): the write lock is this thread's
+            self._begin(conn)
         try:
             self._check(conn, batch)
             self._apply(conn, batch)
@@ -309,6 +305,41 @@ class SQLiteStore:
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"SQLite write failed on {self.path}: {exc}") from exc
             raise
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(
+                f"SQLite file {self.path} stayed locked for {self.timeout}s: {exc}"
+            ) from exc
+
+    def hold(self, streams: Sequence[str]) -> contextlib.AbstractContextManager[None]:
+        """Hold ``streams`` against other holders, in any process, until the context
+        ends (:class:`~convthread.ports.StreamHold`).
+
+        SQLite has one write lock per file, so a hold is a write transaction
+        (``BEGIN IMMEDIATE``) on the calling thread's connection: its reads see the
+        latest commit, and every other writer, holding or not, waits for it (up to
+        ``timeout``). A commit inside the hold commits it; leaving rolls back whatever
+        is left. Only a retry of a conflicted write holds (the service decides), so a
+        writer that was refused once cannot be refused again by one that read before
+        it committed."""
+        return self._holding() if streams else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[None]:
+        conn = self._conn()
+        if conn.in_transaction:  # nested in a hold of this thread: it covers this one
+            yield
+            return
+        self._begin(conn)
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
 
     def _check(self, conn: sqlite3.Connection, batch: Batch) -> None:
         """Every expectation, against the state before the batch, in a few statements:
