@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from convthread.domain.events import CustomerEvent, ThreadEvent
+from convthread.domain.events import CustomerEvent, Decision, ThreadEvent
 from convthread.domain.model import (
     Content,
     Inbound,
@@ -28,6 +28,7 @@ from convthread.domain.model import (
     TimeSource,
     user_object_hook,
 )
+from convthread.domain.reasons import exported_schema
 from convthread.domain.thread import CustomerState, ThreadState
 from convthread.errors import ValidationError
 
@@ -81,9 +82,35 @@ def decode_customer_state(data: bytes) -> CustomerState:
     return _customer_state_decoder.decode(data)
 
 
+def _with_reasons(obj: Any) -> Any:
+    """``obj`` with every decision carrying its rendered sentence (as ``reason``), for
+    export: readers in other languages cannot run the renderers. Unchanged parts are
+    the same objects."""
+    if isinstance(obj, Decision):
+        return obj if obj._reason else msgspec.structs.replace(obj, _reason=obj.reason)
+    if isinstance(obj, msgspec.Struct):
+        changed = {}
+        for name in obj.__struct_fields__:
+            value = getattr(obj, name)
+            new = _with_reasons(value)
+            if new is not value:
+                changed[name] = new
+        return msgspec.structs.replace(obj, **changed) if changed else obj
+    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+        items = [_with_reasons(v) for v in obj]
+        if any(a is not b for a, b in zip(items, obj, strict=True)):
+            return type(obj)(items)
+        return obj
+    if isinstance(obj, dict):
+        pairs = {k: _with_reasons(v) for k, v in obj.items()}
+        return pairs if any(pairs[k] is not v for k, v in obj.items()) else obj
+    return obj
+
+
 def to_json(obj: Any) -> bytes:
-    """Deterministic JSON (sorted keys): the same value gives the same bytes."""
-    return _json_encoder.encode(obj)
+    """Deterministic JSON (sorted keys): the same value gives the same bytes. Decisions
+    carry their rendered sentence as ``reason``."""
+    return _json_encoder.encode(_with_reasons(obj))
 
 
 def from_json(data: bytes | str, type_: type[T]) -> T:
@@ -98,8 +125,9 @@ def from_json(data: bytes | str, type_: type[T]) -> T:
 
 
 def to_builtins(obj: Any) -> Any:
-    """Plain dicts, lists, strings and numbers."""
-    return msgspec.to_builtins(obj, enc_hook=_enc_hook)
+    """Plain dicts, lists, strings and numbers (decisions with their ``reason``, as in
+    :func:`to_json`)."""
+    return msgspec.to_builtins(_with_reasons(obj), enc_hook=_enc_hook)
 
 
 def read_as(value: Any, type_: type[T]) -> T:
@@ -175,5 +203,5 @@ def fingerprint_outbound(
 
 def json_schema(type_: Any) -> dict[str, Any]:
     """The JSON Schema (2020-12) of a convthread type as exported to JSON."""
-    schema: dict[str, Any] = msgspec.json.schema(type_)
+    schema: dict[str, Any] = exported_schema(msgspec.json.schema(type_))
     return schema

@@ -60,6 +60,7 @@ from convthread.domain.model import (
     SenderIdentifier,
     Trust,
 )
+from convthread.domain.reasons import nest
 from convthread.domain.thread import CustomerState, ThreadState, evolve, evolve_customer
 from convthread.errors import (
     ErasedError,
@@ -368,15 +369,14 @@ def resolve_sender(
         )
         resolution = dc_replace(resolution, verdicts=keep)
     if merged:
-        note = "; ".join(f"merged {m.absorbed} into {m.survivor} ({m.merge_id})" for m in merged)
-        decision = resolution.decision
-        evidence = {**decision.evidence, "merged": ",".join(m.merge_id for m in merged)}
+        params = {
+            "merges": " ".join(f"{m.absorbed}>{m.survivor}" for m in merged),
+            **nest("m", merged[0].decision),
+        }
         resolution = dc_replace(
             resolution,
-            decision=Decision(
-                rule=decision.rule,
-                reason=f"{decision.reason}; {note}: {merged[0].decision.reason}",
-                evidence=evidence,
+            decision=resolution.decision.followed_by(
+                "identity.then.merged", params, merged=",".join(m.merge_id for m in merged)
             ),
         )
     return resolution, customers, items
@@ -575,8 +575,8 @@ def merge(
     if decision is None:
         decision = Decision(
             rule="manual_merge",
-            reason=f"{by or 'an agent'} merged {absorbed} into {survivor}"
-            + (f": {reason}" if reason else ""),
+            code="merge.manual",
+            params={"note": reason} if reason else {},
             evidence={"by": by, "survivor": survivor, "absorbed": absorbed},
         )
     extra: dict[str, list[CustomerEvent]] = {}
@@ -1214,8 +1214,8 @@ def accept_suggestion(
     ref, version = yield from _load_suggestion(suggestion_id)
     decision = Decision(
         rule="suggestion_accepted",
-        reason=f"{by or 'an agent'} accepted merge suggestion {suggestion_id}: "
-        f"{ref.decision.reason}",
+        code="merge.suggestion_accepted",
+        params=nest("s", ref.decision),
         evidence={"suggestion": suggestion_id, "by": by, "identifier": str(ref.identifier)},
     )
     return (
@@ -1401,9 +1401,12 @@ def confirm_verification(
             previous=None,
             decision=Decision(
                 rule="verified",
-                reason=f"{ident} verified by one-time code for customer {requester}; it was "
-                f"only claimed by {target}, so it now belongs to {requester}"
-                + (f"; merge with {target} suggested" if suggested else ""),
+                code="identity.verified.taken_over",
+                params={
+                    "identifier": str(ident),
+                    "customer": requester,
+                    **({"suggested": True} if suggested else {}),
+                },
                 evidence={"verification": verification_id, "taken_over_from": target},
             ),
             suggestion_id=suggested,
@@ -1424,7 +1427,8 @@ def confirm_verification(
         )
     decision = Decision(
         rule="verified",
-        reason=f"{ident} verified by one-time code for customer {target}",
+        code="identity.verified",
+        params={"identifier": str(ident), "customer": target},
         evidence={"verification": verification_id},
     )
     verdict = None
@@ -1440,11 +1444,10 @@ def confirm_verification(
             trust_b=record.session_trust,
             via=(ident,),
         )
-        decision = Decision(
-            rule="verified",
-            reason=f"{decision.reason}; the requesting session belongs to {requester}: "
-            f"{verdict.decision.reason}",
-            evidence={**decision.evidence, "merge": verdict.action.value},
+        decision = decision.followed_by(
+            "identity.then.session",
+            {"requester": requester, **nest("v", verdict.decision)},
+            merge=verdict.action.value,
         )
     suggestion_id: str | None = None
     if verdict is not None and verdict.action is MergeAction.SUGGEST and requester is not None:
