@@ -15,6 +15,7 @@ into the user's type (``read_as(content.metadata["order"], Order)``).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -82,29 +83,49 @@ def decode_customer_state(data: bytes) -> CustomerState:
     return _customer_state_decoder.decode(data)
 
 
-def _with_reasons(obj: Any) -> Any:
-    """``obj`` with every decision carrying its rendered sentence (as ``reason``), for
-    export: readers in other languages cannot run the renderers. Unchanged parts are
-    the same objects."""
+def _rendered(decision: Decision) -> Decision:
+    if decision._reason:
+        return decision
+    return msgspec.structs.replace(decision, _reason=decision.reason)
+
+
+def _unrendered(decision: Decision) -> Decision:
+    """A decision read back from export without the sentence its code renders anyway
+    (one whose code this process cannot render keeps the exported sentence)."""
+    if not decision.code or not decision._reason:
+        return decision
+    bare = msgspec.structs.replace(decision, _reason="")
+    return bare if bare.reason == decision._reason else decision
+
+
+def _map_decisions(obj: Any, fn: Callable[[Decision], Decision]) -> Any:
+    """``obj`` with ``fn`` applied to every decision in it; unchanged parts are the same
+    objects."""
     if isinstance(obj, Decision):
-        return obj if obj._reason else msgspec.structs.replace(obj, _reason=obj.reason)
+        return fn(obj)
     if isinstance(obj, msgspec.Struct):
         changed = {}
         for name in obj.__struct_fields__:
             value = getattr(obj, name)
-            new = _with_reasons(value)
+            new = _map_decisions(value, fn)
             if new is not value:
                 changed[name] = new
         return msgspec.structs.replace(obj, **changed) if changed else obj
-    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
-        items = [_with_reasons(v) for v in obj]
+    if type(obj) in (list, tuple):
+        items = [_map_decisions(v, fn) for v in obj]
         if any(a is not b for a, b in zip(items, obj, strict=True)):
             return type(obj)(items)
         return obj
     if isinstance(obj, dict):
-        pairs = {k: _with_reasons(v) for k, v in obj.items()}
+        pairs = {k: _map_decisions(v, fn) for k, v in obj.items()}
         return pairs if any(pairs[k] is not v for k, v in obj.items()) else obj
     return obj
+
+
+def _with_reasons(obj: Any) -> Any:
+    """``obj`` with every decision carrying its rendered sentence (as ``reason``), for
+    export: readers in other languages cannot run the renderers."""
+    return _map_decisions(obj, _rendered)
 
 
 def to_json(obj: Any) -> bytes:
@@ -119,9 +140,11 @@ def from_json(data: bytes | str, type_: type[T]) -> T:
 
     ValidationError when ``data`` is not JSON of that type."""
     try:
-        return msgspec.json.decode(data, type=type_)
+        value = msgspec.json.decode(data, type=type_)
     except msgspec.DecodeError as exc:
         raise ValidationError(f"not JSON of {getattr(type_, '__name__', type_)}: {exc}") from None
+    result: T = _map_decisions(value, _unrendered)
+    return result
 
 
 def to_builtins(obj: Any) -> Any:
