@@ -75,6 +75,7 @@ import msgspec
 
 from convthread.domain.events import (
     CustomerEvent,
+    Decision,
     ThreadEvent,
     _CustomerEventBase,
     _ThreadEventBase,
@@ -86,6 +87,7 @@ from convthread.domain.model import (
     TimeSource,
     user_object_hook,
 )
+from convthread.domain.reasons import exported_schema
 from convthread.domain.thread import CustomerState, ThreadState
 from convthread.errors import SchemaError, ValidationError
 
@@ -119,21 +121,22 @@ _enc_hook = user_object_hook
 
 # --------------------------------------------------------------------------- named mirrors
 
-#: Structs that release 0.1.0 already stored as arrays (and exported as arrays): their
-#: 0.1.0 records and their JSON are the struct itself. Every other ``array_like``
-#: struct is positional in storage only, and named in export and in 0.1.0 records.
+#: Structs that release 0.1.0 already stored as arrays (and exported as arrays), by class
+#: name (so a module may move): their 0.1.0 records and their JSON are the struct
+#: itself. Every other ``array_like`` struct is positional in storage only, and named in
+#: export and in 0.1.0 records.
 _POSITIONAL_IN_0_1: Final = frozenset(
     {
-        "convthread.domain.events.PointerChange",
-        "convthread.domain.events.SuspendedThread",
-        "convthread.domain.timeline.MessageMark",
-        "convthread.domain.tokens.TokenClaims",
-        "convthread.service._core.IdentRef",
-        "convthread.service._core.MsgRef",
-        "convthread.service._identity.MergeRef",
-        "convthread.service._marks.EarlyStatus",
-        "convthread.service._marks.EarlyStatuses",
-        "convthread.service._tokens.TokenFailures",
+        "EarlyStatus",
+        "EarlyStatuses",
+        "IdentRef",
+        "MergeRef",
+        "MessageMark",
+        "MsgRef",
+        "PointerChange",
+        "SuspendedThread",
+        "TokenClaims",
+        "TokenFailures",
     }
 )
 
@@ -148,9 +151,7 @@ _to_domain: dict[type, Callable[[Any], Any]] = {}  # mirror -> converter to its 
 
 def _stored_positionally(cls: type) -> bool:
     config = cls.__struct_config__  # type: ignore[attr-defined]
-    return bool(config.array_like) and (
-        f"{cls.__module__}.{cls.__qualname__}" not in _POSITIONAL_IN_0_1
-    )
+    return bool(config.array_like) and cls.__qualname__ not in _POSITIONAL_IN_0_1
 
 
 def _named_type(tp: Any) -> Any:
@@ -363,10 +364,56 @@ decode_customer_state: Final = decoder(CustomerState)
 # --------------------------------------------------------------------------- export
 
 
+def _rendered(decision: Decision) -> Decision:
+    if decision._reason:
+        return decision
+    return msgspec.structs.replace(decision, _reason=decision.reason)
+
+
+def _unrendered(decision: Decision) -> Decision:
+    """A decision read back from export without the sentence its code renders anyway
+    (one whose code this process cannot render keeps the exported sentence)."""
+    if not decision.code or not decision._reason:
+        return decision
+    bare = msgspec.structs.replace(decision, _reason="")
+    return bare if bare.reason == decision._reason else decision
+
+
+def _map_decisions(obj: Any, fn: Callable[[Decision], Decision]) -> Any:
+    """``obj`` with ``fn`` applied to every decision in it; unchanged parts are the same
+    objects."""
+    if isinstance(obj, Decision):
+        return fn(obj)
+    if isinstance(obj, msgspec.Struct):
+        changed = {}
+        for name in obj.__struct_fields__:
+            value = getattr(obj, name)
+            new = _map_decisions(value, fn)
+            if new is not value:
+                changed[name] = new
+        return msgspec.structs.replace(obj, **changed) if changed else obj
+    if type(obj) in (list, tuple):
+        items = [_map_decisions(v, fn) for v in obj]
+        if any(a is not b for a, b in zip(items, obj, strict=True)):
+            return type(obj)(items)
+        return obj
+    if isinstance(obj, dict):
+        pairs = {k: _map_decisions(v, fn) for k, v in obj.items()}
+        return pairs if any(pairs[k] is not v for k, v in obj.items()) else obj
+    return obj
+
+
+def _with_reasons(obj: Any) -> Any:
+    """``obj`` with every decision carrying its rendered sentence (as ``reason``), for
+    export: readers in other languages cannot run the renderers."""
+    return _map_decisions(obj, _rendered)
+
+
 def to_json(obj: Any) -> bytes:
     """Deterministic JSON (sorted keys): the same value gives the same bytes. Structs
-    are JSON objects with their field names (never the storage arrays)."""
-    return _json_encoder.encode(_named_value(obj))
+    are JSON objects with their field names (never the storage arrays); decisions carry
+    their rendered sentence as ``reason``."""
+    return _json_encoder.encode(_named_value(_with_reasons(obj)))
 
 
 def from_json(data: bytes | str, type_: type[T]) -> T:
@@ -377,15 +424,17 @@ def from_json(data: bytes | str, type_: type[T]) -> T:
     name = getattr(type_, "__name__", type_)
     try:
         value = msgspec.json.decode(data, type=_named_type(type_))
-        result: T = _domain_value(value)
+        domain = _domain_value(value)
     except (msgspec.DecodeError, ValueError, TypeError) as exc:
         raise ValidationError(f"not JSON of {name}: {exc}") from None
+    result: T = _map_decisions(domain, _unrendered)
     return result
 
 
 def to_builtins(obj: Any) -> Any:
-    """Plain dicts, lists, strings and numbers; structs as dicts of their fields."""
-    return msgspec.to_builtins(_named_value(obj), enc_hook=_enc_hook)
+    """Plain dicts, lists, strings and numbers; structs as dicts of their fields, and
+    decisions with their ``reason``, as in :func:`to_json`."""
+    return msgspec.to_builtins(_named_value(_with_reasons(obj)), enc_hook=_enc_hook)
 
 
 def read_as(value: Any, type_: type[T]) -> T:
@@ -476,5 +525,5 @@ def fingerprint_outbound(
 
 def json_schema(type_: Any) -> dict[str, Any]:
     """The JSON Schema (2020-12) of a convthread type as exported to JSON."""
-    schema: dict[str, Any] = msgspec.json.schema(_named_type(type_))
+    schema: dict[str, Any] = exported_schema(msgspec.json.schema(_named_type(type_)))
     return schema

@@ -70,6 +70,7 @@ from convthread.errors import ConvthreadError, NotFound
 from convthread.ports import ANY, Append, Batch, Delete, Put, Rewrite
 from convthread.service import _core as core
 from convthread.service import _handoff, _identity, _threads, _tokens
+from convthread.service._identity import _records
 from convthread.service._core import (
     NS_CTHREADS,
     NS_CUSTOMER,
@@ -381,9 +382,9 @@ def _message_keys(event: ThreadEvent, channel_of: dict[int, str]) -> list[Delete
 #: How to read the records of the namespaces erasure looks into, as plain values (the
 #: field names of the record, whichever layout it was stored in).
 _RECORDS: Final[dict[str, Callable[[bytes], Any]]] = {
-    NS_VERIFY: lambda value: _plain(_identity._verification, value),
+    NS_VERIFY: lambda value: _plain(_records._verification, value),
     NS_TOKEN: lambda value: _plain(_tokens._record, value),
-    NS_SUGGEST: lambda value: _plain(_identity._suggestion, value),
+    NS_SUGGEST: lambda value: _plain(_records._suggestion, value),
 }
 
 
