@@ -70,7 +70,6 @@ from convthread.errors import ConvthreadError, NotFound
 from convthread.ports import ANY, Append, Batch, Delete, Put, Rewrite
 from convthread.service import _core as core
 from convthread.service import _handoff, _identity, _threads, _tokens
-from convthread.service._identity import _records
 from convthread.service._core import (
     NS_CTHREADS,
     NS_CUSTOMER,
@@ -93,6 +92,7 @@ from convthread.service._core import (
     Config,
     Op,
 )
+from convthread.service._identity import _records
 
 __all__ = ["ErasureReport", "erase_customer"]
 

@@ -38,9 +38,7 @@ class MergeRef(msgspec.Struct, frozen=True, array_like=True):
     undone: bool = False
 
 
-class SuggestionRef(
-    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True
-):
+class SuggestionRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     """NS_SUGGEST value: a recorded merge suggestion and its status."""
 
     customer_id: str
