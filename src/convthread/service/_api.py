@@ -1,8 +1,11 @@
 """``Conversations`` (sync) and ``AsyncConversations`` (asyncio): the public service.
 
-Both run the same operations (store-call generators) through their driver, so they
-behave identically; the async one never blocks the event loop (blocking stores run in
-worker threads).
+Each public method is defined once, on their shared base ``_Service``, as the operation
+it runs (a store-call generator; see :mod:`convthread.service._operation`); each service
+gets a method that runs it through its driver, so they behave identically, and the async
+one never blocks the event loop (blocking stores run in worker threads). What differs
+is written per service: the constructor (which stores it takes), ``__repr__`` and the
+context-manager protocol.
 """
 
 from __future__ import annotations
