@@ -108,14 +108,14 @@ class Operation(_Defined[P, T]):
         fn = self.fn
         if self.retries:
 
-            def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-                factory = partial(fn, self, *args, **kwargs)
-                return run_sync(self.store, factory, self.config.max_retries)
+            def method(service: Any, *args: Any, **kwargs: Any) -> Any:
+                factory = partial(fn, service, *args, **kwargs)
+                return run_sync(service.store, factory, service.config.max_retries)
 
             return method
 
-        def read(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return run_sync(self.store, partial(fn, self, *args, **kwargs), 0)
+        def read(service: Any, *args: Any, **kwargs: Any) -> Any:
+            return run_sync(service.store, partial(fn, service, *args, **kwargs), 0)
 
         return read
 
@@ -123,14 +123,14 @@ class Operation(_Defined[P, T]):
         fn = self.fn
         if self.retries:
 
-            async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-                factory = partial(fn, self, *args, **kwargs)
-                return await run_async(self.store, factory, self.config.max_retries)
+            async def method(service: Any, *args: Any, **kwargs: Any) -> Any:
+                factory = partial(fn, service, *args, **kwargs)
+                return await run_async(service.store, factory, service.config.max_retries)
 
             return method
 
-        async def read(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return await run_async(self.store, partial(fn, self, *args, **kwargs), 0)
+        async def read(service: Any, *args: Any, **kwargs: Any) -> Any:
+            return await run_async(service.store, partial(fn, service, *args, **kwargs), 0)
 
         return read
 
@@ -141,16 +141,16 @@ class Procedure(_Defined[P, T]):
     def sync_method(self) -> Callable[..., Any]:
         fn = self.fn
 
-        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return drive_sync(self.store, fn(self, *args, **kwargs))
+        def method(service: Any, *args: Any, **kwargs: Any) -> Any:
+            return drive_sync(service.store, fn(service, *args, **kwargs))
 
         return method
 
     def async_method(self) -> Callable[..., Any]:
         fn = self.fn
 
-        async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            return await drive_async(self.store, fn(self, *args, **kwargs))
+        async def method(service: Any, *args: Any, **kwargs: Any) -> Any:
+            return await drive_async(service.store, fn(service, *args, **kwargs))
 
         return method
 
