@@ -26,6 +26,8 @@ _counter = itertools.count()
 
 
 class TestMemoryStore(StoreConformance):
+    positions = True
+
     def make_store(self) -> Store:
         return MemoryStore()
 
@@ -40,6 +42,7 @@ class TestSQLiteStore(StoreConformance):
     multi_process = True
     scrubs_files = True
     multi_get = True
+    positions = True
 
     def make_store(self) -> Store:
         return SQLiteStore(self.tmp_path / f"kit-{next(_counter)}.db")
@@ -62,6 +65,7 @@ class TestPostgresStore(StoreConformance):
     persistent = True
     multi_process = True
     multi_get = True
+    positions = True
     # Every example is a fresh schema (a pool, a migration, a drop): fewer of them.
     machine_settings = settings(
         max_examples=12,

@@ -18,6 +18,13 @@ Store semantics, which every backend must keep:
 4. Acknowledged commits survive a process crash (durability is per backend; see its docs).
 5. ``rewrite`` (erasure) replaces an event's bytes in place, keeping its sequence number;
    ``scrub()`` then makes sure replaced or deleted bytes are gone from storage.
+6. Every event has a **position** (:attr:`Recorded.position`), unique in the store and
+   increasing in **commit order**: once a reader has seen an event at position p, no
+   event with a position <= p becomes visible later. Within a stream, positions grow
+   with the sequence number; they may have gaps (a rolled-back commit can use some up).
+   A rewrite keeps the position. A store that cannot keep this promise reports 0 (its
+   events then have no global order); the conformance kit's ``positions`` capability
+   checks a store that reports them.
 
 Clarifications (the conformance kit checks each):
 
@@ -39,6 +46,13 @@ may also offer ``get_multi(keys)`` (:class:`MultiGet` / :class:`AsyncMultiGet`):
 entries of several namespaces in one call. The service then fetches what an ingest will
 read in a few calls instead of one per namespace and step. A store without it works
 unchanged; the conformance kit checks it where a store declares it.
+
+Optional capability: a store shared by several processes may offer ``hold(streams)``
+(:class:`StreamHold` / :class:`AsyncStreamHold`): a context in which this writer reads
+and commits while other holders of those streams wait, across processes. The service
+enters it only to retry a write whose commit conflicted on those streams, so a busy
+thread's writers queue in the database instead of racing. A hold never replaces the
+compare-and-set: a commit inside one checks every expectation as always.
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import datetime, timedelta, timezone
 from typing import Final, Protocol, runtime_checkable
 
@@ -61,6 +76,7 @@ __all__ = [
     "Append",
     "AsyncMultiGet",
     "AsyncStore",
+    "AsyncStreamHold",
     "Batch",
     "Clock",
     "Delete",
@@ -75,6 +91,7 @@ __all__ = [
     "Rewrite",
     "SequentialIds",
     "Store",
+    "StreamHold",
     "SystemClock",
 ]
 
@@ -85,14 +102,20 @@ ANY: Final = -1
 
 
 class Recorded(msgspec.Struct, frozen=True, gc=False):
-    """An event as stored: its stream, its sequence number and its encoded bytes.
+    """An event as stored: its stream, its sequence number, its encoded bytes and its
+    global position.
 
-    (``gc=False``: it holds only a str, an int and bytes, so it can be in no reference
-    cycle; the garbage collector need not track the millions a store may hold.)"""
+    ``position`` orders every event of the store in commit order (see the module
+    docstring, semantics 6). The stores of this library always set it (1 or more); 0
+    means "not reported", the default for a store written before positions existed, so
+    ``Recorded(stream, seq, data)`` still builds one. (``gc=False``: it holds only a str,
+    ints and bytes, so it can be in no reference cycle; the garbage collector need not
+    track the millions a store may hold.)"""
 
     stream: str
     seq: int
     data: bytes
+    position: int = 0
 
 
 class Item(msgspec.Struct, frozen=True, gc=False):
@@ -243,6 +266,26 @@ class AsyncMultiGet(Protocol):
     """The asyncio form of :class:`MultiGet`."""
 
     async def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]: ...
+
+
+@runtime_checkable
+class StreamHold(Protocol):
+    """Optional: serialize the writers of some streams (see the module notes)."""
+
+    def hold(self, streams: Sequence[str]) -> AbstractContextManager[None]:
+        """A context in which the calling thread's reads see every commit to
+        ``streams`` made before it was entered, and no other holder of any of them, in
+        any process, is inside its own. Entering waits (up to the store's timeout: then
+        :class:`~convthread.errors.StoreUnavailable`). Commits made inside are checked
+        as always; leaving releases the streams, whether or not a commit was made."""
+        ...
+
+
+@runtime_checkable
+class AsyncStreamHold(Protocol):
+    """The asyncio form of :class:`StreamHold` (for the calling task)."""
+
+    def hold(self, streams: Sequence[str]) -> AbstractAsyncContextManager[None]: ...
 
 
 # --------------------------------------------------------------------------- clock, ids

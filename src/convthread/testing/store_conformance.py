@@ -23,6 +23,10 @@ the capability, and are skipped with the reason otherwise:
   :meth:`StoreConformance.store_opener` returns a picklable callable that opens it.
 * ``scrubs_files``: :meth:`StoreConformance.store_files` names the files that hold
   the data; after ``scrub()`` rewritten and deleted bytes appear in none of them.
+* ``positions``: the store reports :attr:`~convthread.ports.Recorded.position` (the
+  store's commit order, semantics 6 of :mod:`convthread.ports`): positive, unique,
+  growing with each commit and with seq, kept by rewrites and reopening. The store
+  state machine checks them wherever a store reports them, declared or not.
 * ``multi_get``: the store offers ``get_multi`` (:class:`~convthread.ports.MultiGet`),
   whose results must equal per-namespace ``get_many`` (missing keys, duplicates, empty
   input, odd keys, after deletes, on a closed store). The store state machine then
@@ -53,6 +57,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -91,6 +96,7 @@ __all__ = [
     "StoreMachine",
     "service_machine",
     "store_machine",
+    "unpositioned",
 ]
 
 #: The stream names, namespaces and keys the kit uses. Keys mix ASCII, the ``|``
@@ -99,6 +105,12 @@ __all__ = [
 STREAMS = ("th_a", "th_b", "cu_1")
 NAMESPACES = ("msg", "ident")
 KEYS = ("a", "a|", "a|b", "ab", "b", "é", "éa", "中", "中|x", "\U0001f600", "z~", "")
+
+
+def unpositioned(records: list[Recorded]) -> list[Recorded]:
+    """``records`` with position 0, to compare what stores share (stream, seq, data):
+    positions differ between stores (gaps are allowed) and are checked on their own."""
+    return [msgspec.structs.replace(r, position=0) for r in records]
 
 
 # --------------------------------------------------------------------------- test cases
@@ -113,6 +125,7 @@ class _StoreKit:
     multi_process: ClassVar[bool] = False
     scrubs_files: ClassVar[bool] = False
     multi_get: ClassVar[bool] = False
+    positions: ClassVar[bool] = False
     #: Settings for the state machines (examples are whole runs, each on a new store).
     machine_settings: ClassVar[settings] = settings(
         max_examples=30,
@@ -348,7 +361,7 @@ class StoreConformance(MultiGetConformance):
     def test_append_numbers_events_from_one(self, store: Store) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"e1", b"e2")),)))
         store.commit(Batch(appends=(Append("s", 2, (b"e3",)),)))
-        assert store.read("s") == [
+        assert unpositioned(store.read("s")) == [
             Recorded("s", 1, b"e1"),
             Recorded("s", 2, b"e2"),
             Recorded("s", 3, b"e3"),
@@ -375,7 +388,7 @@ class StoreConformance(MultiGetConformance):
                         puts=(Put("ns", "k", b"v", ANY),),
                     )
                 )
-        assert store.read("s") == [Recorded("s", 1, b"e1")]
+        assert unpositioned(store.read("s")) == [Recorded("s", 1, b"e1")]
         assert store.version("t") == 0
         assert store.get("ns", "k") is None
 
@@ -542,7 +555,7 @@ class StoreConformance(MultiGetConformance):
     def test_rewrite_keeps_the_sequence_number(self, store: Store) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"a", b"secret", b"c")),)))
         store.commit(Batch(rewrites=(Rewrite("s", 2, b"gone"),)))
-        assert store.read("s") == [
+        assert unpositioned(store.read("s")) == [
             Recorded("s", 1, b"a"),
             Recorded("s", 2, b"gone"),
             Recorded("s", 3, b"c"),
@@ -557,7 +570,7 @@ class StoreConformance(MultiGetConformance):
                     Batch(puts=(Put("ns", "k", b"v"),), rewrites=(Rewrite(stream, seq, b"x"),))
                 )
         assert store.get("ns", "k") is None
-        assert store.read("s") == [Recorded("s", 1, b"a")]
+        assert unpositioned(store.read("s")) == [Recorded("s", 1, b"a")]
 
     def test_scrub_keeps_live_data(self, store: Store) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"a", b"b")),), puts=(Put("ns", "k", b"v"),)))
@@ -567,6 +580,34 @@ class StoreConformance(MultiGetConformance):
         assert store.get("ns", "k") is None
 
     # -- required: concurrency (threads of one process)
+
+    # -- optional: positions
+
+    def positioned(self) -> None:
+        if not self.positions:
+            pytest.skip("capability not declared: positions (Recorded.position)")
+
+    def test_positions_follow_commits(self, store: Store) -> None:
+        self.positioned()
+        store.commit(Batch(appends=(Append("a", 0, (b"1", b"2")),)))
+        store.commit(Batch(appends=(Append("b", 0, (b"3",)), Append("a", 2, (b"4",)))))
+        with pytest.raises(ConflictError):
+            store.commit(Batch(appends=(Append("a", 0, (b"no",)),)))
+        store.commit(Batch(appends=(Append("b", 1, (b"5",)),)))
+        first, second, third = store.read("a")[:2], store.read("b")[:1], store.read("b")[1:]
+        assert [r.position > 0 for r in store.read("a")] == [True] * 3
+        assert first[0].position < first[1].position
+        batch2 = [*second, store.read("a")[2]]
+        assert max(r.position for r in first) < min(r.position for r in batch2)
+        assert max(r.position for r in batch2) < third[0].position
+
+    def test_rewrite_keeps_the_position(self, store: Store) -> None:
+        self.positioned()
+        store.commit(Batch(appends=(Append("s", 0, (b"a", b"secret")),)))
+        before = [r.position for r in store.read("s")]
+        store.commit(Batch(rewrites=(Rewrite("s", 2, b"gone"),)))
+        assert [r.position for r in store.read("s")] == before
+        assert [r.position for r in store.read("s", after=1)] == before[1:]
 
     def test_concurrent_absent_puts_have_one_winner(self, store: Store) -> None:
         outcomes = _race(
@@ -649,7 +690,7 @@ class StoreConformance(MultiGetConformance):
         store.commit(Batch(appends=(Append("s", 0, (b"a", b"b")),), puts=(Put("ns", "k", b"v"),)))
         store.commit(Batch(puts=(Put("ns", "k", b"v2", 1),), rewrites=(Rewrite("s", 1, b"x"),)))
         store = self.reopen(store)
-        assert store.read("s") == [Recorded("s", 1, b"x"), Recorded("s", 2, b"b")]
+        assert unpositioned(store.read("s")) == [Recorded("s", 1, b"x"), Recorded("s", 2, b"b")]
         assert store.get("ns", "k") == Item(b"v2", 2)
         with pytest.raises(ConflictError):
             store.commit(Batch(appends=(Append("s", 1, (b"c",)),)))
@@ -690,7 +731,7 @@ class StoreConformance(MultiGetConformance):
         store.scrub()
         leaks = [p for p in self.store_files(store) if p.exists() and secret in p.read_bytes()]
         assert leaks == []
-        assert store.read("s", limit=1) == [Recorded("s", 1, b"gone")]
+        assert unpositioned(store.read("s", limit=1)) == [Recorded("s", 1, b"gone")]
 
     # -- state machines
 
@@ -788,6 +829,30 @@ class StoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.store = type(self).make()
         self.ref = MemoryStore()
+        self.positions: dict[tuple[str, int], int] = {}
+
+    def check_positions(self, records: list[Recorded]) -> None:
+        """Where the store reports positions: an event keeps its position (rewrites and
+        reopening included), and events that appeared since the last step have
+        positions above every one seen before, growing with seq within a stream."""
+        if not any(r.position for r in records):
+            return
+        assert all(r.position > 0 for r in records), "some events report position 0"
+        known, top = self.positions, max(self.positions.values(), default=0)
+        fresh = []
+        for r in records:
+            was = known.get((r.stream, r.seq))
+            if was is None:
+                fresh.append(r)
+            else:
+                assert r.position == was, f"{r.stream}#{r.seq} moved from {was} to {r.position}"
+        assert all(r.position > top for r in fresh), (
+            f"new events {[(r.stream, r.seq, r.position) for r in fresh]} "
+            f"are not after position {top}"
+        )
+        assert len({r.position for r in records}) == len(records), "positions repeat"
+        for r in fresh:
+            known[(r.stream, r.seq)] = r.position
 
     def teardown(self) -> None:
         self.ref.close()
@@ -918,15 +983,20 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(stream=st.sampled_from(STREAMS), after=st.integers(0, 5), limit=st.integers(0, 4))
     def read_matches(self, stream: str, after: int, limit: int) -> None:
-        assert self.store.read(stream, after, limit) == self.ref.read(stream, after, limit)
+        got = self.store.read(stream, after, limit)
+        assert unpositioned(got) == unpositioned(self.ref.read(stream, after, limit))
 
     # -- the comparison after every step
 
     @invariant()
     def same_as_reference(self) -> None:
+        records = []
         for stream in STREAMS:
-            assert self.store.read(stream) == self.ref.read(stream), stream
+            got = self.store.read(stream)
+            assert unpositioned(got) == unpositioned(self.ref.read(stream)), stream
             assert self.store.version(stream) == self.ref.version(stream), stream
+            records += got
+        self.check_positions(records)
         for ns in NAMESPACES:
             assert self.store.scan(ns) == self.ref.scan(ns), ns
             assert self.store.get_many(ns, list(KEYS)) == self.ref.get_many(ns, list(KEYS))
