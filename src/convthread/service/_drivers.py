@@ -237,6 +237,42 @@ async def _once_async(store: AsyncStore, factory: Callable[[], Op[T]]) -> T | _C
         return stop.value  # type: ignore[no-any-return]
 
 
+def run_once_sync(store: Store, op: Op[T]) -> T:
+    """Run ``op`` once, without retries: what :func:`run_sync` does with no retry budget,
+    minus the queue and hold bookkeeping a writer needs (a read costs a few µs; this
+    keeps the driver's share of it small). A conflicting commit raises Contention."""
+    try:
+        name, args = next(op)
+        while True:
+            try:
+                result = getattr(store, name)(*args)
+            except ConflictError as exc:
+                if name != "commit":
+                    raise
+                op.close()
+                raise _spent(exc, 1) from exc
+            name, args = op.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def run_once_async(store: AsyncStore, op: Op[T]) -> T:
+    """The asyncio twin of :func:`run_once_sync`."""
+    try:
+        name, args = next(op)
+        while True:
+            try:
+                result = await getattr(store, name)(*args)
+            except ConflictError as exc:
+                if name != "commit":
+                    raise
+                op.close()
+                raise _spent(exc, 1) from exc
+            name, args = op.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
 def run_sync(store: Store, factory: Callable[[], Op[T]], max_retries: int) -> T:
     gate = _sync_gate(store) if max_retries > 0 else None
     if gate is not None and gate.mine():
