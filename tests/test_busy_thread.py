@@ -110,12 +110,23 @@ PROCESSES, PER_PROCESS = 4, 50
 def test_processes_writing_one_thread_at_once_store_each_once(shared_url: str) -> None:
     """Four processes, 50 messages each from the same customer, with the sync API and
     its default retry budget: every one stored once in one thread, none raises."""
-    url = shared_url
+    check_processes(shared_url)
+
+
+def test_asyncio_processes_writing_one_thread_at_once_over_sqlite_store_each_once(
+    tmp_path: Path,
+) -> None:
+    """The same with four asyncio processes over one SQLite file, each gathering its 50
+    at once: their retries hold the file on a thread of their own."""
+    check_processes(next(store_url_of("sqlite", tmp_path)), "async")
+
+
+def check_processes(url: str, *mode: str) -> None:
     with open_store(url):
         pass  # create (migrate) it once, before the workers race to
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests._busy_workers", url, f"p{n}", str(PER_PROCESS)],
+            [sys.executable, "-m", "tests._busy_workers", url, f"p{n}", str(PER_PROCESS), *mode],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
