@@ -1,4 +1,4 @@
-"""Helpers for the thread tests (issue 4): inbound messages and invariant checks."""
+"""Helpers for the thread tests: inbound messages and invariant checks."""
 
 from __future__ import annotations
 
