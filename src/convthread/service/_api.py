@@ -65,7 +65,7 @@ from convthread.service import (
     _tokens,
 )
 from convthread.service._core import NS_IDENT, Config, Op
-from convthread.service._drivers import InlineAsyncStore, ThreadedAsyncStore
+from convthread.service._drivers import InlineAsyncStore, ThreadedAsyncStore, threaded
 from convthread.service._erasure import ErasureReport
 from convthread.service._identity import (
     Disclosure,
@@ -931,7 +931,7 @@ def _as_async(store: AsyncStore | Store | str) -> AsyncStore:
     # Store and AsyncStore name the same methods, so isinstance cannot tell them apart:
     # a store whose commit is a coroutine function is already asynchronous.
     if isinstance(store, Store) and not inspect.iscoroutinefunction(store.commit):
-        return ThreadedAsyncStore(store)
+        return threaded(store)
     return cast("AsyncStore", store)
 
 
