@@ -16,8 +16,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from convthread import Content, Inbound, ManualClock, SenderIdentifier, Trust, codec, phone
-from convthread.domain.identifiers import email as email_address
 from convthread.cli import DEMO_T0, demo_conversations, demo_journey
+from convthread.domain.identifiers import email as email_address
 
 
 def main(folder: Path) -> None:

@@ -40,11 +40,13 @@ from convthread.domain.tokens import KeyRing
 from convthread.domain.updates import ChannelResult, Unsupported
 from convthread.errors import ValidationError
 from convthread.ports import (
-    AsyncMultiGet,
+    AsyncKVStore,
+    AsyncMultiGetHeads,
     AsyncStore,
     Clock,
     IdSource,
-    MultiGet,
+    KVStore,
+    MultiGetHeads,
     RandomIds,
     Store,
     SystemClock,
@@ -176,12 +178,18 @@ def _content(content: str | Content) -> Content:
     raise ValidationError(f"content must be a str or Content, not {type(content).__name__}")
 
 
-def _open(store: Store | str) -> Store:
+def _open(store: Store | KVStore | str) -> Store:
+    """The store a URL names, or ``store``; one without head methods (a store written to
+    the protocol of releases up to 0.1) behind the adapter that keeps heads in its index."""
     if isinstance(store, str):
         from convthread.stores import open_store
 
-        return open_store(store)
-    return store
+        store = open_store(store)
+    if isinstance(store, Store) or not isinstance(store, KVStore):
+        return cast("Store", store)  # (not a store at all: its first call says so)
+    from convthread.stores._kv import with_heads
+
+    return with_heads(store)
 
 
 class Conversations:
@@ -213,7 +221,7 @@ class Conversations:
     ) -> None:
         self.store: Store = _open(store)
         self.config = _config(clock, ids, identifiers, continuity, max_retries)
-        self.config.prefetch = isinstance(self.store, MultiGet)
+        self.config.prefetch = isinstance(self.store, MultiGetHeads)
         if lifecycle is not None:
             self.config.lifecycle = lifecycle
         if merge_policy is not None:
@@ -1489,8 +1497,8 @@ def _ingest_op(config: Config) -> Callable[[Config, Inbound], Op[IngestResult]]:
 
 def _has_multi(store: AsyncStore) -> bool:
     if isinstance(store, (InlineAsyncStore, ThreadedAsyncStore)):
-        return isinstance(store.sync, MultiGet)
-    return isinstance(store, AsyncMultiGet)
+        return isinstance(store.sync, MultiGetHeads)
+    return isinstance(store, AsyncMultiGetHeads)
 
 
 def _as_async(store: AsyncStore | Store | str) -> AsyncStore:
@@ -1506,8 +1514,12 @@ def _as_async(store: AsyncStore | Store | str) -> AsyncStore:
         return InlineAsyncStore(store)
     # Store and AsyncStore name the same methods, so isinstance cannot tell them apart:
     # a store whose commit is a coroutine function is already asynchronous.
-    if isinstance(store, Store) and not inspect.iscoroutinefunction(store.commit):
-        return ThreadedAsyncStore(store)
+    if isinstance(store, KVStore) and not inspect.iscoroutinefunction(store.commit):
+        return ThreadedAsyncStore(_open(store))
+    if isinstance(store, AsyncKVStore) and not isinstance(store, AsyncStore):
+        from convthread.stores._kv import with_heads_async
+
+        return cast("AsyncStore", with_heads_async(store))
     return cast("AsyncStore", store)
 
 

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
 from convthread.errors import ConflictError, Contention
-from convthread.ports import AsyncStore, Batch, Item, Recorded, Store
+from convthread.ports import AsyncStore, Batch, HeadQuery, Item, Recorded, Store, ThreadHead
 from convthread.service._core import Op
 
 T = TypeVar("T")
@@ -298,6 +298,18 @@ class InlineAsyncStore:
         """Only where the wrapped store offers it (see :class:`~convthread.ports.MultiGet`)."""
         return self.sync.get_multi(keys)  # type: ignore[attr-defined,no-any-return]
 
+    async def get_multi_heads(
+        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
+        """Only where the wrapped store offers it (:class:`~convthread.ports.MultiGetHeads`)."""
+        return self.sync.get_multi_heads(keys, tenant, thread_ids)  # type: ignore[attr-defined,no-any-return]
+
+    async def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]:
+        return self.sync.get_heads(tenant, thread_ids)
+
+    async def find_heads(self, query: HeadQuery) -> list[ThreadHead]:
+        return self.sync.find_heads(query)
+
     async def scan(
         self, ns: str, prefix: str = "", after: str = "", limit: int = 1000
     ) -> list[tuple[str, Item]]:
@@ -340,6 +352,18 @@ class ThreadedAsyncStore:
     async def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
         """Only where the wrapped store offers it (see :class:`~convthread.ports.MultiGet`)."""
         return await self._call(self.sync.get_multi, keys)  # type: ignore[attr-defined]
+
+    async def get_multi_heads(
+        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
+        """Only where the wrapped store offers it (:class:`~convthread.ports.MultiGetHeads`)."""
+        return await self._call(self.sync.get_multi_heads, keys, tenant, thread_ids)  # type: ignore[attr-defined]
+
+    async def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]:
+        return await self._call(self.sync.get_heads, tenant, thread_ids)
+
+    async def find_heads(self, query: HeadQuery) -> list[ThreadHead]:
+        return await self._call(self.sync.find_heads, query)
 
     async def scan(
         self, ns: str, prefix: str = "", after: str = "", limit: int = 1000

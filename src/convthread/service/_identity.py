@@ -7,7 +7,7 @@ domain (:mod:`convthread.domain.merge`, :mod:`convthread.domain.identity`) is pu
 
 A merge is one batch: both customers' streams and cached states, every identifier of
 the absorbed customer (``ident``), every thread of the absorbed customer (a
-``ThreadReassigned`` event, its cached state and query indexes, ``cthreads``), and the
+``ThreadReassigned`` event and its head, whose customer changes), and the
 ``open``/``latest`` pointers of its topics. When both customers have a live thread for
 the same topic, the survivor's stays live and the absorbed one's is resolved (one live
 thread per customer and topic); the merge event records it, and the pointers it changed,
@@ -73,7 +73,6 @@ from convthread.ports import ABSENT, ANY, Append, Delete, Item, Put
 from convthread.service import _core as core
 from convthread.service import _reads
 from convthread.service._core import (
-    NS_CTHREADS,
     NS_CUSTOMER,
     NS_IDENT,
     NS_LATEST,
@@ -81,7 +80,6 @@ from convthread.service._core import (
     NS_OPEN,
     NS_SUGGEST,
     NS_SUGGEST_PAIR,
-    NS_THREAD,
     NS_VERIFY,
     Config,
     IdentRef,
@@ -642,18 +640,15 @@ def _plan_merge(
         w.put(NS_IDENT, ident.key, IdentRef(s_id), item.version)
     # Threads and their topic pointers.
     a_tids = yield from _reads.customer_thread_ids(a_id)
-    t_items = yield from core.get_many(NS_THREAD, a_tids)
-    a_threads = {
-        tid: (core.decode_thread_state(it.value), it.version) for tid, it in t_items.items()
-    }
+    a_threads = yield from core.get_threads(a_tids)
     topics = sorted({st.topic for st, _v in a_threads.values()}, key=lambda t: t or "")
     a_keys = [core.open_key(a_id, t) for t in topics]
     s_keys = [core.open_key(s_id, t) for t in topics]
     opens = yield from core.get_many(NS_OPEN, a_keys + s_keys)
     latests = yield from core.get_many(NS_LATEST, a_keys + s_keys)
     named = {it.value.decode() for k in s_keys for it in (opens.get(k), latests.get(k)) if it}
-    s_items = yield from core.get_many(NS_THREAD, sorted(named))
-    s_threads = {tid: core.decode_thread_state(it.value) for tid, it in s_items.items()}
+    s_found = yield from core.get_threads(sorted(named))
+    s_threads = {tid: st for tid, (st, _v) in s_found.items()}
     pointers: list[PointerChange] = []
     suspend: dict[str, str] = {}  # absorbed thread id -> the survivor's live thread id
     for ka, ks in zip(a_keys, s_keys, strict=True):
@@ -711,9 +706,7 @@ def _plan_merge(
             seq += 1
             new = evolve(new, seq, ev)
         w.append(tid, st.version, events)
-        w.thread(st, new, version)
-        w.delete(NS_CTHREADS, f"{a_id}|{tid}", ANY)
-        w.put(NS_CTHREADS, f"{s_id}|{tid}", _EMPTY, ABSENT)
+        w.thread(st, new, version)  # the head's customer_id moves it between customers
     event = CustomerMerged(
         at=now,
         merge_id=merge_id,
@@ -794,15 +787,15 @@ def unmerge(config: Config, merge_id: str, *, by: str = "", reason: str = "") ->
         back.append(current)
         w.put(NS_IDENT, ident.key, IdentRef(a_id), it.version)
     # Threads still on the survivor go back; suspended ones get their status back.
-    t_items = yield from core.get_many(NS_THREAD, list(mev.threads))
+    t_found = yield from core.get_threads(list(mev.threads))
     suspended = {s.thread_id: s for s in mev.suspended}
     moved: list[str] = []
     resumed: list[SuspendedThread] = []
     for tid in mev.threads:
-        it = t_items.get(tid)
-        if it is None:
+        found = t_found.get(tid)
+        if found is None:
             continue
-        st = core.decode_thread_state(it.value)
+        st, version = found
         if st.customer_id != s_id:
             continue
         events: list[ThreadEvent] = [
@@ -825,9 +818,7 @@ def unmerge(config: Config, merge_id: str, *, by: str = "", reason: str = "") ->
             seq += 1
             new = evolve(new, seq, tev)
         w.append(tid, st.version, events)
-        w.thread(st, new, it.version)
-        w.delete(NS_CTHREADS, f"{s_id}|{tid}", ANY)
-        w.put(NS_CTHREADS, f"{a_id}|{tid}", _EMPTY, ABSENT)
+        w.thread(st, new, version)
         moved.append(tid)
     # Pointers.
     moved_set = set(moved)
