@@ -490,7 +490,7 @@ def test_the_takeover_invariant_fails_without_the_fix(monkeypatch: pytest.Monkey
     ever considered proven), the owner's message lands with the claimant and the
     invariant fails; with it, the same steps pass."""
     import convthread.domain.identity as identity_domain
-    import convthread.service._identity as identity_service
+    import convthread.service._identity._resolve as identity_service
 
     def steps(machine: IdentityMachine) -> None:
         machine.first_message(3, A)  # email:ann@example.com, asserted: customer 1
@@ -518,7 +518,7 @@ def test_the_unmerge_rule_fails_without_the_fix(monkeypatch: pytest.MonkeyPatch)
     """An unmerge that gave back every identifier the survivor holds (the rule before
     unlinks were respected) is caught: merge, unlink the absorbed customer's phone, link
     it to the survivor again, unmerge: the model says the phone stays."""
-    import convthread.service._identity as identity_service
+    import convthread.service._identity._unmerge as identity_service
 
     def steps(machine: IdentityMachine) -> None:
         machine.first_message(0, A)  # phone 0: customer 1 (oldest)
