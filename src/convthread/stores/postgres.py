@@ -2,13 +2,20 @@
 
 Install the extra: ``pip install 'convthread[postgres]'`` (psycopg 3 and psycopg_pool).
 
-Schema. Two tables and a function in a schema of their own (``schema="convthread"`` by
-default; tests pass a fresh one to isolate themselves)::
+Schema. Three tables and a function in a schema of their own (``schema="convthread"``
+by default; tests pass a fresh one to isolate themselves)::
 
     events(stream text, seq bigint, data bytea, PRIMARY KEY (stream, seq))
     kv(ns text, key bytea, version bigint, value bytea, PRIMARY KEY (ns, key))
+    thread_heads(tenant, thread_id, customer_id, status, last_seq, last_activity,
+                 last_channel, topic, channels text[], snoozed_until, controller,
+                 created_at, state bytea, version, PRIMARY KEY (tenant, thread_id))
     schema_version(version int PRIMARY KEY, applied_at timestamptz)
     refuse_batch(code text, message text)  -- a function: raises, aborting a batch
+
+``thread_heads`` has indexes for the thread queries (customer; status and last
+activity; controller; snoozed_until, partial; a GIN index on channels): docs/stores.md
+lists them with the SQL users may run on the table.
 
 Index keys are stored as UTF-8 ``bytea``: byte order of UTF-8 is code-point order, which
 is the order :meth:`scan` must return, whatever the database's collation, and a key may
@@ -38,6 +45,10 @@ sub-statement whose outcome proves it, and the outcome is checked on the server:
   compare-and-set.
 * **put with ANY**: ``INSERT ... ON CONFLICT DO UPDATE SET version = version + 1``.
 * **rewrite**: an ``UPDATE`` that must find every event it names.
+* **head write**: an ``INSERT ... ON CONFLICT DO NOTHING`` that must insert its row (a
+  new thread: the primary key lets one of two racing inserts win), or an ``UPDATE ...
+  WHERE version = expected`` that must change its row (a compare-and-set, as for index
+  entries). No head is read before it is written.
 
 All of a batch is **one statement**: a ``WITH`` clause holds one data-modifying
 sub-statement per kind of write (each over ``unnest`` of array parameters), and the main
@@ -80,8 +91,9 @@ import functools
 import re
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from itertools import chain, repeat
 from typing import Any, Final, Literal, NamedTuple
 
@@ -91,14 +103,50 @@ from psycopg import errors as pg_errors
 from psycopg import pq
 from psycopg.adapt import AdaptersMap, Dumper
 
+from convthread import codec
+from convthread._heads import head_of
 from convthread.errors import ConflictError, SchemaError, StoreError, StoreUnavailable
-from convthread.ports import ABSENT, ANY, Batch, Item, Recorded
+from convthread.ports import (
+    ABSENT,
+    ANY,
+    DEFAULT_TENANT,
+    Batch,
+    HeadQuery,
+    Item,
+    Recorded,
+    ThreadHead,
+)
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "AsyncPostgresStore", "PostgresStore"]
 
-#: Forward migrations: version -> statements (``{s}`` is the quoted schema name).
+
+@dataclass(frozen=True)
+class DataStep:
+    """A migration step computed in Python: the rows of ``select`` (``{s}``: the schema),
+    each turned by ``convert`` into the parameters of ``insert`` (none: skipped)."""
+
+    select: str
+    convert: Callable[[tuple[Any, ...]], list[tuple[Any, ...]]]
+    insert: str
+
+
+#: A migration step: an SQL statement, or a :class:`DataStep`.
+Step = str | DataStep
+
+#: Releases up to 0.1 kept thread heads in these index namespaces (the layout of
+#: ``convthread.stores._kv``); step 3 moves them into thread_heads.
+_OLD_HEAD_NAMESPACES: Final = ("thread", "tactive", "tchannel", "snooze", "cthreads")
+
+
+def _old_head(row: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    value, version = row
+    head = head_of(codec.decode_thread_state(bytes(value)), DEFAULT_TENANT)
+    return [(*_head_values(head), int(version))]
+
+
+#: Forward migrations: version -> steps (``{s}`` is the quoted schema name).
 #: Never edit a released step; add one.
-MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+MIGRATIONS: Final[dict[int, tuple[Step, ...]]] = {
     1: (
         """CREATE TABLE {s}.events (
             stream text COLLATE "C" NOT NULL,
@@ -126,6 +174,47 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message;
         END
         $fn$""",
+    ),
+    # Thread heads become rows with typed columns, with indexes for the thread queries.
+    # The old thread entries of kv are copied in (decoded in Python), then dropped.
+    3: (
+        """CREATE TABLE {s}.thread_heads (
+            tenant text COLLATE "C" NOT NULL,
+            thread_id text COLLATE "C" NOT NULL,
+            customer_id text COLLATE "C" NOT NULL,
+            status text COLLATE "C" NOT NULL,
+            last_seq bigint NOT NULL CHECK (last_seq >= 0),
+            last_activity timestamptz NOT NULL,
+            last_channel text COLLATE "C" NOT NULL,
+            topic text COLLATE "C",
+            channels text[] COLLATE "C" NOT NULL,
+            snoozed_until timestamptz,
+            controller text COLLATE "C",
+            created_at timestamptz NOT NULL,
+            state bytea NOT NULL,
+            version bigint NOT NULL CHECK (version > 0),
+            PRIMARY KEY (tenant, thread_id)
+        )""",
+        "CREATE INDEX thread_heads_customer ON {s}.thread_heads (tenant, customer_id)",
+        """CREATE INDEX thread_heads_activity
+            ON {s}.thread_heads (tenant, status, last_activity, thread_id)""",
+        """CREATE INDEX thread_heads_controller
+            ON {s}.thread_heads (tenant, controller, last_activity, thread_id)
+            WHERE controller IS NOT NULL""",
+        """CREATE INDEX thread_heads_snoozed ON {s}.thread_heads (tenant, snoozed_until)
+            WHERE snoozed_until IS NOT NULL""",
+        "CREATE INDEX thread_heads_channels ON {s}.thread_heads USING gin (channels)",
+        DataStep(
+            "SELECT value, version FROM {s}.kv WHERE ns = 'thread'",
+            _old_head,
+            "INSERT INTO {s}.thread_heads (tenant, thread_id, customer_id, status, last_seq, "
+            "last_activity, last_channel, topic, channels, snoozed_until, controller, "
+            "created_at, state, version) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        ),
+        "DELETE FROM {s}.kv WHERE ns IN ("
+        + ", ".join(f"'{ns}'" for ns in _OLD_HEAD_NAMESPACES)
+        + ")",
     ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
@@ -188,11 +277,16 @@ class _Int8(list[int]):
     """A ``bigint[]`` parameter."""
 
 
+class _NText(list["str | None"]):
+    """A ``text[]`` parameter whose items may be NULL."""
+
+
 _ARRAY_HEAD: Final = struct.Struct("!iiiii")  # ndim, has nulls, element oid, length, lbound
 _EMPTY_ARRAY: Final = struct.Struct("!iii")  # ndim 0, has nulls, element oid
 _INT8_ITEM: Final = struct.Struct("!iq")  # length 8, value
 _LENGTH: Final = struct.Struct("!i")
 _TEXT_OID, _BYTEA_OID, _INT8_OID = 25, 17, 20
+_NULL: Final = _LENGTH.pack(-1)
 
 
 def _pack_array(element_oid: int, items: Sequence[bytes]) -> bytes:
@@ -202,6 +296,25 @@ def _pack_array(element_oid: int, items: Sequence[bytes]) -> bytes:
     # Each item after its length; the loops run in C (map, zip, chain, join).
     lengths = map(_LENGTH.pack, map(len, items))
     return b"".join(chain((head,), chain.from_iterable(zip(lengths, items, strict=True))))
+
+
+class _NTextDumper(Dumper):
+    format = pq.Format.BINARY
+    oid = 1009  # text[]
+
+    def dump(self, obj: Any) -> bytes:
+        if not obj:
+            return _EMPTY_ARRAY.pack(0, 0, _TEXT_OID)
+        head = _ARRAY_HEAD.pack(1, 1, _TEXT_OID, len(obj), 1)
+        parts = [head]
+        for item in obj:
+            if item is None:
+                parts.append(_NULL)
+            else:
+                data = item.encode("utf-8", "surrogatepass")
+                parts.append(_LENGTH.pack(len(data)))
+                parts.append(data)
+        return b"".join(parts)
 
 
 class _TextDumper(Dumper):
@@ -235,6 +348,7 @@ def _register_arrays(adapters: AdaptersMap) -> None:
     adapters.register_dumper(_Text, _TextDumper)
     adapters.register_dumper(_Bytes, _BytesDumper)
     adapters.register_dumper(_Int8, _Int8Dumper)
+    adapters.register_dumper(_NText, _NTextDumper)
 
 
 # Session settings of the pool's connections. A batch statement is planned once per
@@ -303,6 +417,52 @@ class _Sql:
             f"JOIN {self.q}.kv AS k ON k.ns = w.ns AND k.key = w.key"
         )
 
+    @property
+    def get_heads(self) -> str:
+        # As get_multi: each id looked up by primary key (tenant is the last parameter).
+        return (
+            f"SELECT {_HEAD_SELECT} FROM unnest(%s::text[]) AS w(id) "
+            f"JOIN {self.q}.thread_heads AS h ON h.tenant = %s AND h.thread_id = w.id"
+        )
+
+    def find_heads(self, query: HeadQuery) -> tuple[str, tuple[Any, ...]]:
+        """The SELECT of ``query`` and its parameters; the indexes of migration step 3
+        serve each filter."""
+        where = ["h.tenant = %s"]
+        args: list[Any] = [query.tenant]
+        if query.customer_id is not None:
+            where.append("h.customer_id = %s")
+            args.append(query.customer_id)
+        if query.statuses:
+            where.append("h.status = ANY(%s::text[])")
+            args.append(_Text(query.statuses))
+        if query.controller is not None:
+            where.append("h.controller = %s")
+            args.append(query.controller)
+        if query.channel is not None:
+            where.append("h.channels @> ARRAY[%s::text]")
+            args.append(query.channel)
+        if query.snoozed_before is not None:
+            where.append("h.snoozed_until < %s")
+            args.append(query.snoozed_before)
+        if query.active_from is not None:
+            where.append("h.last_activity >= %s")
+            args.append(query.active_from)
+        if query.active_until is not None:
+            where.append("h.last_activity <= %s")
+            args.append(query.active_until)
+        if query.after is not None:
+            op = "<" if query.newest_first else ">"
+            where.append(f"(h.last_activity, h.thread_id) {op} (%s, %s::text)")
+            args.extend(query.after)
+        order = "DESC" if query.newest_first else "ASC"
+        sql = (
+            f"SELECT {_HEAD_SELECT} FROM {self.q}.thread_heads AS h "
+            f"WHERE {' AND '.join(where)} "
+            f"ORDER BY h.last_activity {order}, h.thread_id {order} LIMIT %s"
+        )
+        return sql, (*args, max(query.limit, 0))
+
     # -- commit: one statement per batch. Its WITH clause holds one data-modifying
     # sub-statement per kind of write, each over ``unnest`` of array parameters; the main
     # query collects the rows whose expectation failed and calls refuse_batch() for the
@@ -320,11 +480,13 @@ class _Sql:
     def batch(self, shape: _Shape) -> str:
         return _batch_sql(self.q, shape)
 
-    def migration(self) -> list[tuple[int, tuple[str, ...]]]:
-        return [
-            (v, tuple(s.replace("{s}", self.q) for s in stmts))
-            for v, stmts in sorted(MIGRATIONS.items())
-        ]
+    def migration(self) -> list[tuple[int, tuple[Step, ...]]]:
+        def fill(step: Step) -> Step:
+            if isinstance(step, DataStep):
+                return DataStep(fill(step.select), step.convert, fill(step.insert))  # type: ignore[arg-type]
+            return step.replace("{s}", self.q)
+
+        return [(v, tuple(fill(s) for s in stmts)) for v, stmts in sorted(MIGRATIONS.items())]
 
 
 class _Shape(NamedTuple):
@@ -337,6 +499,8 @@ class _Shape(NamedTuple):
     upserts: bool = False
     deletes: bool = False
     rewrites: bool = False
+    head_updates: bool = False
+    head_inserts: bool = False
 
 
 _CONFLICT_CODE: Final = f"'{_REFUSED_CONFLICT}'::text"
@@ -439,6 +603,55 @@ def _batch_sql(q: str, shape: _Shape) -> str:
             f"'#' || w.seq FROM rw AS w "
             f"WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.stream = w.stream AND r.seq = w.seq)"
         )
+    heads = (
+        "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::bigint[], "
+        "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+        "%s::bytea[], %s::text[]"
+    )
+    head_columns = (
+        "tenant, thread_id, expected, customer_id, status, last_seq, last_activity, "
+        "last_channel, topic, channels, snoozed_until, controller, created_at, state, label, i"
+    )
+    if shape.head_updates:
+        # A compare-and-set, as for index entries: the UPDATE waits for a concurrent
+        # writer of the row and re-checks the version on its newest version.
+        ctes.append(
+            f"hw AS (SELECT * FROM unnest({heads}) WITH ORDINALITY AS w({head_columns}))"
+        )
+        ctes.append(
+            f"hu AS (UPDATE {q}.thread_heads AS h SET customer_id = w.customer_id, "
+            f"status = w.status, last_seq = w.last_seq, "
+            f"last_activity = w.last_activity::timestamptz, last_channel = w.last_channel, "
+            f"topic = w.topic, channels = string_to_array(w.channels, chr(31)), "
+            f"snoozed_until = w.snoozed_until::timestamptz, controller = w.controller, "
+            f"created_at = w.created_at::timestamptz, state = w.state, version = h.version + 1 "
+            f"FROM hw AS w WHERE h.tenant = w.tenant AND h.thread_id = w.thread_id "
+            f"AND h.version = w.expected RETURNING h.tenant, h.thread_id)"
+        )
+        fails.append(
+            f"SELECT 2, w.i, {_CONFLICT_CODE}, w.label || ' is not at version ' || w.expected "
+            f"|| ' (changed by another writer, or missing)' FROM hw AS w WHERE NOT EXISTS "
+            f"(SELECT 1 FROM hu WHERE hu.tenant = w.tenant AND hu.thread_id = w.thread_id)"
+        )
+    if shape.head_inserts:
+        # ON CONFLICT DO NOTHING waits for a concurrent insert of the same head: one wins.
+        ctes.append(
+            f"hiw AS (SELECT * FROM unnest({heads}) WITH ORDINALITY AS w({head_columns}))"
+        )
+        ctes.append(
+            f"hi AS (INSERT INTO {q}.thread_heads (tenant, thread_id, customer_id, status, "
+            f"last_seq, last_activity, last_channel, topic, channels, snoozed_until, "
+            f"controller, created_at, state, version) SELECT tenant, thread_id, customer_id, "
+            f"status, last_seq, last_activity::timestamptz, last_channel, topic, "
+            f"string_to_array(channels, chr(31)), snoozed_until::timestamptz, controller, "
+            f"created_at::timestamptz, state, 1 FROM hiw "
+            f"ON CONFLICT (tenant, thread_id) DO NOTHING RETURNING tenant, thread_id)"
+        )
+        fails.append(
+            f"SELECT 2, w.i, {_CONFLICT_CODE}, w.label || ' already exists' FROM hiw AS w "
+            f"WHERE NOT EXISTS "
+            f"(SELECT 1 FROM hi WHERE hi.tenant = w.tenant AND hi.thread_id = w.thread_id)"
+        )
     if shape.events:
         ctes.append(
             f"ev AS (INSERT INTO {q}.events (stream, seq, data) "
@@ -483,6 +696,18 @@ def _plan(sql: _Sql, batch: Batch) -> list[_Step]:
                 _Step(sql.batch(_Shape(appends=True)), tuple(params)),
                 _Step(sql.refuse(_REFUSED_INVALID), (msg,)),
             ]
+
+    head_slots = [(hw.head.tenant, hw.head.thread_id) for hw in batch.heads]
+    bad = None
+    if len(set(head_slots)) != len(head_slots):
+        bad = "a batch may write each thread's head at most once"
+    elif any(hw.expected < 0 for hw in batch.heads):
+        bad = "a head write expects ABSENT or a version, not ANY"
+    if bad is not None:
+        refuse_invalid = _Step(sql.refuse(_REFUSED_INVALID), (bad,))
+        if not batch.appends:
+            return [refuse_invalid]
+        return [_Step(sql.batch(_Shape(appends=True)), tuple(params)), refuse_invalid]
 
     # Index entries: group the operations on each key (all checked against the state
     # before the batch; puts apply before deletes).
@@ -536,6 +761,10 @@ def _plan(sql: _Sql, batch: Batch) -> list[_Step]:
     params += _columns(
         [(s, q, data, _label(repr(s))) for (s, q), data in last.items()], _REWRITE_COLUMNS
     )
+    head_updates = [_head_row(hw.head, hw.expected) for hw in batch.heads if hw.expected > 0]
+    head_inserts = [_head_row(hw.head, 0) for hw in batch.heads if hw.expected == ABSENT]
+    params += _columns(head_updates, _HEAD_COLUMNS)
+    params += _columns(head_inserts, _HEAD_COLUMNS)
     events = [
         (a.stream, a.expected + i, data)
         for a in batch.appends
@@ -550,6 +779,8 @@ def _plan(sql: _Sql, batch: Batch) -> list[_Step]:
         upserts=bool(upserts),
         deletes=bool(deletes),
         rewrites=bool(last),
+        head_updates=bool(head_updates),
+        head_inserts=bool(head_inserts),
     )
     return [_Step(sql.batch(shape), tuple(params))]
 
@@ -563,6 +794,100 @@ _UPSERT_COLUMNS: Final = (_Text, _Bytes, _Int8, _Bytes)  # ns, key, puts, value
 _DELETE_COLUMNS: Final = (_Text, _Bytes, _Int8, _Text)  # ns, key, expected, label
 _REWRITE_COLUMNS: Final = (_Text, _Int8, _Bytes, _Text)  # stream, seq, data, label
 _EVENT_COLUMNS: Final = (_Text, _Int8, _Bytes)  # stream, seq, data
+# tenant, thread_id, expected, customer_id, status, last_seq, last_activity, last_channel,
+# topic, channels (joined by chr(31)), snoozed_until, controller, created_at, state, label
+_HEAD_COLUMNS: Final = (
+    _Text,
+    _Text,
+    _Int8,
+    _Text,
+    _Text,
+    _Int8,
+    _Text,
+    _Text,
+    _NText,
+    _Text,
+    _NText,
+    _NText,
+    _Text,
+    _Bytes,
+    _Text,
+)
+_HEAD_SELECT: Final = (
+    "h.tenant, h.thread_id, h.customer_id, h.status, h.last_seq, h.last_activity, "
+    "h.last_channel, h.topic, h.channels, h.snoozed_until, h.controller, h.created_at, "
+    "h.state, h.version"
+)
+_SEP: Final = chr(31)  # joins a head's channels in a batch parameter (ids never hold it)
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat(timespec="microseconds")
+
+
+def _head_row(head: ThreadHead, expected: int) -> tuple[Any, ...]:
+    """A head as one row of a batch statement's head arrays (see _HEAD_COLUMNS)."""
+    until = head.snoozed_until
+    return (
+        head.tenant,
+        head.thread_id,
+        expected,
+        head.customer_id,
+        head.status,
+        head.last_seq,
+        _iso(head.last_activity),
+        head.last_channel,
+        head.topic,
+        _SEP.join(head.channels),
+        None if until is None else _iso(until),
+        head.controller,
+        _iso(head.created_at),
+        head.state,
+        _label(f"thread head {head.tenant}/{head.thread_id}"),
+    )
+
+
+def _head_values(head: ThreadHead) -> tuple[Any, ...]:
+    """A head's columns for a plain INSERT (migration step 3), version excluded."""
+    return (
+        head.tenant,
+        head.thread_id,
+        head.customer_id,
+        head.status,
+        head.last_seq,
+        head.last_activity,
+        head.last_channel,
+        head.topic,
+        list(head.channels),
+        head.snoozed_until,
+        head.controller,
+        head.created_at,
+        head.state,
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc)
+
+
+def _head(row: tuple[Any, ...]) -> ThreadHead:
+    until = row[9]
+    return ThreadHead(
+        tenant=row[0],
+        thread_id=row[1],
+        customer_id=row[2],
+        status=row[3],
+        last_seq=int(row[4]),
+        last_activity=_utc(row[5]),
+        last_channel=row[6],
+        topic=row[7],
+        channels=tuple(row[8]),
+        snoozed_until=None if until is None else _utc(until),
+        controller=row[10],
+        created_at=_utc(row[11]),
+        state=bytes(row[12]),
+        version=int(row[13]),
+    )
 
 
 def _columns(rows: list[tuple[Any, ...]], kinds: tuple[type[list[Any]], ...]) -> list[Any]:
@@ -639,7 +964,7 @@ def _check_scrub(mode: str) -> ScrubMode:
     return mode  # type: ignore[return-value]
 
 
-def _migration_steps(sql: _Sql, current: int) -> list[tuple[int, tuple[str, ...]]]:
+def _migration_steps(sql: _Sql, current: int) -> list[tuple[int, tuple[Step, ...]]]:
     if current > SCHEMA_VERSION:
         raise SchemaError(
             f"PostgreSQL schema {sql.schema!r} has schema version {current}; this "
@@ -793,7 +1118,12 @@ class PostgresStore:
                 ).fetchone()
                 for version, statements in _migration_steps(self._sql, int(row[0] if row else 0)):
                     for statement in statements:
-                        conn.execute(statement)
+                        if isinstance(statement, DataStep):
+                            for old in conn.execute(statement.select).fetchall():
+                                for new in statement.convert(old):
+                                    conn.execute(statement.insert, new)
+                        else:
+                            conn.execute(statement)
                     conn.execute(
                         f'INSERT INTO "{self.schema}".schema_version (version) VALUES (%s)',
                         (version,),
@@ -867,6 +1197,44 @@ class PostgresStore:
         rows = self._query(sql, args)
         return [(_dec(k), Item(bytes(v), int(ver))) for k, v, ver in rows]
 
+    def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]:
+        self._check_open()
+        if not thread_ids:
+            return {}
+        rows = self._query(self._sql.get_heads, (_Text(dict.fromkeys(thread_ids)), tenant))
+        return {row[1]: _head(row) for row in rows}
+
+    def find_heads(self, query: HeadQuery) -> list[ThreadHead]:
+        sql, args = self._sql.find_heads(query)
+        return [_head(row) for row in self._query(sql, args)]
+
+    def get_multi_heads(
+        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
+        """``get_multi`` and ``get_heads`` in one round trip: both statements in one
+        pipeline (:class:`~convthread.ports.MultiGetHeads`)."""
+        self._check_open()
+        unique = list(dict.fromkeys(keys))
+        ids = _Text(dict.fromkeys(thread_ids))
+        for attempt in (0, 1):
+            try:
+                with self._pool.connection() as conn:
+                    with conn.pipeline():
+                        c1 = conn.execute(self._sql.get_multi, _multi_args(unique), binary=True)
+                        c2 = conn.execute(self._sql.get_heads, (ids, tenant), binary=True)
+                    kv_rows, head_rows = c1.fetchall(), c2.fetchall()
+                return _multi_heads(unique, kv_rows, head_rows)
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                if (
+                    attempt == 0
+                    and _is_disconnect(exc)
+                    and not isinstance(exc, psycopg_pool.PoolTimeout)
+                ):
+                    self._pool.check()
+                    continue
+                raise _translate(exc, "read") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # ------------------------------------------------------------------ writes
 
     def commit(self, batch: Batch) -> None:
@@ -892,7 +1260,7 @@ class PostgresStore:
         full = "FULL, " if self.scrub_mode == "full" else ""
         try:
             with self._pool.connection() as conn:
-                for table in ("events", "kv"):
+                for table in ("events", "kv", "thread_heads"):
                     conn.execute(f'VACUUM ({full}ANALYZE) "{self.schema}".{table}')
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _translate(exc, "scrub") from exc
@@ -912,6 +1280,13 @@ class PostgresStore:
                 return
             self._closed = True
         self._pool.close()
+
+
+def _multi_heads(
+    unique: list[tuple[str, str]], kv_rows: list[tuple[Any, ...]], head_rows: list[tuple[Any, ...]]
+) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
+    items = {unique[i - 1]: Item(bytes(v), int(ver)) for i, v, ver in kv_rows}
+    return items, {row[1]: _head(row) for row in head_rows}
 
 
 def _multi_args(keys: list[tuple[str, str]]) -> tuple[Any, ...]:
@@ -1030,7 +1405,13 @@ class AsyncPostgresStore:
                 row = await cur.fetchone()
                 for version, statements in _migration_steps(self._sql, int(row[0] if row else 0)):
                     for statement in statements:
-                        await conn.execute(statement)
+                        if isinstance(statement, DataStep):
+                            cur = await conn.execute(statement.select)
+                            for old in await cur.fetchall():
+                                for new in statement.convert(old):
+                                    await conn.execute(statement.insert, new)
+                        else:
+                            await conn.execute(statement)
                     await conn.execute(
                         f'INSERT INTO "{self.schema}".schema_version (version) VALUES (%s)',
                         (version,),
@@ -1100,6 +1481,46 @@ class AsyncPostgresStore:
         rows = await self._query(sql, args)
         return [(_dec(k), Item(bytes(v), int(ver))) for k, v, ver in rows]
 
+    async def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        if not thread_ids:
+            return {}
+        rows = await self._query(self._sql.get_heads, (_Text(dict.fromkeys(thread_ids)), tenant))
+        return {row[1]: _head(row) for row in rows}
+
+    async def find_heads(self, query: HeadQuery) -> list[ThreadHead]:
+        sql, args = self._sql.find_heads(query)
+        return [_head(row) for row in await self._query(sql, args)]
+
+    async def get_multi_heads(
+        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
+        """As :meth:`PostgresStore.get_multi_heads`: one pipeline, one round trip."""
+        pool = await self._ready()
+        unique = list(dict.fromkeys(keys))
+        ids = _Text(dict.fromkeys(thread_ids))
+        for attempt in (0, 1):
+            try:
+                async with pool.connection() as conn:
+                    async with conn.pipeline():
+                        c1 = await conn.execute(
+                            self._sql.get_multi, _multi_args(unique), binary=True
+                        )
+                        c2 = await conn.execute(self._sql.get_heads, (ids, tenant), binary=True)
+                    kv_rows, head_rows = await c1.fetchall(), await c2.fetchall()
+                return _multi_heads(unique, kv_rows, head_rows)
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                if (
+                    attempt == 0
+                    and _is_disconnect(exc)
+                    and not isinstance(exc, psycopg_pool.PoolTimeout)
+                ):
+                    await pool.check()
+                    continue
+                raise _translate(exc, "read") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def commit(self, batch: Batch) -> None:
         pool = await self._ready()
         if batch.is_empty:
@@ -1123,7 +1544,7 @@ class AsyncPostgresStore:
         full = "FULL, " if self.scrub_mode == "full" else ""
         try:
             async with pool.connection() as conn:
-                for table in ("events", "kv"):
+                for table in ("events", "kv", "thread_heads"):
                     await conn.execute(f'VACUUM ({full}ANALYZE) "{self.schema}".{table}')
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _translate(exc, "scrub") from exc
