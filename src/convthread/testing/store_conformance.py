@@ -30,10 +30,16 @@ the capability, and are skipped with the reason otherwise:
   :class:`MultiGetConformance` holds just these cases, for a store whose other cases
   run elsewhere (an asyncio store behind a blocking adapter, say).
 
+Thread heads (``get_heads``, ``find_heads``, head writes in a batch) are required: a
+store written to the protocol of releases up to 0.1, without them
+(:class:`~convthread.ports.KVStore`), runs the head cases through the adapter the
+service would put it behind (``convthread.stores._kv``), so its generic index is tested
+for what the adapter needs of it.
+
 Two Hypothesis state machines run the same operations against the store and against
 :class:`~convthread.stores.MemoryStore` and compare them after every step:
 :func:`store_machine` at the protocol level (append, put, delete, compare-and-set,
-conflicts, rewrite, scrub, reopen) and :func:`service_machine` through
+conflicts, rewrite, head writes and queries, scrub, reopen) and :func:`service_machine` through
 :class:`~convthread.Conversations` (ingest, redeliver, send, erase, reopen). Both are
 classes with ``@rule`` methods: subclass them to add rules. The kit runs them from
 ``test_state_machine`` and ``test_service_machine``; tune ``machine_settings``.
@@ -49,7 +55,7 @@ import multiprocessing
 import random
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -72,19 +78,26 @@ from convthread.ports import (
     Append,
     Batch,
     Delete,
+    HeadQuery,
+    HeadWrite,
     Item,
+    KVStore,
     MultiGet,
     Put,
     Recorded,
     Rewrite,
     Store,
+    ThreadHead,
 )
+from convthread.stores._kv import with_heads
 from convthread.stores.memory import MemoryStore
 
 __all__ = [
     "KEYS",
     "NAMESPACES",
     "STREAMS",
+    "THREADS",
+    "HeadConformance",
     "MultiGetConformance",
     "ServiceMachine",
     "StoreConformance",
@@ -99,6 +112,47 @@ __all__ = [
 STREAMS = ("th_a", "th_b", "cu_1")
 NAMESPACES = ("msg", "ident")
 KEYS = ("a", "a|", "a|b", "ab", "b", "é", "éa", "中", "中|x", "\U0001f600", "z~", "")
+#: Thread ids of the head cases (code-point order differs from byte order of UTF-16).
+THREADS = ("th_a", "th_b", "th_c", "th_é", "th_中")
+_H0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+
+
+def heads_of(store: Store | KVStore) -> Store:
+    """``store`` itself, or the adapter the service runs a store without heads behind."""
+    return store if isinstance(store, Store) else with_heads(store)
+
+
+def make_head(
+    thread_id: str,
+    *,
+    tenant: str = "default",
+    customer: str = "cu_1",
+    status: str = "open",
+    minutes: float = 0,
+    channels: tuple[str, ...] = ("sms",),
+    snoozed_minutes: float | None = None,
+    controller: str | None = None,
+    last_seq: int = 1,
+    topic: str | None = None,
+    state: bytes = b"\x00state\xff",
+) -> ThreadHead:
+    """A head for the cases: times are minutes after a fixed instant (fractions keep
+    microseconds)."""
+    return ThreadHead(
+        thread_id=thread_id,
+        tenant=tenant,
+        customer_id=customer,
+        status=status,
+        last_seq=last_seq,
+        last_activity=_H0 + timedelta(minutes=minutes),
+        last_channel=channels[-1],
+        topic=topic,
+        channels=channels,
+        snoozed_until=None if snoozed_minutes is None else _H0 + timedelta(minutes=snoozed_minutes),
+        controller=controller,
+        created_at=_H0,
+        state=state,
+    )
 
 
 # --------------------------------------------------------------------------- test cases
@@ -323,13 +377,198 @@ class MultiGetConformance(_StoreKit):
             multi.get_multi([("ns", "k")])
 
 
-class StoreConformance(MultiGetConformance):
+class HeadConformance(_StoreKit):
+    """The cases of thread heads: head writes with compare-and-set, reads and queries.
+    Part of :class:`StoreConformance`."""
+
+    @staticmethod
+    def insert(store: Store, *heads: ThreadHead) -> None:
+        store.commit(Batch(heads=tuple(HeadWrite(h, ABSENT) for h in heads)))
+
+    def test_heads_insert_then_read(self, store: Store) -> None:
+        h = heads_of(store)
+        head = make_head("th_é", minutes=1.5, snoozed_minutes=90.25, controller="agent:ann")
+        self.insert(h, head)
+        got = h.get_heads("default", ["th_é", "th_missing"])
+        assert got == {"th_é": msgspec_replace(head, version=1)}
+        assert got["th_é"].last_activity.utcoffset() == timedelta(0)
+        assert h.get_heads("default", []) == {}
+
+    def test_heads_are_per_tenant(self, store: Store) -> None:
+        h = heads_of(store)
+        self.insert(h, make_head("th_a", tenant="t1", customer="cu_x"))
+        self.insert(h, make_head("th_a", tenant="t2", customer="cu_y"))
+        assert h.get_heads("t1", ["th_a"])["th_a"].customer_id == "cu_x"
+        assert h.get_heads("t2", ["th_a"])["th_a"].customer_id == "cu_y"
+        assert h.get_heads("default", ["th_a"]) == {}
+        assert [x.customer_id for x in h.find_heads(HeadQuery(tenant="t2"))] == ["cu_y"]
+
+    def test_head_insert_of_an_existing_head_conflicts_and_writes_nothing(
+        self, store: Store
+    ) -> None:
+        h = heads_of(store)
+        self.insert(h, make_head("th_a"))
+        with pytest.raises(ConflictError):
+            h.commit(
+                Batch(
+                    appends=(Append("s", 0, (b"x",)),),
+                    puts=(Put("ns", "k", b"v", ABSENT),),
+                    heads=(HeadWrite(make_head("th_a", status="closed"), ABSENT),),
+                )
+            )
+        assert h.read("s") == [] and h.get("ns", "k") is None
+        assert h.get_heads("default", ["th_a"])["th_a"].status == "open"
+
+    def test_head_update_is_compare_and_set(self, store: Store) -> None:
+        h = heads_of(store)
+        self.insert(h, make_head("th_a"))
+        moved = make_head("th_a", status="pending", minutes=5, last_seq=2)
+        h.commit(Batch(heads=(HeadWrite(moved, 1),)))
+        assert h.get_heads("default", ["th_a"])["th_a"] == msgspec_replace(moved, version=2)
+        for expected in (1, 3):  # stale, ahead
+            with pytest.raises(ConflictError):
+                h.commit(
+                    Batch(
+                        appends=(Append("s", 0, (b"x",)),),
+                        heads=(HeadWrite(make_head("th_a", status="closed"), expected),),
+                    )
+                )
+        with pytest.raises(ConflictError):
+            h.commit(Batch(heads=(HeadWrite(make_head("th_missing"), 1),)))
+        assert h.read("s") == []
+        assert h.get_heads("default", ["th_a"])["th_a"].status == "pending"
+        assert h.get_heads("default", ["th_missing"]) == {}
+
+    def test_head_writes_that_cannot_apply_are_refused(self, store: Store) -> None:
+        h = heads_of(store)
+        with pytest.raises(StoreError):
+            h.commit(Batch(heads=(HeadWrite(make_head("th_a"), ANY),)))
+        twice = (HeadWrite(make_head("th_a"), ABSENT), HeadWrite(make_head("th_a"), ABSENT))
+        with pytest.raises(StoreError):
+            h.commit(Batch(appends=(Append("s", 0, (b"x",)),), heads=twice))
+        assert h.get_heads("default", ["th_a"]) == {} and h.read("s") == []
+
+    def test_head_writes_commit_with_the_rest_of_the_batch(self, store: Store) -> None:
+        h = heads_of(store)
+        h.commit(
+            Batch(
+                appends=(Append("th_a", 0, (b"e1", b"e2")),),
+                puts=(Put("msg", "sms|m1", b"ref", ABSENT),),
+                heads=(HeadWrite(make_head("th_a", last_seq=2), ABSENT),),
+            )
+        )
+        assert h.version("th_a") == 2 and h.get("msg", "sms|m1") is not None
+        assert h.get_heads("default", ["th_a"])["th_a"].last_seq == 2
+
+    def _query_world(self, h: Store) -> None:
+        self.insert(
+            h,
+            make_head("th_a", customer="cu_1", status="open", minutes=30),
+            make_head(
+                "th_b", customer="cu_1", status="pending", minutes=10, channels=("sms", "whatsapp")
+            ),
+            make_head("th_c", customer="cu_2", status="open", minutes=10, controller="agent:ann"),
+            make_head("th_é", customer="cu_2", status="snoozed", minutes=20, snoozed_minutes=60),
+            make_head("th_中", customer="cu_3", status="closed", minutes=40, channels=("email",)),
+        )
+
+    def test_head_queries_filter_and_order_by_last_activity(self, store: Store) -> None:
+        h = heads_of(store)
+        self._query_world(h)
+
+        def ids(**kw: Any) -> list[str]:
+            return [x.thread_id for x in h.find_heads(HeadQuery(**kw))]
+
+        # ties on last activity break by thread id
+        assert ids() == ["th_b", "th_c", "th_é", "th_a", "th_中"]
+        assert ids(newest_first=True) == ["th_中", "th_a", "th_é", "th_c", "th_b"]
+        assert ids(statuses=("open",)) == ["th_c", "th_a"]
+        assert ids(statuses=("open", "snoozed")) == ["th_c", "th_é", "th_a"]
+        assert ids(customer_id="cu_2") == ["th_c", "th_é"]
+        assert ids(customer_id="cu_2", statuses=("snoozed",)) == ["th_é"]
+        assert ids(channel="whatsapp") == ["th_b"]
+        assert ids(channel="sms", newest_first=True) == ["th_a", "th_é", "th_c", "th_b"]
+        assert ids(controller="agent:ann") == ["th_c"]
+        assert ids(snoozed_before=_H0 + timedelta(minutes=60)) == []
+        assert ids(snoozed_before=_H0 + timedelta(minutes=60, microseconds=1)) == ["th_é"]
+        window = {
+            "active_from": _H0 + timedelta(minutes=10),
+            "active_until": _H0 + timedelta(minutes=30),
+        }
+        assert ids(**window) == ["th_b", "th_c", "th_é", "th_a"]
+        assert ids(**window, newest_first=True) == ["th_a", "th_é", "th_c", "th_b"]
+        assert ids(limit=2) == ["th_b", "th_c"]
+        assert ids(limit=0) == []
+        assert ids(customer_id="cu_nobody") == [] and ids(statuses=("resolved",)) == []
+
+    def test_head_queries_page_by_cursor(self, store: Store) -> None:
+        h = heads_of(store)
+        self._query_world(h)
+        for newest_first in (False, True):
+            for statuses in ((), ("open", "pending", "snoozed")):
+                everything = h.find_heads(HeadQuery(newest_first=newest_first, statuses=statuses))
+                seen: list[ThreadHead] = []
+                query = HeadQuery(newest_first=newest_first, statuses=statuses, limit=2)
+                while True:
+                    page = h.find_heads(query)
+                    seen.extend(page)
+                    if len(page) < 2:
+                        break
+                    query = msgspec_replace(
+                        query, after=(page[-1].last_activity, page[-1].thread_id)
+                    )
+                assert seen == everything
+
+    def test_a_head_moved_between_customers(self, store: Store) -> None:
+        h = heads_of(store)
+        self._query_world(h)
+        head = h.get_heads("default", ["th_a"])["th_a"]
+        h.commit(Batch(heads=(HeadWrite(msgspec_replace(head, customer_id="cu_3"), 1),)))
+        assert [x.thread_id for x in h.find_heads(HeadQuery(customer_id="cu_1"))] == ["th_b"]
+        assert [x.thread_id for x in h.find_heads(HeadQuery(customer_id="cu_3"))] == [
+            "th_a",
+            "th_中",
+        ]
+
+    def test_concurrent_head_inserts_have_one_winner(self, store: Store) -> None:
+        h = heads_of(store)
+        outcomes = _race(
+            4,
+            lambda i: h.commit(
+                Batch(heads=(HeadWrite(make_head("th_a", last_seq=i + 1), ABSENT),))
+            ),
+        )
+        assert sum(o is None for o in outcomes) == 1
+        assert all(o is None or isinstance(o, ConflictError) for o in outcomes)
+
+    def test_concurrent_head_updates_lose_no_write(self, store: Store) -> None:
+        h = heads_of(store)
+        self.insert(h, make_head("th_a", last_seq=0))
+
+        def bump(_i: int) -> None:
+            for _ in range(5):
+                while True:
+                    head = h.get_heads("default", ["th_a"])["th_a"]
+                    new = msgspec_replace(head, last_seq=head.last_seq + 1)
+                    try:
+                        h.commit(Batch(heads=(HeadWrite(new, head.version),)))
+                        break
+                    except ConflictError:
+                        continue
+
+        assert _race(4, bump) == [None] * 4
+        head = h.get_heads("default", ["th_a"])["th_a"]
+        assert head.last_seq == 20 and head.version == 21
+
+
+class StoreConformance(HeadConformance, MultiGetConformance):
     """Test cases every store must pass. Subclass and implement :meth:`make_store`."""
 
     # -- required: reads of an empty store
 
     def test_is_a_store(self, store: Store) -> None:
-        assert isinstance(store, Store)
+        assert isinstance(store, KVStore)
+        assert isinstance(heads_of(store), Store)
 
     def test_empty_store(self, store: Store) -> None:
         assert store.read("nothing") == []
@@ -707,6 +946,13 @@ class StoreConformance(MultiGetConformance):
         run_state_machine_as_test(machine, settings=self.machine_settings)
 
 
+def msgspec_replace(obj: Any, **changes: Any) -> Any:
+    """``obj`` (a msgspec struct) with ``changes``."""
+    import msgspec
+
+    return msgspec.structs.replace(obj, **changes)
+
+
 def _close(store: Store) -> None:
     store.close()
 
@@ -789,6 +1035,11 @@ class StoreMachine(RuleBasedStateMachine):
         self.store = type(self).make()
         self.ref = MemoryStore()
 
+    @property
+    def heads(self) -> Store:
+        """The store under test, behind the key-value adapter if it has no heads."""
+        return heads_of(self.store)
+
     def teardown(self) -> None:
         self.ref.close()
         type(self).discard(self.store)
@@ -809,8 +1060,19 @@ class StoreMachine(RuleBasedStateMachine):
 
     def both(self, batch: Batch) -> None:
         want = _outcome(lambda: self.ref.commit(batch))
-        got = _outcome(lambda: self.store.commit(batch))
+        target = self.heads if batch.heads else self.store
+        got = _outcome(lambda: target.commit(batch))
         assert got == want, f"{batch!r}: store gave {got[0]}, the reference {want[0]}"
+
+    def head_expectation(self, thread_id: str, mode: str) -> int:
+        head = self.ref.get_heads("default", [thread_id]).get(thread_id)
+        if mode == "right":
+            return head.version if head is not None else ABSENT
+        if mode == "absent":
+            return ABSENT
+        if mode == "stale":
+            return max((head.version if head is not None else 0) - 1, 1)
+        return (head.version if head is not None else 0) + 1  # "ahead"
 
     # -- rules
 
@@ -896,6 +1158,79 @@ class StoreMachine(RuleBasedStateMachine):
             )
         )
 
+    @rule(
+        thread=st.sampled_from(THREADS),
+        customer=st.sampled_from(("cu_1", "cu_2", "cu_é")),
+        status=st.sampled_from(("open", "pending", "snoozed", "closed")),
+        minutes=st.integers(0, 4),
+        channels=st.sampled_from((("sms",), ("sms", "email"), ("whatsapp",))),
+        snoozed=st.sampled_from((None, 5, 7)),
+        controller=st.sampled_from((None, None, "agent:ann", "bot:x")),
+        mode=st.sampled_from(["right", "right", "right", "absent", "stale", "ahead"]),
+        with_append=st.booleans(),
+    )
+    def write_head(
+        self,
+        thread: str,
+        customer: str,
+        status: str,
+        minutes: int,
+        channels: tuple[str, ...],
+        snoozed: int | None,
+        controller: str | None,
+        mode: str,
+        with_append: bool,
+    ) -> None:
+        head = make_head(
+            thread,
+            customer=customer,
+            status=status,
+            minutes=minutes,
+            channels=channels,
+            snoozed_minutes=snoozed,
+            controller=controller,
+            state=b"s:%d" % minutes,
+        )
+        appends = (
+            (Append(STREAMS[0], self.ref.version(STREAMS[0]), (b"h",)),) if with_append else ()
+        )
+        self.both(
+            Batch(appends=appends, heads=(HeadWrite(head, self.head_expectation(thread, mode)),))
+        )
+
+    @rule(
+        customer=st.sampled_from((None, "cu_1", "cu_2")),
+        statuses=st.sampled_from(((), ("open",), ("open", "snoozed"), ("closed",))),
+        channel=st.sampled_from((None, "sms", "email")),
+        controller=st.sampled_from((None, "agent:ann")),
+        snoozed=st.sampled_from((None, 6)),
+        newest_first=st.booleans(),
+        limit=st.integers(0, 4),
+        cursor=st.sampled_from((None, (1, "th_b"), (3, "th_中"))),
+    )
+    def find_heads_matches(
+        self,
+        customer: str | None,
+        statuses: tuple[str, ...],
+        channel: str | None,
+        controller: str | None,
+        snoozed: int | None,
+        newest_first: bool,
+        limit: int,
+        cursor: tuple[int, str] | None,
+    ) -> None:
+        query = HeadQuery(
+            customer_id=customer,
+            statuses=statuses,
+            channel=channel,
+            controller=controller,
+            snoozed_before=None if snoozed is None else _H0 + timedelta(minutes=snoozed),
+            newest_first=newest_first,
+            limit=limit,
+            after=None if cursor is None else (_H0 + timedelta(minutes=cursor[0]), cursor[1]),
+        )
+        assert self.heads.find_heads(query) == self.ref.find_heads(query), query
+
     @rule()
     def scrub(self) -> None:
         self.store.scrub()
@@ -930,6 +1265,11 @@ class StoreMachine(RuleBasedStateMachine):
         for ns in NAMESPACES:
             assert self.store.scan(ns) == self.ref.scan(ns), ns
             assert self.store.get_many(ns, list(KEYS)) == self.ref.get_many(ns, list(KEYS))
+        want_heads = self.ref.get_heads("default", list(THREADS))
+        assert self.heads.get_heads("default", list(THREADS)) == want_heads
+        assert self.heads.find_heads(HeadQuery(limit=100)) == self.ref.find_heads(
+            HeadQuery(limit=100)
+        )
         if isinstance(self.store, MultiGet):
             pairs = [(ns, key) for ns in NAMESPACES for key in KEYS]
             want = {(ns, k): it for ns in NAMESPACES for k, it in self.ref.scan(ns, limit=100)}
