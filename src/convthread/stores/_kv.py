@@ -7,8 +7,10 @@ of a batch with the generic operations, in index namespaces private to this modu
 out exactly as those releases laid them out (so the data such a store already holds is
 read as it is, with no migration):
 
-* ``thread``: thread id -> the thread's whole state (the codec's ThreadState bytes); its
-  entry's version is the head's version;
+* ``thread``: thread id -> the head (its entry's version is the head's version). Releases
+  up to 0.1 wrote the codec's ThreadState bytes there, which are read as they are; a
+  head written by this adapter is the byte ``0xC1`` (never the first byte of
+  MessagePack) and then its columns and opaque state, positionally;
 * ``tactive``: ``"{status}|{last activity}|{thread}"`` -> ``b""`` (every thread);
 * ``tchannel``: ``"{channel}|{thread}"`` -> ``b""`` (the channels a thread used);
 * ``snooze``: ``"{until}|{thread}"`` -> ``b""`` (snoozed threads, by wake-up time);
@@ -32,8 +34,10 @@ from collections.abc import Generator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
+import msgspec
+
 from convthread import codec
-from convthread._heads import head_of, state_of
+from convthread._heads import head_of
 from convthread.domain.events import ThreadStatus
 from convthread.errors import ConflictError, StoreError
 from convthread.ports import (
@@ -82,8 +86,66 @@ def _activity_key(head: ThreadHead) -> str:
     return f"{head.status}|{_tk(head.last_activity)}|{head.thread_id}"
 
 
+class _Stored(msgspec.Struct, array_like=True, gc=False):
+    """A head as this adapter stores it (tenant and version are the entry's)."""
+
+    thread_id: str
+    customer_id: str
+    status: str
+    last_seq: int
+    last_activity: datetime
+    last_channel: str
+    topic: str | None
+    channels: tuple[str, ...]
+    snoozed_until: datetime | None
+    controller: str | None
+    created_at: datetime
+    state: bytes
+
+
+_MARK: Final = b"\xc1"
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder(_Stored)
+
+
+def _value(head: ThreadHead) -> bytes:
+    stored = _Stored(
+        head.thread_id,
+        head.customer_id,
+        head.status,
+        head.last_seq,
+        head.last_activity,
+        head.last_channel,
+        head.topic,
+        head.channels,
+        head.snoozed_until,
+        head.controller,
+        head.created_at,
+        head.state,
+    )
+    return _MARK + _encoder.encode(stored)
+
+
 def _head(tenant: str, item: Item) -> ThreadHead:
-    head = head_of(codec.decode_thread_state(item.value), tenant)
+    if item.value[:1] == _MARK:
+        s = _decoder.decode(item.value[1:])
+        return ThreadHead(
+            thread_id=s.thread_id,
+            tenant=tenant,
+            customer_id=s.customer_id,
+            status=s.status,
+            last_seq=s.last_seq,
+            last_activity=s.last_activity,
+            last_channel=s.last_channel,
+            topic=s.topic,
+            channels=s.channels,
+            snoozed_until=s.snoozed_until,
+            controller=s.controller,
+            created_at=s.created_at,
+            state=s.state,
+            version=item.version,
+        )
+    head = head_of(codec.decode_thread_state(item.value), tenant)  # written by 0.1
     return ThreadHead(
         thread_id=head.thread_id,
         tenant=tenant,
@@ -167,8 +229,7 @@ def _commit(batch: Batch) -> _Op:
                 raise ConflictError(
                     f"thread head {head.tenant}/{head.thread_id} {at}, expected {expected}"
                 )
-        value = codec.encode(state_of(head))
-        puts.append(Put(_ns(_THREAD, head.tenant), head.thread_id, value, expected))
+        puts.append(Put(_ns(_THREAD, head.tenant), head.thread_id, _value(head), expected))
         more_puts, more_deletes = _index_ops(old, head)
         puts.extend(more_puts)
         deletes.extend(more_deletes)

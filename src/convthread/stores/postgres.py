@@ -615,9 +615,7 @@ def _batch_sql(q: str, shape: _Shape) -> str:
     if shape.head_updates:
         # A compare-and-set, as for index entries: the UPDATE waits for a concurrent
         # writer of the row and re-checks the version on its newest version.
-        ctes.append(
-            f"hw AS (SELECT * FROM unnest({heads}) WITH ORDINALITY AS w({head_columns}))"
-        )
+        ctes.append(f"hw AS (SELECT * FROM unnest({heads}) WITH ORDINALITY AS w({head_columns}))")
         ctes.append(
             f"hu AS (UPDATE {q}.thread_heads AS h SET customer_id = w.customer_id, "
             f"status = w.status, last_seq = w.last_seq, "
@@ -635,9 +633,7 @@ def _batch_sql(q: str, shape: _Shape) -> str:
         )
     if shape.head_inserts:
         # ON CONFLICT DO NOTHING waits for a concurrent insert of the same head: one wins.
-        ctes.append(
-            f"hiw AS (SELECT * FROM unnest({heads}) WITH ORDINALITY AS w({head_columns}))"
-        )
+        ctes.append(f"hiw AS (SELECT * FROM unnest({heads}) WITH ORDINALITY AS w({head_columns}))")
         ctes.append(
             f"hi AS (INSERT INTO {q}.thread_heads (tenant, thread_id, customer_id, status, "
             f"last_seq, last_activity, last_channel, topic, channels, snoozed_until, "
