@@ -101,8 +101,8 @@ def _floor_event(m: ct.Inbound, key: str, tid: str, cid: str, now: datetime) -> 
         sender=sender,
         content=m.content,
         sent_at=m.sent_at,
-        decision=Decision(rule="recency", reason=f"continues {tid}"),
-        resolution=Decision(rule="known", reason=f"{sender.identifier.key} -> {cid}"),
+        decision=Decision.text("recency", f"continues {tid}"),
+        resolution=Decision.text("known", f"{sender.identifier.key} -> {cid}"),
     )
 
 

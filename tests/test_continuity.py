@@ -365,7 +365,7 @@ def test_custom_rule_cannot_break_one_live_thread_per_topic(store_factory, clock
     """A rule that always starts a new thread: decide() supersedes the live one."""
 
     def always_new(ctx: ContinuityContext, policy: ContinuityPolicy) -> ct.Choice:
-        return ct.Choice(decision=ct.Decision(rule="always_new", reason="testing"))
+        return ct.Choice(decision=ct.Decision.text("always_new", "testing"))
 
     convs = make(store_factory, clock, ids, rules=(always_new,))
     a = convs.ingest(msg("m1"))

@@ -28,6 +28,8 @@ _counter = itertools.count()
 
 
 class TestMemoryStore(StoreConformance):
+    positions = True
+
     def make_store(self) -> Store:
         return MemoryStore()
 
@@ -42,6 +44,7 @@ class TestSQLiteStore(StoreConformance):
     multi_process = True
     scrubs_files = True
     multi_get = True
+    positions = True
 
     def make_store(self) -> Store:
         return SQLiteStore(self.tmp_path / f"kit-{next(_counter)}.db")
@@ -64,6 +67,7 @@ class TestPostgresStore(StoreConformance):
     persistent = True
     multi_process = True
     multi_get = True
+    positions = True
     # Every example is a fresh schema (a pool, a migration, a drop): fewer of them.
     machine_settings = settings(
         max_examples=12,

@@ -164,8 +164,8 @@ def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with SQLiteStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
-        assert store.read("s") == [Recorded("s", 1, b"\x01"), Recorded("s", 2, b"\x02")]
+        assert store.schema_version == SCHEMA_VERSION == 3
+        assert [(r.seq, r.data) for r in store.read("s")] == [(1, b"\x01"), (2, b"\x02")]
         assert store.get("ns", "k") == Item(b"\xff", 3)
         with pytest.raises(ConflictError):
             store.commit(Batch(appends=(Append("s", 1, (b"x",)),)))
@@ -282,6 +282,7 @@ class TestAsyncPostgresStore(StoreConformance):
     store."""
 
     multi_get = True
+    positions = True
 
     # Every example is a fresh schema (a pool, a migration, a drop): fewer of them.
     machine_settings = settings(

@@ -108,6 +108,7 @@ from convthread.domain.model import (
     TimeSource,
     Trust,
 )
+from convthread.domain.reasons import register_reason
 from convthread.domain.redaction import (
     DEFAULT_POLICIES,
     Audience,
@@ -321,6 +322,7 @@ __all__ = [
     "open_store",
     "phone",
     "reference_token",
+    "register_reason",
     "session",
     "snapshot_schema",
 ]

@@ -1,4 +1,4 @@
-"""The ``convthread`` command line: ``demo``, ``show``, ``schema``, ``import``.
+"""The ``convthread`` command line: ``demo``, ``show``, ``schema``, ``import``, ``migrate``.
 
 ``convthread demo`` plays a realistic cross-channel journey into a SQLite file and prints
 each thread as a timeline with channels, parties and the reason for every decision.
@@ -6,6 +6,9 @@ each thread as a timeline with channels, parties and the reason for every decisi
 ``convthread schema snapshot|events`` prints a JSON Schema (2020-12).
 ``convthread import PATH`` imports history with its own times (see docs/import.md): a
 progress bar on stderr when it is a terminal, a summary (``--json`` for JSON) at the end.
+``convthread migrate URL`` upgrades a database written by an earlier release: it prints
+the current and target schema versions and the pending steps, then runs them (a progress
+bar on a terminal); ``--dry-run`` only prints, ``--json`` prints a summary as JSON.
 
 The store is chosen by ``--store URL`` or the ``CONVTHREAD_STORE`` environment variable
 (``sqlite:///path.db``, ``memory://``, ``postgresql://...``). A command that only reads
@@ -56,7 +59,8 @@ from convthread.service import (
     ThreadView,
     history_order,
 )
-from convthread.stores import open_store
+from convthread.stores import SchemaStatus, open_store, schema_status
+from convthread.stores import migrate as migrate_store
 
 __all__ = ["main"]
 
@@ -501,20 +505,26 @@ EXIT_SOME_FAILED = 3
 class _ProgressBar:
     """A one-line progress bar on ``stream`` (stderr), redrawn after each chunk."""
 
-    def __init__(self, stream: TextIO, total: int, width: int = 30) -> None:
+    def __init__(
+        self, stream: TextIO, total: int, width: int = 30, *, label: str = "importing"
+    ) -> None:
         self.stream = stream
         self.total = max(total, 1)
         self.width = width
+        self.label = label
         self.drawn = False
 
     def __call__(self, summary: ImportSummary) -> None:
-        done = min(summary.read, self.total)
+        self.draw(
+            summary.read,
+            f"({summary.imported} new, {summary.skipped} already in, {summary.failed} failed)",
+        )
+
+    def draw(self, done: int, note: str = "") -> None:
+        done = min(done, self.total)
         filled = self.width * done // self.total
         bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(
-            f"\rimporting [{bar}] {done}/{self.total} "
-            f"({summary.imported} new, {summary.skipped} already in, {summary.failed} failed)"
-        )
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total} {note}".rstrip())
         self.stream.flush()
         self.drawn = True
 
@@ -522,6 +532,7 @@ class _ProgressBar:
         if self.drawn:
             self.stream.write("\n")
             self.stream.flush()
+            self.drawn = False
 
 
 def _history_source(args: argparse.Namespace) -> Iterable[HistoryInput]:
@@ -589,6 +600,77 @@ def _cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_SOME_FAILED if summary.failed else 0
 
 
+# --------------------------------------------------------------------------- migrate
+
+#: Exit status of ``migrate`` when the database cannot be opened or a step fails.
+EXIT_MIGRATE_FAILED = 1
+
+
+def _migrate_url(target: str) -> str:
+    return target if "://" in target else "sqlite:///" + target
+
+
+def _print_status(status: SchemaStatus, out: TextIO) -> None:
+    out.write(
+        f"{status.store}: schema version {status.current}, this convthread writes {status.target}\n"
+    )
+    for step in status.pending:
+        out.write(f"  step {step.version} ({step.kind}): {step.description}\n")
+
+
+def _cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    url = _migrate_url(args.url)
+    # Read the status first, without changing anything: nothing runs before it is shown.
+    status = schema_status(url)
+    if not args.json:
+        _print_status(status, out)
+        out.flush()
+    if args.dry_run or status.up_to_date:
+        if args.json:
+            out.write(codec.to_json(_migrate_summary(status, ran=False)).decode() + "\n")
+        elif status.up_to_date:
+            out.write("  nothing to do\n")
+        else:
+            out.write(f"  dry run: {len(status.pending)} step(s) would run\n")
+        return 0
+    bars: dict[int, _ProgressBar] = {}
+    tty = sys.stderr.isatty()
+
+    def progress(version: int, done: int, total: int) -> None:
+        if not tty or total <= 0:
+            return
+        bar = bars.get(version)
+        if bar is None:
+            for other in bars.values():
+                other.end()
+            bar = bars[version] = _ProgressBar(sys.stderr, total, label=f"step {version}")
+        bar.total = max(total, 1)
+        bar.draw(done, "rows" if done or total > 1 else "")
+
+    try:
+        migrate_store(url, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.end()
+    if args.json:
+        out.write(codec.to_json(_migrate_summary(status, ran=True)).decode() + "\n")
+    else:
+        out.write(f"  migrated to schema version {status.target}\n")
+    return 0
+
+
+def _migrate_summary(status: SchemaStatus, *, ran: bool) -> dict[str, object]:
+    return {
+        "store": status.store,
+        "from_version": status.current,
+        "to_version": status.target if ran else status.current,
+        "target_version": status.target,
+        "steps": [codec.to_builtins(step) for step in status.pending],
+        "applied": ran and not status.up_to_date,
+        "dry_run": not ran and not status.up_to_date,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convthread",
@@ -633,6 +715,20 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--pattern", default="*.eml", help="files of a folder (%(default)s)")
     imp.add_argument("--json", action="store_true", help="print the summary as JSON")
     imp.set_defaults(func=_cmd_import)
+
+    mig = sub.add_parser(
+        "migrate",
+        help="upgrade a database written by an earlier release to this schema version",
+        description="Print the database's schema version, this release's and the pending "
+        "steps, then run them, each in a transaction of its own (a progress bar on a "
+        "terminal). Exit status 0 when done or nothing to do, 1 on an error (a database "
+        "newer than this release, a missing file, a failed step: the database stays at "
+        "the last step that completed).",
+    )
+    mig.add_argument("url", help="store URL (sqlite:///file.db, postgresql://...) or SQLite path")
+    mig.add_argument("--dry-run", action="store_true", help="only print what would run")
+    mig.add_argument("--json", action="store_true", help="print a summary as JSON")
+    mig.set_defaults(func=_cmd_migrate)
     return parser
 
 

@@ -15,12 +15,13 @@ into the user's type (``read_as(content.metadata["order"], Order)``).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
 import msgspec
 
-from convthread.domain.events import CustomerEvent, ThreadEvent
+from convthread.domain.events import CustomerEvent, Decision, ThreadEvent
 from convthread.domain.model import (
     Content,
     Inbound,
@@ -28,6 +29,7 @@ from convthread.domain.model import (
     TimeSource,
     user_object_hook,
 )
+from convthread.domain.reasons import exported_schema
 from convthread.domain.thread import CustomerState, ThreadState
 from convthread.errors import ValidationError
 
@@ -81,9 +83,55 @@ def decode_customer_state(data: bytes) -> CustomerState:
     return _customer_state_decoder.decode(data)
 
 
+def _rendered(decision: Decision) -> Decision:
+    if decision._reason:
+        return decision
+    return msgspec.structs.replace(decision, _reason=decision.reason)
+
+
+def _unrendered(decision: Decision) -> Decision:
+    """A decision read back from export without the sentence its code renders anyway
+    (one whose code this process cannot render keeps the exported sentence)."""
+    if not decision.code or not decision._reason:
+        return decision
+    bare = msgspec.structs.replace(decision, _reason="")
+    return bare if bare.reason == decision._reason else decision
+
+
+def _map_decisions(obj: Any, fn: Callable[[Decision], Decision]) -> Any:
+    """``obj`` with ``fn`` applied to every decision in it; unchanged parts are the same
+    objects."""
+    if isinstance(obj, Decision):
+        return fn(obj)
+    if isinstance(obj, msgspec.Struct):
+        changed = {}
+        for name in obj.__struct_fields__:
+            value = getattr(obj, name)
+            new = _map_decisions(value, fn)
+            if new is not value:
+                changed[name] = new
+        return msgspec.structs.replace(obj, **changed) if changed else obj
+    if type(obj) in (list, tuple):
+        items = [_map_decisions(v, fn) for v in obj]
+        if any(a is not b for a, b in zip(items, obj, strict=True)):
+            return type(obj)(items)
+        return obj
+    if isinstance(obj, dict):
+        pairs = {k: _map_decisions(v, fn) for k, v in obj.items()}
+        return pairs if any(pairs[k] is not v for k, v in obj.items()) else obj
+    return obj
+
+
+def _with_reasons(obj: Any) -> Any:
+    """``obj`` with every decision carrying its rendered sentence (as ``reason``), for
+    export: readers in other languages cannot run the renderers."""
+    return _map_decisions(obj, _rendered)
+
+
 def to_json(obj: Any) -> bytes:
-    """Deterministic JSON (sorted keys): the same value gives the same bytes."""
-    return _json_encoder.encode(obj)
+    """Deterministic JSON (sorted keys): the same value gives the same bytes. Decisions
+    carry their rendered sentence as ``reason``."""
+    return _json_encoder.encode(_with_reasons(obj))
 
 
 def from_json(data: bytes | str, type_: type[T]) -> T:
@@ -92,14 +140,17 @@ def from_json(data: bytes | str, type_: type[T]) -> T:
 
     ValidationError when ``data`` is not JSON of that type."""
     try:
-        return msgspec.json.decode(data, type=type_)
+        value = msgspec.json.decode(data, type=type_)
     except msgspec.DecodeError as exc:
         raise ValidationError(f"not JSON of {getattr(type_, '__name__', type_)}: {exc}") from None
+    result: T = _map_decisions(value, _unrendered)
+    return result
 
 
 def to_builtins(obj: Any) -> Any:
-    """Plain dicts, lists, strings and numbers."""
-    return msgspec.to_builtins(obj, enc_hook=_enc_hook)
+    """Plain dicts, lists, strings and numbers (decisions with their ``reason``, as in
+    :func:`to_json`)."""
+    return msgspec.to_builtins(_with_reasons(obj), enc_hook=_enc_hook)
 
 
 def read_as(value: Any, type_: type[T]) -> T:
@@ -175,5 +226,5 @@ def fingerprint_outbound(
 
 def json_schema(type_: Any) -> dict[str, Any]:
     """The JSON Schema (2020-12) of a convthread type as exported to JSON."""
-    schema: dict[str, Any] = msgspec.json.schema(type_)
+    schema: dict[str, Any] = exported_schema(msgspec.json.schema(type_))
     return schema

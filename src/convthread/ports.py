@@ -28,7 +28,14 @@ Store semantics, which every backend must keep:
 4. Acknowledged commits survive a process crash (durability is per backend; see its docs).
 5. ``rewrite`` (erasure) replaces an event's bytes in place, keeping its sequence number;
    ``scrub()`` then makes sure replaced or deleted bytes are gone from storage.
-6. Heads are per tenant: ``(tenant, thread_id)`` names one; a read or query names its
+6. Every event has a **position** (:attr:`Recorded.position`), unique in the store and
+   increasing in **commit order**: once a reader has seen an event at position p, no
+   event with a position <= p becomes visible later. Within a stream, positions grow
+   with the sequence number; they may have gaps (a rolled-back commit can use some up).
+   A rewrite keeps the position. A store that cannot keep this promise reports 0 (its
+   events then have no global order); the conformance kit's ``positions`` capability
+   checks a store that reports them.
+7. Heads are per tenant: ``(tenant, thread_id)`` names one; a read or query names its
    tenant and sees no other. ``get_heads`` returns those that exist among the ids;
    ``find_heads(query)`` returns the heads matching every filter of a :class:`HeadQuery`,
    ordered by ``(last_activity, thread_id)`` (oldest first, or newest first), starting
@@ -60,6 +67,13 @@ thread_ids)`` (:class:`MultiGetHeads` / :class:`AsyncMultiGetHeads`): those entr
 some heads in one round trip. The service then fetches what an ingest will read in a
 few calls instead of one per namespace and step. A store without them works unchanged;
 the conformance kit checks them where a store offers them.
+
+Optional capability: a store shared by several processes may offer ``hold(streams)``
+(:class:`StreamHold` / :class:`AsyncStreamHold`): a context in which this writer reads
+and commits while other holders of those streams wait, across processes. The service
+enters it only to retry a write whose commit conflicted on those streams, so a busy
+thread's writers queue in the database instead of racing. A hold never replaces the
+compare-and-set: a commit inside one checks every expectation as always.
 """
 
 from __future__ import annotations
@@ -69,6 +83,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import datetime, timedelta, timezone
 from typing import Final, Protocol, runtime_checkable
 
@@ -85,6 +100,7 @@ __all__ = [
     "AsyncMultiGet",
     "AsyncMultiGetHeads",
     "AsyncStore",
+    "AsyncStreamHold",
     "Batch",
     "Clock",
     "Delete",
@@ -103,6 +119,7 @@ __all__ = [
     "Rewrite",
     "SequentialIds",
     "Store",
+    "StreamHold",
     "SystemClock",
     "ThreadHead",
 ]
@@ -111,19 +128,25 @@ __all__ = [
 ABSENT: Final = 0
 #: Expected version meaning "no expectation" (unconditional write).
 ANY: Final = -1
-#: The tenant of a service that names none.
-DEFAULT_TENANT: Final = "default"
+#: The tenant of a service that names none (the tenant column's default in the SQL stores).
+DEFAULT_TENANT: Final = ""
 
 
 class Recorded(msgspec.Struct, frozen=True, gc=False):
-    """An event as stored: its stream, its sequence number and its encoded bytes.
+    """An event as stored: its stream, its sequence number, its encoded bytes and its
+    global position.
 
-    (``gc=False``: it holds only a str, an int and bytes, so it can be in no reference
-    cycle; the garbage collector need not track the millions a store may hold.)"""
+    ``position`` orders every event of the store in commit order (see the module
+    docstring, semantics 6). The stores of this library always set it (1 or more); 0
+    means "not reported", the default for a store written before positions existed, so
+    ``Recorded(stream, seq, data)`` still builds one. (``gc=False``: it holds only a str,
+    ints and bytes, so it can be in no reference cycle; the garbage collector need not
+    track the millions a store may hold.)"""
 
     stream: str
     seq: int
     data: bytes
+    position: int = 0
 
 
 class Item(msgspec.Struct, frozen=True, gc=False):
@@ -400,12 +423,32 @@ class MultiGetHeads(Protocol):
 
 
 @runtime_checkable
+class StreamHold(Protocol):
+    """Optional: serialize the writers of some streams (see the module notes)."""
+
+    def hold(self, streams: Sequence[str]) -> AbstractContextManager[None]:
+        """A context in which the calling thread's reads see every commit to
+        ``streams`` made before it was entered, and no other holder of any of them, in
+        any process, is inside its own. Entering waits (up to the store's timeout: then
+        :class:`~convthread.errors.StoreUnavailable`). Commits made inside are checked
+        as always; leaving releases the streams, whether or not a commit was made."""
+        ...
+
+
+@runtime_checkable
 class AsyncMultiGetHeads(Protocol):
     """The asyncio form of :class:`MultiGetHeads`."""
 
     async def get_multi_heads(
         self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
     ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]: ...
+
+
+@runtime_checkable
+class AsyncStreamHold(Protocol):
+    """The asyncio form of :class:`StreamHold` (for the calling task)."""
+
+    def hold(self, streams: Sequence[str]) -> AbstractAsyncContextManager[None]: ...
 
 
 # --------------------------------------------------------------------------- clock, ids

@@ -27,14 +27,15 @@ Invariants :meth:`ContinuityPolicy.decide` keeps whatever the rules say:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from convthread.domain.events import Decision, ThreadStatus
 from convthread.domain.model import Inbound
+from convthread.domain.reasons import Render, Scalar, _register_builtin
 from convthread.domain.thread import ThreadState
 
 __all__ = [
@@ -151,13 +152,10 @@ def _continue(
         return Choice(decision=decision, thread=thread)
     sibling = ctx.live_by_topic.get(thread.topic_key)
     if sibling is not None and sibling.id != thread.id and sibling.is_open:
-        reason = (
-            f"{decision.reason}; that thread is {thread.status.value} and thread "
-            f"{sibling.id} is open for the same topic, so it continues there"
-        )
-        evidence = {**decision.evidence, "live": sibling.id}
         return Choice(
-            decision=Decision(rule=decision.rule, reason=reason, evidence=evidence),
+            decision=_follow(
+                decision, "continuity.then.sibling", {"was": thread.status.value}, live=sibling.id
+            ),
             thread=sibling,
         )
     if (
@@ -165,21 +163,17 @@ def _continue(
         and policy.within_reopen(thread, ctx.inbound)
         and _same_topic(thread, ctx)
     ):
-        reason = f"{decision.reason}; it was resolved and reopens (within the reopen window)"
         return Choice(
-            decision=Decision(rule=decision.rule, reason=reason, evidence=decision.evidence),
-            thread=thread,
-            reopen=True,
+            decision=_follow(decision, "continuity.then.reopens"), thread=thread, reopen=True
         )
-    why = f"that thread was {_not_reopened(thread, ctx, policy)}"
+    why = _not_reopened(thread, ctx, policy, decision.evidence)
     live = ctx.live
     if live is not None and live.is_open:
-        reason = f"{decision.reason}, but {why}; the customer's open thread {live.id} continues"
-        return Choice(decision=_replace_reason(decision, reason, live=live.id), thread=live)
-    reason = f"{decision.reason}, but {why}, so a new thread follows it"
+        return Choice(
+            decision=_follow(decision, "continuity.then.live", why, live=live.id), thread=live
+        )
     return Choice(
-        decision=Decision(rule=decision.rule, reason=reason, evidence=decision.evidence),
-        predecessor=thread.id,
+        decision=_follow(decision, "continuity.then.successor", why), predecessor=thread.id
     )
 
 
@@ -188,21 +182,56 @@ def _same_topic(thread: ThreadState, ctx: ContinuityContext) -> bool:
     return ctx.topic is None or ctx.topic == thread.topic
 
 
-def _not_reopened(thread: ThreadState, ctx: ContinuityContext, policy: ContinuityPolicy) -> str:
-    """Why the message does not reopen ``thread``, which is not live: it is closed, it was
-    resolved too long ago, or the message is about another topic (a clause that follows
-    "that thread was")."""
+def _not_reopened(
+    thread: ThreadState,
+    ctx: ContinuityContext,
+    policy: ContinuityPolicy,
+    evidence: dict[str, str],
+) -> dict[str, Scalar]:
+    """Why the message does not reopen ``thread``, which is not live, as the params
+    :func:`_why` reads: it is closed, it was resolved too long ago, or the message is
+    about another topic (a value ``evidence`` holds already is not repeated)."""
     if thread.status is ThreadStatus.CLOSED:
-        return "closed, and a closed thread never reopens"
+        return {"why": "closed"}
     if thread.status is not ThreadStatus.RESOLVED:
-        return f"{thread.status.value}"
+        return {"why": "status", "was": thread.status.value}
     if not policy.within_reopen(thread, ctx.inbound):
-        return (
-            f"resolved {_ago(ctx.inbound.sent_at, thread.status_changed_at)} ago, beyond "
-            f"the {_fmt(policy.reopen_window)} reopen window"
-        )
-    had = f"about {thread.topic!r}" if thread.topic else "about no topic in particular"
-    return f"resolved {had}, and the message is about {ctx.topic!r}, a new topic"
+        out: dict[str, Scalar] = {
+            "why": "old",
+            "reopen": int(policy.reopen_window.total_seconds()),
+        }
+        if thread.status_changed_at is not None:
+            out["ago"] = int((ctx.inbound.sent_at - thread.status_changed_at).total_seconds())
+        return out
+    out = {"why": "topic"}
+    if thread.topic:
+        out["had"] = thread.topic
+    if evidence.get("topic") != ctx.topic:
+        out["topic"] = ctx.topic
+    return out
+
+
+def _why(m: Mapping[str, Any]) -> str:
+    """The clause that follows "that thread was" (see :func:`_not_reopened`)."""
+    why = m["why"]
+    if why == "closed":
+        return "closed, and a closed thread never reopens"
+    if why == "status":
+        return str(m["was"])
+    if why == "old":
+        ago = _fmt_seconds(int(m["ago"])) if "ago" in m else "?"
+        return f"resolved {ago} ago, beyond the {_fmt_seconds(int(m['reopen']))} reopen window"
+    had = f"about {m['had']!r}" if "had" in m else "about no topic in particular"
+    return f"resolved {had}, and the message is about {m['topic']!r}, a new topic"
+
+
+def _follow(
+    decision: Decision,
+    clause: str,
+    params: Mapping[str, Scalar] | None = None,
+    **evidence: str,
+) -> Decision:
+    return decision.followed_by(clause, params, **evidence)
 
 
 def explicit_reference(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
@@ -218,10 +247,9 @@ def explicit_reference(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choi
         thread = ctx.referenced.get(ref)
         if thread is None:
             continue
-        what = "replies to" if how == "reply_to" else "references"
         decision = Decision(
             rule="explicit_reference",
-            reason=f"the message {what} {ref!r}, a message of thread {thread.id}",
+            code="continuity.explicit_reference",
             evidence={"reference": ref, "via": how, "thread": thread.id},
         )
         return _continue(thread, policy, ctx, decision)
@@ -239,7 +267,7 @@ def thread_reference(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice
         where = "subject" if f"[#{tid}]" in ctx.inbound.subject else "text"
         decision = Decision(
             rule="thread_reference",
-            reason=f"the {where} carries the reference token [#{tid}] of thread {thread.id}",
+            code="continuity.thread_reference",
             evidence={"token": f"[#{tid}]", "in": where, "thread": thread.id},
         )
         return _continue(thread, policy, ctx, decision)
@@ -253,14 +281,14 @@ def topic_key(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None
     if ctx.live is not None:
         decision = Decision(
             rule="topic_key",
-            reason=f"the message is about {ctx.topic!r}, the topic of open thread {ctx.live.id}",
+            code="continuity.topic_key.open",
             evidence={"topic": ctx.topic, "thread": ctx.live.id},
         )
         return Choice(decision=decision, thread=ctx.live)
     if ctx.latest is not None:
         decision = Decision(
             rule="topic_key",
-            reason=f"the message is about {ctx.topic!r}, the topic of thread {ctx.latest.id}",
+            code="continuity.topic_key.latest",
             evidence={"topic": ctx.topic, "thread": ctx.latest.id},
         )
         return _continue(ctx.latest, policy, ctx, decision)
@@ -279,11 +307,8 @@ def recency(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
         ):
             decision = Decision(
                 rule="recency",
-                reason=(
-                    f"thread {ctx.latest.id} was resolved "
-                    f"{_ago(ctx.inbound.sent_at, ctx.latest.status_changed_at)} ago, "
-                    "within the reopen window, so it reopens"
-                ),
+                code="continuity.recency.reopens",
+                params=_ago_params(ctx.inbound.sent_at, ctx.latest.status_changed_at),
                 evidence={
                     "thread": ctx.latest.id,
                     "resolved_at": _iso(ctx.latest.status_changed_at),
@@ -298,16 +323,14 @@ def recency(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
     gap = ctx.inbound.sent_at - last
     # the gap in whole seconds, worked out once for the sentence and the evidence
     seconds = int(gap.total_seconds())
-    active = _active_seconds(gap, seconds)
+    params: dict[str, Scalar] = {"on": channel, **_late(gap, seconds)}
     if thread.status is not ThreadStatus.OPEN:
         # Pending (waiting on the customer) or snoozed: the business expects this
         # conversation to go on, however long the customer takes.
         decision = Decision(
             rule="recency",
-            reason=(
-                f"thread {thread.id} is {thread.status.value} (the conversation is expected "
-                f"to go on), last active {active}; continuing on {channel}"
-            ),
+            code="continuity.recency.expected",
+            params=params,
             evidence={
                 "thread": thread.id,
                 "status": thread.status.value,
@@ -316,19 +339,14 @@ def recency(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
             },
         )
         return Choice(decision=decision, thread=thread)
-    window_text, window_seconds = _window_texts(window)
+    window_seconds = _window_seconds(window)
     if gap <= window:
-        across = (
-            f"on {channel} after {thread.last_channel}"
-            if thread.last_channel != channel
-            else f"on {channel}"
-        )
+        if thread.last_channel != channel:
+            params["after"] = thread.last_channel
         decision = Decision(
             rule="recency",
-            reason=(
-                f"open thread {thread.id} was last active {active}, within the "
-                f"{window_text} window; continuing {across}"
-            ),
+            code="continuity.recency.within_window",
+            params=params,
             evidence={
                 "thread": thread.id,
                 "last_activity": _iso(last),
@@ -339,10 +357,8 @@ def recency(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
         return Choice(decision=decision, thread=thread)
     decision = Decision(
         rule="recency",
-        reason=(
-            f"open thread {thread.id} was last active {active}, beyond the "
-            f"{window_text} window; it is resolved and a new thread follows it"
-        ),
+        code="continuity.recency.beyond_window",
+        params=params,
         evidence={
             "previous": thread.id,
             "last_activity": _iso(last),
@@ -355,21 +371,22 @@ def recency(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
 
 def new_thread(ctx: ContinuityContext, policy: ContinuityPolicy) -> Choice | None:
     """The last rule: a new thread."""
+    params: dict[str, Scalar] = {"topic": ctx.topic} if ctx.topic else {}
     if ctx.latest is not None:
-        reason = (
-            f"no open thread for this customer"
-            f"{' and topic ' + repr(ctx.topic) if ctx.topic else ''}; "
-            f"new thread after {ctx.latest.id}, which was "
-            f"{_not_reopened(ctx.latest, ctx, policy)}"
-        )
+        evidence = {"previous": ctx.latest.id}
+        params.update(_not_reopened(ctx.latest, ctx, policy, {"topic": ctx.topic or ""}))
         return Choice(
             decision=Decision(
-                rule="new_thread", reason=reason, evidence={"previous": ctx.latest.id}
+                rule="new_thread",
+                code="continuity.new_thread.after",
+                params=params,
+                evidence=evidence,
             ),
             predecessor=ctx.latest.id,
         )
-    reason = "first conversation of this customer" + (f" about {ctx.topic!r}" if ctx.topic else "")
-    return Choice(decision=Decision(rule="new_thread", reason=reason))
+    return Choice(
+        decision=Decision(rule="new_thread", code="continuity.new_thread.first", params=params)
+    )
 
 
 def _fmt(delta: timedelta) -> str:
@@ -391,10 +408,10 @@ def _fmt_seconds(seconds: int) -> str:
 
 
 @lru_cache(maxsize=256)
-def _window_texts(window: timedelta) -> tuple[str, str]:
-    """A window as the sentences say it (:func:`_fmt`) and as evidence (whole seconds);
-    windows are few (a policy's settings), so they are worked out once."""
-    return _fmt(window), str(int(window.total_seconds()))
+def _window_seconds(window: timedelta) -> str:
+    """A window as evidence (whole seconds); windows are few (a policy's settings), so
+    they are worked out once."""
+    return str(int(window.total_seconds()))
 
 
 _ZERO: Final = timedelta(0)
@@ -403,18 +420,31 @@ _ZERO: Final = timedelta(0)
 def _active(gap: timedelta) -> str:
     """How long ago a thread was active, seen from a message ``gap`` after it. A negative
     gap is a late arrival: the message was sent before the thread's last activity."""
-    return _active_seconds(gap, int(gap.total_seconds()))
+    seconds = int(gap.total_seconds())
+    return _active_of({"gap_seconds": seconds, **_late(gap, seconds)})
 
 
-def _active_seconds(gap: timedelta, seconds: int) -> str:
-    """:func:`_active`, given ``seconds == int(gap.total_seconds())``."""
-    if gap >= _ZERO:
+def _late(gap: timedelta, seconds: int) -> dict[str, Scalar]:
+    """``late`` when the message was sent less than a second before the last activity
+    (``seconds == int(gap.total_seconds())`` is 0 then and does not say so)."""
+    return {"late": True} if seconds == 0 and gap < _ZERO else {}
+
+
+def _ago_params(now: datetime, then: datetime | None) -> dict[str, Scalar]:
+    """``ago``: whole seconds from ``then`` to ``now`` (absent when ``then`` is unknown)."""
+    return {} if then is None else {"ago": int((now - then).total_seconds())}
+
+
+def _ago(m: Mapping[str, Any]) -> str:
+    return _fmt_seconds(int(m["ago"])) if "ago" in m else "?"
+
+
+def _active_of(m: Mapping[str, Any]) -> str:
+    """:func:`_active` of a decision's ``gap_seconds`` (and ``late``) evidence."""
+    seconds = int(m["gap_seconds"])
+    if seconds >= 0 and not m.get("late"):
         return f"{_fmt_seconds(seconds)} ago"
     return f"{_fmt_seconds(-seconds)} after this message was sent (a late arrival)"
-
-
-def _ago(now: datetime, then: datetime | None) -> str:
-    return "?" if then is None else _fmt(now - then)
 
 
 @dataclass(frozen=True)
@@ -474,7 +504,7 @@ class ContinuityPolicy:
                 break
         if choice is None:
             choice = new_thread(ctx, self) or Choice(
-                decision=Decision(rule="new_thread", reason="no rule decided")
+                decision=Decision(rule="new_thread", code="continuity.new_thread.undecided")
             )
         return _keep_invariants(ctx, choice)
 
@@ -486,31 +516,94 @@ def _keep_invariants(ctx: ContinuityContext, choice: Choice) -> Choice:
         if choice.reopen:
             sibling = ctx.live_by_topic.get(thread.topic_key)
             if sibling is not None and sibling.id != thread.id and sibling.is_open:
-                reason = (
-                    f"{choice.decision.reason}; but thread {sibling.id} is open for the "
-                    "same topic, so it continues there instead of reopening"
-                )
                 return Choice(
-                    decision=_replace_reason(choice.decision, reason, live=sibling.id),
+                    decision=_follow(choice.decision, "continuity.kept.sibling", live=sibling.id),
                     thread=sibling,
                 )
         return choice
     if live is not None and (choice.supersede is None or choice.supersede.id != live.id):
-        reason = (
-            f"{choice.decision.reason}; open thread {live.id} for this customer and "
-            "topic is resolved, since the new thread replaces it"
-        )
         return Choice(
-            decision=_replace_reason(choice.decision, reason, superseded=live.id),
+            decision=_follow(choice.decision, "continuity.kept.superseded", superseded=live.id),
             predecessor=choice.predecessor or live.id,
             supersede=live,
         )
     return choice
 
 
-def _replace_reason(decision: Decision, reason: str, **evidence: str) -> Decision:
-    """``decision`` with a new reason and extra evidence."""
-    return Decision(rule=decision.rule, reason=reason, evidence={**decision.evidence, **evidence})
+# --------------------------------------------------------------------------- reasons
+# How the codes above read. ``m`` is a decision's params laid over its evidence.
+
+
+def _across(m: Mapping[str, Any]) -> str:
+    return f"on {m['on']} after {m['after']}" if "after" in m else f"on {m['on']}"
+
+
+def _topic_clause(m: Mapping[str, Any], lead: str) -> str:
+    topic = m.get("topic")
+    return f"{lead}{topic!r}" if topic else ""
+
+
+_READS: Final[dict[str, Render]] = {
+    "continuity.explicit_reference": lambda m: (
+        f"the message {'replies to' if m['via'] == 'reply_to' else 'references'} "
+        f"{m['reference']!r}, a message of thread {m['thread']}"
+    ),
+    "continuity.thread_reference": lambda m: (
+        f"the {m['in']} carries the reference token {m['token']} of thread {m['thread']}"
+    ),
+    "continuity.topic_key.open": lambda m: (
+        f"the message is about {m['topic']!r}, the topic of open thread {m['thread']}"
+    ),
+    "continuity.topic_key.latest": lambda m: (
+        f"the message is about {m['topic']!r}, the topic of thread {m['thread']}"
+    ),
+    "continuity.recency.reopens": lambda m: (
+        f"thread {m['thread']} was resolved {_ago(m)} ago, within the reopen window, so it reopens"
+    ),
+    "continuity.recency.expected": lambda m: (
+        f"thread {m['thread']} is {m['status']} (the conversation is expected to go on), "
+        f"last active {_active_of(m)}; continuing on {m['on']}"
+    ),
+    "continuity.recency.within_window": lambda m: (
+        f"open thread {m['thread']} was last active {_active_of(m)}, within the "
+        f"{_fmt_seconds(int(m['window_seconds']))} window; continuing {_across(m)}"
+    ),
+    "continuity.recency.beyond_window": lambda m: (
+        f"open thread {m['previous']} was last active {_active_of(m)}, beyond the "
+        f"{_fmt_seconds(int(m['window_seconds']))} window; it is resolved and a new "
+        "thread follows it"
+    ),
+    "continuity.new_thread.after": lambda m: (
+        f"no open thread for this customer{_topic_clause(m, ' and topic ')}; "
+        f"new thread after {m['previous']}, which was {_why(m)}"
+    ),
+    "continuity.new_thread.first": lambda m: (
+        f"first conversation of this customer{_topic_clause(m, ' about ')}"
+    ),
+    "continuity.new_thread.undecided": "no rule decided",
+    # follow-up clauses (see _continue and _keep_invariants)
+    "continuity.then.sibling": lambda m: (
+        f"; that thread is {m['was']} and thread {m['live']} is open for the same topic, "
+        "so it continues there"
+    ),
+    "continuity.then.reopens": "; it was resolved and reopens (within the reopen window)",
+    "continuity.then.live": lambda m: (
+        f", but that thread was {_why(m)}; the customer's open thread {m['live']} continues"
+    ),
+    "continuity.then.successor": lambda m: (
+        f", but that thread was {_why(m)}, so a new thread follows it"
+    ),
+    "continuity.kept.sibling": lambda m: (
+        f"; but thread {m['live']} is open for the same topic, so it continues there "
+        "instead of reopening"
+    ),
+    "continuity.kept.superseded": lambda m: (
+        f"; open thread {m['superseded']} for this customer and topic is resolved, "
+        "since the new thread replaces it"
+    ),
+}
+for _code, _read in _READS.items():
+    _register_builtin(_code, _read)
 
 
 #: The default rules, in order.

@@ -15,6 +15,7 @@ Events carry ``at``: when convthread recorded them (the injected clock). Channel
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Union
 
@@ -28,6 +29,7 @@ from convthread.domain.model import (
     SenderIdentifier,
     Trust,
 )
+from convthread.domain.reasons import Scalar, render_reason
 
 __all__ = [
     "AttributeSet",
@@ -82,11 +84,50 @@ class ThreadStatus(str, enum.Enum):
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
-    """Why something was decided: the rule that decided, a sentence, and the evidence."""
+    """Why something was decided: the rule that decided, a reason code with its
+    parameters, and the evidence.
+
+    :attr:`reason` is the sentence, rendered when read from the renderer registered for
+    ``code`` (:func:`convthread.register_reason`), given ``params`` laid over
+    ``evidence``. Codes are namespaced (``continuity.recency.within_window``,
+    ``identity.exact_match``); a code nobody registered renders as ``"<code> {params}"``.
+
+    A decision may carry a sentence instead of a code (:meth:`text`): records written
+    before reason codes decode that way, and so does exported JSON read back; the stored
+    sentence is then the reason.
+    """
 
     rule: str
-    reason: str
+    code: str = ""
     evidence: dict[str, str] = {}
+    params: dict[str, str | int | float | bool | None] = {}
+    # The stored sentence, under the field name records of release 0.1.0 used.
+    _reason: str = msgspec.field(default="", name="reason")
+
+    @classmethod
+    def text(cls, rule: str, reason: str, *, evidence: dict[str, str] | None = None) -> Decision:
+        """A decision whose reason is the sentence ``reason``, stored as it is (for a
+        custom rule that has no code of its own)."""
+        return cls(rule=rule, evidence=evidence or {}, _reason=reason)
+
+    def followed_by(
+        self, code: str, params: Mapping[str, Scalar] | None = None, **evidence: str
+    ) -> Decision:
+        """This decision with the follow-up clause ``code`` (rendered after the sentence,
+        with ``params``; see :mod:`convthread.domain.reasons`) and extra ``evidence``. A
+        decision that stores a sentence gets the clause's rendering appended to it."""
+        ev = {**self.evidence, **evidence} if evidence else self.evidence
+        if self._reason:
+            said = Decision(rule=self.rule, code=code, params=dict(params or {}), evidence=ev)
+            return msgspec.structs.replace(self, evidence=ev, _reason=self._reason + said.reason)
+        then = self.params.get("then")
+        more = {**self.params, **(params or {}), "then": f"{then} {code}" if then else code}
+        return Decision(rule=self.rule, code=self.code, evidence=ev, params=more)
+
+    @property
+    def reason(self) -> str:
+        """The sentence: the stored one, or ``code`` rendered with ``params``."""
+        return render_reason(self.code, self.params, self.evidence, self._reason)
 
 
 class Evidence(msgspec.Struct, frozen=True, kw_only=True):

@@ -36,11 +36,12 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Final
+from typing import Any, Final
 
 from convthread.domain.events import Decision
 from convthread.domain.merge import MergeAction, MergePolicy, MergeVerdict
 from convthread.domain.model import Identifier, SenderIdentifier, Trust
+from convthread.domain.reasons import Scalar, _register_builtin, nest, nested
 from convthread.domain.thread import CustomerState
 from convthread.errors import ValidationError
 
@@ -198,12 +199,8 @@ def takeover_suggestion(
         return None, f"no merge with {claimant.id} suggested: " + "; ".join(hard)
     decision = Decision(
         rule="merge_suggested",
-        reason=(
-            f"{identifier} was only claimed by {claimant.id}; {how or 'it arrived'} "
-            f"{trust.value}, "
-            f"so it moved to the customer who holds it: the two may be the same person; "
-            "a claim never merges, an agent decides"
-        ),
+        code="identity.takeover_suggested",
+        params={"how": how} if how else {},
         evidence={"via": str(identifier), "claimant": claimant.id, "trust": trust.value},
     )
     return decision, f"merge with {claimant.id} suggested"
@@ -363,7 +360,8 @@ def _resolve_linked(
     return Resolution(
         decision=Decision(
             rule="exact_match",
-            reason=f"{name} ({trust.value}) belongs to customer {customer_id}",
+            code="identity.exact_match",
+            params={"customer": customer_id},
             evidence={"identifier": name, "trust": trust.value},
         ),
         customer_id=customer_id,
@@ -384,7 +382,6 @@ def _resolve_general(
     usable = [s for s in sender if not policy.is_blocked(s.identifier)]
     known = [s for s in usable if s.identifier.key in owners]
     unknown = [s for s in usable if s.identifier.key not in owners]
-    ignored_note = f"; set aside blocklisted {_names(ignored)}" if ignored else ""
 
     def tie(s: SenderIdentifier) -> Trust:
         state = customers.get(owners[s.identifier.key])
@@ -423,33 +420,33 @@ def _resolve_general(
                 suggested,
                 "this customer, a new one",
             )
+        params: dict[str, Scalar] = {}
         if notes:
-            reason = "; ".join(notes)
+            code = "identity.new_customer.taken_over"
+            params["notes"] = "; ".join(notes)
             if deciding:
-                reason += (
-                    f"; the claims presented with it ({_names(deciding)}) do not choose a customer"
-                )
+                params["claims"] = _names(deciding)
         elif proven:
-            claimants = ", ".join(dict.fromkeys(owners[k] for k in proven))
-            reason = (
-                f"{_names(list(proven.values()))} only claimed by {claimants}: a claim does "
-                "not capture the holder; a new customer"
-            )
+            code = "identity.new_customer.claimed"
+            params["proven"] = _names(list(proven.values()))
+            params["claimants"] = ", ".join(dict.fromkeys(owners[k] for k in proven))
         elif usable:
-            reason = f"no known identifier among {_names(usable)}; a new customer"
+            code = "identity.new_customer"
         else:
-            reason = "only blocklisted identifiers; a new customer with no identifiers"
+            code = "identity.new_customer.blocked"
         if takeovers and new_links:
-            reason += "; linked " + _names(new_links)
+            params["linked"] = _names(new_links)
         if new_refused:
-            reason += "; not linked: " + "; ".join(why for _s, why in new_refused)
+            params["refused"] = "; ".join(why for _s, why in new_refused)
+        if ignored:
+            params["ignored"] = _names(ignored)
         evidence = {"identifiers": _names(usable)}
         if takeovers:
             evidence["taken_over"] = ",".join(
                 f"{t.identifier.identifier}<-{t.claimant}" for t in takeovers
             )
         return Resolution(
-            decision=Decision(rule="new_customer", reason=reason + ignored_note, evidence=evidence),
+            decision=Decision(rule="new_customer", code=code, params=params, evidence=evidence),
             customer_id=None,
             links=tuple(new_links),
             trust=top,
@@ -527,16 +524,15 @@ def _resolve_general(
             set(others),
             suggested,
         )
-    reason = f"{best.identifier} ({best.trust.value}) belongs to customer {customer_id}"
+    params = {"customer": customer_id}
     if links:
-        reason += "; linked " + _names(links)
-    for note in notes:
-        reason += f"; {note}"
+        params["linked"] = _names(links)
+    if notes:
+        params["notes"] = "; ".join(notes)
     if refused:
-        reason += "; not linked: " + "; ".join(why for _s, why in refused)
-    for v in verdicts:
-        reason += f"; {v.decision.reason}"
-    reason += ignored_note
+        params["refused"] = "; ".join(why for _s, why in refused)
+    for i, v in enumerate(verdicts):
+        params.update(nest(f"v{i}", v.decision))
     evidence = {"identifier": str(best.identifier), "trust": best.trust.value}
     if others:
         evidence["others"] = ",".join(others)
@@ -547,7 +543,9 @@ def _resolve_general(
     if ignored:
         evidence["ignored"] = _names(ignored)
     return Resolution(
-        decision=Decision(rule="exact_match", reason=reason, evidence=evidence),
+        decision=Decision(
+            rule="exact_match", code="identity.exact_match", params=params, evidence=evidence
+        ),
         customer_id=customer_id,
         links=tuple(links),
         upgrades=tuple(upgrades),
@@ -592,21 +590,114 @@ class DisclosurePolicy:
         if effective is not None and effective >= self.min_trust:
             return Decision(
                 rule="history",
-                reason=(
-                    f"{name} is {effective.value} (presented {presented.value}, linked "
-                    f"{linked.value if linked else '-'}); earlier history is disclosed"
-                ),
+                code="disclosure.history",
+                params={"effective": effective.value},
                 evidence=evidence,
             )
         if linked is None:
-            why = f"{name} is not linked to the customer"
-        else:
-            why = (
-                f"{name} is only {effective.value if effective else presented.value} "
-                f"(presented {presented.value}, linked {linked.value})"
-            )
+            return Decision(rule="current_thread", code="disclosure.not_linked", evidence=evidence)
         return Decision(
             rule="current_thread",
-            reason=f"{why}; history needs {self.min_trust.value}: only the current thread",
+            code="disclosure.too_weak",
+            params={"effective": effective.value if effective else presented.value},
             evidence=evidence,
         )
+
+
+# --------------------------------------------------------------------------- reasons
+# How the codes above read. ``m`` is a decision's params laid over its evidence.
+
+
+def _tail(m: Mapping[str, Any]) -> str:
+    """What a resolution adds after its first clause: links made, takeovers, links
+    refused, the merge verdicts about other customers, blocklisted values set aside."""
+    out = ""
+    if "linked" in m:
+        out += f"; linked {m['linked']}"
+    if "notes" in m:
+        out += f"; {m['notes']}"
+    if "refused" in m:
+        out += f"; not linked: {m['refused']}"
+    i = 0
+    while f"v{i}" in m:
+        out += f"; {nested(m, f'v{i}')}"
+        i += 1
+    if "ignored" in m:
+        out += f"; set aside blocklisted {m['ignored']}"
+    return out
+
+
+def _new_customer_tail(m: Mapping[str, Any]) -> str:
+    out = f"; linked {m['linked']}" if "linked" in m else ""
+    if "refused" in m:
+        out += f"; not linked: {m['refused']}"
+    if "ignored" in m:
+        out += f"; set aside blocklisted {m['ignored']}"
+    return out
+
+
+def _taken_over(m: Mapping[str, Any]) -> str:
+    claims = m.get("claims")
+    text = str(m["notes"])
+    if claims:
+        text += f"; the claims presented with it ({claims}) do not choose a customer"
+    return text + _new_customer_tail(m)
+
+
+_READS: Final = {
+    "identity.exact_match": lambda m: (
+        f"{m['identifier']} ({m['trust']}) belongs to customer {m['customer']}" + _tail(m)
+    ),
+    "identity.new_customer": lambda m: (
+        f"no known identifier among {m['identifiers']}; a new customer" + _new_customer_tail(m)
+    ),
+    "identity.new_customer.taken_over": _taken_over,
+    "identity.new_customer.claimed": lambda m: (
+        f"{m['proven']} only claimed by {m['claimants']}: a claim does not capture the "
+        "holder; a new customer" + _new_customer_tail(m)
+    ),
+    "identity.new_customer.blocked": lambda m: (
+        "only blocklisted identifiers; a new customer with no identifiers" + _new_customer_tail(m)
+    ),
+    "identity.takeover_suggested": lambda m: (
+        f"{m['via']} was only claimed by {m['claimant']}; {m.get('how') or 'it arrived'} "
+        f"{m['trust']}, so it moved to the customer who holds it: the two may be the same "
+        "person; a claim never merges, an agent decides"
+    ),
+    "disclosure.history": lambda m: (
+        f"{m['identifier']} is {m['effective']} (presented {m['presented']}, linked "
+        f"{m['linked']}); earlier history is disclosed"
+    ),
+    "disclosure.not_linked": lambda m: (
+        f"{m['identifier']} is not linked to the customer; history needs {m['minimum']}: "
+        "only the current thread"
+    ),
+    "disclosure.too_weak": lambda m: (
+        f"{m['identifier']} is only {m['effective']} (presented {m['presented']}, linked "
+        f"{m['linked']}); history needs {m['minimum']}: only the current thread"
+    ),
+    "identity.verified": lambda m: (
+        f"{m['identifier']} verified by one-time code for customer {m['customer']}"
+    ),
+    "identity.verified.taken_over": lambda m: (
+        f"{m['identifier']} verified by one-time code for customer {m['customer']}; it was "
+        f"only claimed by {m['taken_over_from']}, so it now belongs to {m['customer']}"
+        + (f"; merge with {m['taken_over_from']} suggested" if m.get("suggested") else "")
+    ),
+    # follow-up clauses
+    "identity.then.merged": lambda m: (
+        "; "
+        + "; ".join(
+            f"merged {pair.split('>')[0]} into {pair.split('>')[1]} ({merge_id})"
+            for pair, merge_id in zip(
+                str(m["merges"]).split(), str(m["merged"]).split(","), strict=True
+            )
+        )
+        + f": {nested(m, 'm')}"
+    ),
+    "identity.then.session": lambda m: (
+        f"; the requesting session belongs to {m['requester']}: {nested(m, 'v')}"
+    ),
+}
+for _code, _read in _READS.items():
+    _register_builtin(_code, _read)

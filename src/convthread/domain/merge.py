@@ -39,7 +39,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Final, Union
+from typing import Any, Final, Union
 
 import msgspec
 import phonenumbers
@@ -52,6 +52,7 @@ from convthread.domain.events import (
     IdentifierUnlinked,
 )
 from convthread.domain.model import Identifier, IdentifierKind, Trust
+from convthread.domain.reasons import Scalar, _register_builtin, nested
 from convthread.domain.thread import CustomerState
 from convthread.errors import ValidationError
 
@@ -328,7 +329,8 @@ class MergePolicy:
                 absorbed=absorbed,
                 decision=Decision(
                     rule="merge_refused",
-                    reason=f"{a.id} and {b.id} cannot be merged: " + "; ".join(hard),
+                    code="merge.refused",
+                    params={"a": a.id, "b": b.id, "hard": "; ".join(hard)},
                     evidence=evidence,
                 ),
                 violations=hard,
@@ -342,12 +344,8 @@ class MergePolicy:
                 absorbed=absorbed,
                 decision=Decision(
                     rule="auto_merge",
-                    reason=(
-                        f"both customers are tied to the same person at "
-                        f"{weakest.value} trust or better (policy minimum "
-                        f"{self.min_auto_trust.value}){' via ' + via_text if via else ''}; "
-                        f"{survivor} survives ({self._rule_name()})"
-                    ),
+                    code="merge.auto",
+                    params=self._rule_params(weakest),
                     evidence=evidence,
                 ),
                 via=via,
@@ -358,21 +356,20 @@ class MergePolicy:
             absorbed=absorbed,
             decision=Decision(
                 rule="merge_suggested",
-                reason=(
-                    f"{a.id} and {b.id} may be the same person{' via ' + via_text if via else ''}, "
-                    f"but one side is only {weakest.value} (automatic merges need "
-                    f"{self.min_auto_trust.value} on both sides); an agent decides"
-                ),
+                code="merge.suggested",
+                params={"a": a.id, "b": b.id, **self._rule_params(weakest, rule=False)},
                 evidence=evidence,
             ),
             via=via,
         )
 
-    def _rule_name(self) -> str:
-        rule = self.survivor
-        if isinstance(rule, SurvivorRule):
-            return f"survivor rule {rule.value}"
-        return "custom survivor rule"
+    def _rule_params(self, weakest: Trust, *, rule: bool = True) -> dict[str, Scalar]:
+        """The params of a verdict: the weakest tie, the policy minimum and (``rule``)
+        the survivor rule (absent: a custom one)."""
+        out: dict[str, Scalar] = {"weakest": weakest.value, "min": self.min_auto_trust.value}
+        if rule and isinstance(self.survivor, SurvivorRule):
+            out["rule"] = self.survivor.value
+        return out
 
 
 def unmerge_keys(merge: CustomerMerged, later: Iterable[CustomerEvent]) -> frozenset[str]:
@@ -399,3 +396,37 @@ def unmerge_keys(merge: CustomerMerged, later: Iterable[CustomerEvent]) -> froze
         # CustomerUnmerged that undoes it says what came back (until then, ``merge``
         # cannot be undone).
     return frozenset(due)
+
+
+# --------------------------------------------------------------------------- reasons
+# How the codes above read. ``m`` is a verdict's params laid over its evidence.
+
+
+def _via(m: Mapping[str, Any]) -> str:
+    return f" via {m['via']}" if "via" in m else ""
+
+
+def _survivor_rule(m: Mapping[str, Any]) -> str:
+    return f"survivor rule {m['rule']}" if "rule" in m else "custom survivor rule"
+
+
+_READS: Final = {
+    "merge.refused": lambda m: f"{m['a']} and {m['b']} cannot be merged: {m['hard']}",
+    "merge.auto": lambda m: (
+        f"both customers are tied to the same person at {m['weakest']} trust or better "
+        f"(policy minimum {m['min']}){_via(m)}; {m['survivor']} survives ({_survivor_rule(m)})"
+    ),
+    "merge.suggested": lambda m: (
+        f"{m['a']} and {m['b']} may be the same person{_via(m)}, but one side is only "
+        f"{m['weakest']} (automatic merges need {m['min']} on both sides); an agent decides"
+    ),
+    "merge.manual": lambda m: (
+        f"{m['by'] or 'an agent'} merged {m['absorbed']} into {m['survivor']}"
+        + (f": {m['note']}" if m.get("note") else "")
+    ),
+    "merge.suggestion_accepted": lambda m: (
+        f"{m['by'] or 'an agent'} accepted merge suggestion {m['suggestion']}: {nested(m, 's')}"
+    ),
+}
+for _code, _read in _READS.items():
+    _register_builtin(_code, _read)

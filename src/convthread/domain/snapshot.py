@@ -748,8 +748,9 @@ def snapshot_schema() -> dict[str, Any]:
 def event_schema() -> dict[str, Any]:
     """The JSON Schema (2020-12) of a thread event (a tagged union on ``"type"``)."""
     from convthread.domain.events import ThreadEvent as _ThreadEvent
+    from convthread.domain.reasons import exported_schema
 
-    schema: dict[str, Any] = msgspec.json.schema(_ThreadEvent)
+    schema: dict[str, Any] = exported_schema(msgspec.json.schema(_ThreadEvent))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "convthread thread event"
     return schema

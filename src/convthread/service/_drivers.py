@@ -19,6 +19,14 @@ drivers keep these promises:
   did not, the head of the queue meeting writers in other processes, first sleeps for an
   exponential backoff with full jitter: uniform in ``[0, min(BACKOFF_CAP, BACKOFF_BASE *
   2**attempt)]`` seconds.
+* Writers in other processes share no queue with this one. A writer whose commit
+  conflicted while it held the gate lost to one of them; where the store can hold
+  streams (:class:`~convthread.ports.StreamHold`: PostgreSQL, SQLite), its later attempts
+  hold the streams that commit conflicted on, from their first read to their commit, so
+  the retries of a busy thread, in every process, queue in the database and each reads
+  what the one before it wrote. Only those retries hold: the uncontended path, and a
+  burst within one process that its queue resolves, cost nothing more. Nested writers do
+  not hold, nor do streams new in the conflicted batch (version 0: a new id each time).
 """
 
 from __future__ import annotations
@@ -34,7 +42,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
 from convthread.errors import ConflictError, Contention
-from convthread.ports import AsyncStore, Batch, HeadQuery, Item, Recorded, Store, ThreadHead
+from convthread.ports import (
+    AsyncStore,
+    AsyncStreamHold,
+    Batch,
+    HeadQuery,
+    Item,
+    Recorded,
+    Store,
+    StreamHold,
+    ThreadHead,
+)
 from convthread.service._core import Op
 
 T = TypeVar("T")
@@ -62,12 +80,15 @@ def _spent(exc: ConflictError, attempts: int) -> Contention:
 
 
 class _Conflicted:
-    """One attempt's commit conflicted."""
+    """One attempt's commit conflicted; ``streams`` are the existing streams it appended
+    to (what a retry holds, where the store can)."""
 
-    __slots__ = ("error",)
+    __slots__ = ("error", "streams")
 
-    def __init__(self, error: ConflictError) -> None:
+    def __init__(self, error: ConflictError, batch: object) -> None:
         self.error = error
+        appends = batch.appends if isinstance(batch, Batch) else ()
+        self.streams = [a.stream for a in appends if a.expected > 0]
 
 
 # --------------------------------------------------------------------------- gates
@@ -195,7 +216,7 @@ def _once_sync(store: Store, factory: Callable[[], Op[T]]) -> T | _Conflicted:
                 if name != "commit":
                     raise
                 gen.close()
-                return _Conflicted(exc)
+                return _Conflicted(exc, args[0] if args else None)
             name, args = gen.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
@@ -212,7 +233,7 @@ async def _once_async(store: AsyncStore, factory: Callable[[], Op[T]]) -> T | _C
                 if name != "commit":
                     raise
                 gen.close()
-                return _Conflicted(exc)
+                return _Conflicted(exc, args[0] if args else None)
             name, args = gen.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
@@ -228,18 +249,25 @@ def run_sync(store: Store, factory: Callable[[], Op[T]], max_retries: int) -> T:
             gate.enter()
             queued = True
         attempt = 0
+        held: list[str] = []
         while True:
-            outcome = _once_sync(store, factory)
+            if held:
+                with store.hold(held):  # type: ignore[attr-defined]
+                    outcome = _once_sync(store, factory)
+            else:
+                outcome = _once_sync(store, factory)
             if not isinstance(outcome, _Conflicted):
                 return outcome
             if attempt >= max_retries:
                 raise _spent(outcome.error, attempt + 1) from outcome.error
             attempt += 1
+            if queued and outcome.streams and isinstance(store, StreamHold):
+                held = outcome.streams  # a rival outside this process's queue won
             waited = False
             if gate is not None and not queued:
                 waited = gate.enter()
                 queued = True
-            if not waited:
+            if not waited and not held:  # a hold waits in the database's queue instead
                 time.sleep(backoff(attempt))
     finally:
         if queued:
@@ -257,18 +285,25 @@ async def run_async(store: AsyncStore, factory: Callable[[], Op[T]], max_retries
             await gate.enter()
             queued = True
         attempt = 0
+        held: list[str] = []
         while True:
-            outcome = await _once_async(store, factory)
+            if held:
+                async with store.hold(held):  # type: ignore[attr-defined]
+                    outcome = await _once_async(store, factory)
+            else:
+                outcome = await _once_async(store, factory)
             if not isinstance(outcome, _Conflicted):
                 return outcome
             if attempt >= max_retries:
                 raise _spent(outcome.error, attempt + 1) from outcome.error
             attempt += 1
+            if queued and outcome.streams and isinstance(store, AsyncStreamHold):
+                held = outcome.streams  # a rival outside this process's queue won
             waited = False
             if gate is not None and not queued:
                 waited = await gate.enter()
                 queued = True
-            if not waited:
+            if not waited and not held:  # a hold waits in the database's queue instead
                 await asyncio.sleep(backoff(attempt))
     finally:
         if queued:

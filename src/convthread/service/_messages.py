@@ -183,8 +183,8 @@ def _original_outcome(value: bytes, fp: str, inbound: Inbound) -> Op[IngestResul
         duplicate=True,
         new_thread=ref.new_thread,
         new_customer=ref.new_customer,
-        decision=event.decision or Decision(rule="unknown", reason="not recorded"),
-        resolution=event.resolution or Decision(rule="unknown", reason="not recorded"),
+        decision=event.decision or Decision.text("unknown", "not recorded"),
+        resolution=event.resolution or Decision.text("unknown", "not recorded"),
     )
 
 

@@ -170,6 +170,10 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._streams: dict[str, list[bytes]] = {}
+        # The position of each event, per stream, from one store-wide counter: the
+        # lock makes a commit's positions a block after every earlier commit's.
+        self._positions: dict[str, list[int]] = {}
+        self._last_position = 0
         self._kv: dict[str, dict[str, Item]] = {}
         self._keys: dict[str, _SortedKeys] = {}  # keys per namespace, for scan
         self._heads: dict[tuple[str, str], ThreadHead] = {}  # (tenant, thread id) -> head
@@ -198,7 +202,10 @@ class MemoryStore:
             if not events:
                 return []
             stop = len(events) if limit is None else min(len(events), after + limit)
-            return [Recorded(stream, i + 1, events[i]) for i in range(max(after, 0), stop)]
+            positions = self._positions[stream]
+            return [
+                Recorded(stream, i + 1, events[i], positions[i]) for i in range(max(after, 0), stop)
+            ]
 
     def version(self, stream: str) -> int:
         self._check_open()
@@ -324,10 +331,15 @@ class MemoryStore:
             # Apply.
             for append in appends:
                 events = streams.get(append.stream)
+                first = self._last_position + 1
+                self._last_position += len(append.events)
+                numbers = range(first, self._last_position + 1)
                 if events is None:
                     streams[append.stream] = list(append.events)
+                    self._positions[append.stream] = list(numbers)
                 else:
                     events.extend(append.events)
+                    self._positions[append.stream].extend(numbers)
             for put in puts:
                 table = kv.get(put.ns)
                 if table is None:

@@ -91,7 +91,7 @@ import functools
 import re
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain, repeat
@@ -105,7 +105,7 @@ from psycopg.adapt import AdaptersMap, Dumper
 
 from convthread import codec
 from convthread._heads import head_of
-from convthread.errors import ConflictError, SchemaError, StoreError, StoreUnavailable
+from convthread.errors import ConflictError, StoreError, StoreUnavailable
 from convthread.ports import (
     ABSENT,
     ANY,
@@ -116,37 +116,98 @@ from convthread.ports import (
     Recorded,
     ThreadHead,
 )
+from convthread.stores._migrate import (
+    MigrationProgress,
+    Progress,
+    SchemaStatus,
+    Step,
+    pending_steps,
+    status,
+)
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "AsyncPostgresStore", "PostgresStore"]
-
-
-@dataclass(frozen=True)
-class DataStep:
-    """A migration step computed in Python: the rows of ``select`` (``{s}``: the schema),
-    each turned by ``convert`` into the parameters of ``insert`` (none: skipped)."""
-
-    select: str
-    convert: Callable[[tuple[Any, ...]], list[tuple[Any, ...]]]
-    insert: str
-
-
-#: A migration step: an SQL statement, or a :class:`DataStep`.
-Step = str | DataStep
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "AsyncPostgresStore",
+    "PostgresStore",
+    "migrate",
+    "schema_status",
+]
 
 #: Releases up to 0.1 kept thread heads in these index namespaces (the layout of
-#: ``convthread.stores._kv``); step 3 moves them into thread_heads.
+#: ``convthread.stores._kv``); step 4 moves them into thread_heads.
 _OLD_HEAD_NAMESPACES: Final = ("thread", "tactive", "tchannel", "snooze", "cthreads")
+_HEADS_DDL: Final = (
+    """CREATE TABLE {s}.thread_heads (
+        tenant text COLLATE "C" NOT NULL,
+        thread_id text COLLATE "C" NOT NULL,
+        customer_id text COLLATE "C" NOT NULL,
+        status text COLLATE "C" NOT NULL,
+        last_seq bigint NOT NULL CHECK (last_seq >= 0),
+        last_activity timestamptz NOT NULL,
+        last_channel text COLLATE "C" NOT NULL,
+        topic text COLLATE "C",
+        channels text[] COLLATE "C" NOT NULL,
+        snoozed_until timestamptz,
+        controller text COLLATE "C",
+        created_at timestamptz NOT NULL,
+        state bytea NOT NULL,
+        version bigint NOT NULL CHECK (version > 0),
+        PRIMARY KEY (tenant, thread_id)
+    )""",
+    "CREATE INDEX thread_heads_customer ON {s}.thread_heads (tenant, customer_id)",
+    """CREATE INDEX thread_heads_activity
+        ON {s}.thread_heads (tenant, status, last_activity, thread_id)""",
+    """CREATE INDEX thread_heads_controller
+        ON {s}.thread_heads (tenant, controller, last_activity, thread_id)
+        WHERE controller IS NOT NULL""",
+    """CREATE INDEX thread_heads_snoozed ON {s}.thread_heads (tenant, snoozed_until)
+        WHERE snoozed_until IS NOT NULL""",
+    "CREATE INDEX thread_heads_channels ON {s}.thread_heads USING gin (channels)",
+)
+_COPY_CHUNK: Final = 5000
 
 
-def _old_head(row: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    value, version = row
-    head = head_of(codec.decode_thread_state(bytes(value)), DEFAULT_TENANT)
-    return [(*_head_values(head), int(version))]
+def _thread_heads(conn: psycopg.Connection[Any], progress: Progress, q: str = "") -> None:
+    """Thread heads become rows with typed columns (the old thread entries moved in)."""
+    for statement in _HEADS_DDL:
+        conn.execute(statement.replace("{s}", q))
+    row = conn.execute(f"SELECT count(*) FROM {q}.kv WHERE ns = 'thread'").fetchone()
+    total = int(row[0]) if row else 0
+    progress(0, total)
+    insert = (
+        f"INSERT INTO {q}.thread_heads (tenant, thread_id, customer_id, status, last_seq, "
+        "last_activity, last_channel, topic, channels, snoozed_until, controller, "
+        "created_at, state, version) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    )
+    done = 0
+    after = b""
+    while True:
+        rows = conn.execute(
+            f"SELECT key, value, version FROM {q}.kv WHERE ns = 'thread' AND key > %s "
+            "ORDER BY key LIMIT %s",
+            (after, _COPY_CHUNK),
+        ).fetchall()
+        if not rows:
+            break
+        params = []
+        for _key, value, version in rows:
+            head = head_of(codec.decode_thread_state(bytes(value)), DEFAULT_TENANT)
+            params.append((*_head_values(head), int(version)))
+        with conn.cursor() as cur:
+            cur.executemany(insert, params)
+        after = bytes(rows[-1][0])
+        done += len(rows)
+        progress(done, total)
+    conn.execute(f"DELETE FROM {q}.kv WHERE ns = ANY(%s::text[])", (list(_OLD_HEAD_NAMESPACES),))
+    progress(total, total)
 
 
-#: Forward migrations: version -> steps (``{s}`` is the quoted schema name).
+#: Forward migrations: version -> SQL statements (``{s}`` is the quoted schema name) or
+#: a Python step (see :mod:`convthread.stores._migrate`; it gets a psycopg connection).
 #: Never edit a released step; add one.
-MIGRATIONS: Final[dict[int, tuple[Step, ...]]] = {
+MIGRATIONS: Final[dict[int, Step]] = {
     1: (
         """CREATE TABLE {s}.events (
             stream text COLLATE "C" NOT NULL,
@@ -175,47 +236,35 @@ MIGRATIONS: Final[dict[int, tuple[Step, ...]]] = {
         END
         $fn$""",
     ),
-    # Thread heads become rows with typed columns, with indexes for the thread queries.
-    # The old thread entries of kv are copied in (decoded in Python), then dropped.
+    # Events get a global position in commit order (a sequence; see _batch_sql for the
+    # lock that makes its order the commit order) and a tenant ('' is the single
+    # tenant); index entries get a tenant, last in their primary key so lookups by
+    # (ns, key) still use it. Schema 2 kept no order across streams, so existing events
+    # are numbered in the order they lie in the table (roughly insertion order: the
+    # heap fills free space on earlier pages first), raised where needed so that within
+    # a stream positions grow with seq.
     3: (
-        """CREATE TABLE {s}.thread_heads (
-            tenant text COLLATE "C" NOT NULL,
-            thread_id text COLLATE "C" NOT NULL,
-            customer_id text COLLATE "C" NOT NULL,
-            status text COLLATE "C" NOT NULL,
-            last_seq bigint NOT NULL CHECK (last_seq >= 0),
-            last_activity timestamptz NOT NULL,
-            last_channel text COLLATE "C" NOT NULL,
-            topic text COLLATE "C",
-            channels text[] COLLATE "C" NOT NULL,
-            snoozed_until timestamptz,
-            controller text COLLATE "C",
-            created_at timestamptz NOT NULL,
-            state bytea NOT NULL,
-            version bigint NOT NULL CHECK (version > 0),
-            PRIMARY KEY (tenant, thread_id)
-        )""",
-        "CREATE INDEX thread_heads_customer ON {s}.thread_heads (tenant, customer_id)",
-        """CREATE INDEX thread_heads_activity
-            ON {s}.thread_heads (tenant, status, last_activity, thread_id)""",
-        """CREATE INDEX thread_heads_controller
-            ON {s}.thread_heads (tenant, controller, last_activity, thread_id)
-            WHERE controller IS NOT NULL""",
-        """CREATE INDEX thread_heads_snoozed ON {s}.thread_heads (tenant, snoozed_until)
-            WHERE snoozed_until IS NOT NULL""",
-        "CREATE INDEX thread_heads_channels ON {s}.thread_heads USING gin (channels)",
-        DataStep(
-            "SELECT value, version FROM {s}.kv WHERE ns = 'thread'",
-            _old_head,
-            "INSERT INTO {s}.thread_heads (tenant, thread_id, customer_id, status, last_seq, "
-            "last_activity, last_channel, topic, channels, snoozed_until, controller, "
-            "created_at, state, version) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        ),
-        "DELETE FROM {s}.kv WHERE ns IN ("
-        + ", ".join(f"'{ns}'" for ns in _OLD_HEAD_NAMESPACES)
-        + ")",
+        """ALTER TABLE {s}.events
+            ADD COLUMN tenant text COLLATE "C" NOT NULL DEFAULT '',
+            ADD COLUMN position bigint""",
+        "CREATE SEQUENCE {s}.events_position_seq AS bigint OWNED BY {s}.events.position",
+        """UPDATE {s}.events AS e SET position = o.n FROM (
+            SELECT stream, seq, row_number() OVER (ORDER BY at, stream, seq) AS n FROM (
+                SELECT stream, seq, max(ctid) OVER (PARTITION BY stream ORDER BY seq) AS at
+                FROM {s}.events) AS r) AS o
+            WHERE e.stream = o.stream AND e.seq = o.seq""",
+        """SELECT setval('{s}.events_position_seq', coalesce(max(position), 0) + 1, false)
+            FROM {s}.events""",
+        """ALTER TABLE {s}.events
+            ALTER COLUMN position SET DEFAULT nextval('{s}.events_position_seq'),
+            ALTER COLUMN position SET NOT NULL""",
+        "CREATE UNIQUE INDEX events_position ON {s}.events (position)",
+        """ALTER TABLE {s}.kv ADD COLUMN tenant text COLLATE "C" NOT NULL DEFAULT '',
+            DROP CONSTRAINT kv_pkey, ADD PRIMARY KEY (ns, key, tenant)""",
     ),
+    # Thread heads become rows with typed columns, with indexes for the thread queries;
+    # the old thread entries of kv are copied in (decoded in Python), then dropped.
+    4: _thread_heads,
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 
@@ -389,7 +438,10 @@ class _Sql:
 
     @property
     def read(self) -> str:
-        return f"SELECT seq, data FROM {self.q}.events WHERE stream = %s AND seq > %s ORDER BY seq"
+        return (
+            f"SELECT seq, data, position FROM {self.q}.events "
+            f"WHERE stream = %s AND seq > %s ORDER BY seq"
+        )
 
     @property
     def version(self) -> str:
@@ -480,13 +532,15 @@ class _Sql:
     def batch(self, shape: _Shape) -> str:
         return _batch_sql(self.q, shape)
 
-    def migration(self) -> list[tuple[int, tuple[Step, ...]]]:
+    def migration(self) -> dict[int, Step]:
         def fill(step: Step) -> Step:
-            if isinstance(step, DataStep):
-                return DataStep(fill(step.select), step.convert, fill(step.insert))  # type: ignore[arg-type]
-            return step.replace("{s}", self.q)
+            if isinstance(step, tuple):
+                return tuple(s.replace("{s}", self.q) for s in step)
+            if step is _thread_heads:  # a Python step that names the schema's tables
+                return functools.partial(_thread_heads, q=self.q)
+            return step
 
-        return [(v, tuple(fill(s) for s in stmts)) for v, stmts in sorted(MIGRATIONS.items())]
+        return {v: fill(step) for v, step in sorted(MIGRATIONS.items())}
 
 
 class _Shape(NamedTuple):
@@ -554,7 +608,7 @@ def _batch_sql(q: str, shape: _Shape) -> str:
         )
         ctes.append(
             f"ins AS (INSERT INTO {q}.kv (ns, key, version, value) "
-            f"SELECT ns, key, n, value FROM iw ON CONFLICT (ns, key) DO NOTHING "
+            f"SELECT ns, key, n, value FROM iw ON CONFLICT (ns, key, tenant) DO NOTHING "
             f"RETURNING ns, key)"
         )
         fails.append(
@@ -566,8 +620,9 @@ def _batch_sql(q: str, shape: _Shape) -> str:
         ctes.append(
             f"up AS (INSERT INTO {q}.kv AS k (ns, key, version, value) "
             f"SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bigint[], %s::bytea[]) "
-            f"ON CONFLICT (ns, key) DO UPDATE "
-            f"SET version = k.version + excluded.version, value = excluded.value)"
+            f"ON CONFLICT (ns, key, tenant) DO UPDATE "
+            f"SET version = k.version + excluded.version, value = excluded.value "
+            f"RETURNING k.ns)"
         )
     if shape.deletes:
         # The DELETE returns the version each row had (its newest, after waiting for a
@@ -649,9 +704,31 @@ def _batch_sql(q: str, shape: _Shape) -> str:
             f"(SELECT 1 FROM hi WHERE hi.tenant = w.tenant AND hi.thread_id = w.thread_id)"
         )
     if shape.events:
+        # Positions in commit order. A sequence alone hands out numbers in the order
+        # writers ask, not the order they commit: with two writers, A takes 10, B takes
+        # 11 and commits, a reader sees 11, then A commits 10 behind it. So a writer
+        # takes a transaction-level advisory lock (one per schema) just before its
+        # first nextval(), and keeps it until its transaction has ended: PostgreSQL
+        # makes a commit visible before it releases the committer's locks. Between
+        # the lock and the commit no other writer can take a position, so every
+        # position a later commit takes is greater, and a reader that has seen
+        # position p has seen every committed position below it except ones that
+        # will never commit. (As eventsourcing's LOCK TABLE ... IN EXCLUSIVE MODE, but
+        # readers and index writers are not blocked, and one statement still does it.)
+        # The lock is taken after the batch's other writes are done (lk reads all
+        # their rows, in a one-time filter evaluated before the lock call), so a writer
+        # holding it waits for no row lock; and only if every check passed (the main
+        # query, which refuses a failed batch, runs before an unreferenced
+        # data-modifying WITH query such as ev), so a refused batch serializes nothing.
+        done = [f"(SELECT count(*) FROM {name})" for name in _written(shape)]
+        after = f" WHERE {' + '.join(done)} >= 0" if done else ""
+        ctes.append(
+            f"lk AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtext({_position_lock(q)}))"
+            f" AS held{after})"
+        )
         ctes.append(
             f"ev AS (INSERT INTO {q}.events (stream, seq, data) "
-            f"SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bytea[]))"
+            f"SELECT e.* FROM unnest(%s::text[], %s::bigint[], %s::bytea[]) AS e CROSS JOIN lk)"
         )
     if fails:
         # The LIMIT in a subquery: refuse_batch() runs for the first failure only.
@@ -663,6 +740,18 @@ def _batch_sql(q: str, shape: _Shape) -> str:
     else:
         main = "SELECT 1 WHERE false"
     return ("WITH " + ", ".join(ctes) + " " if ctes else "") + main
+
+
+def _written(shape: _Shape) -> list[str]:
+    """The data-modifying WITH queries of a batch other than the event insert."""
+    names = [("updates", "u"), ("inserts", "ins"), ("upserts", "up"), ("deletes", "d")]
+    out = [name for part, name in names if getattr(shape, part)]
+    return [*out, "r"] if shape.rewrites else out
+
+
+def _position_lock(q: str) -> str:
+    """The key text of a schema's position lock, as an SQL literal (``q`` is quoted)."""
+    return "'convthread:positions:" + q.strip('"') + "'"
 
 
 # --------------------------------------------------------------------------- batch plan
@@ -960,17 +1049,130 @@ def _check_scrub(mode: str) -> ScrubMode:
     return mode  # type: ignore[return-value]
 
 
-def _migration_steps(sql: _Sql, current: int) -> list[tuple[int, tuple[Step, ...]]]:
-    if current > SCHEMA_VERSION:
-        raise SchemaError(
-            f"PostgreSQL schema {sql.schema!r} has schema version {current}; this "
-            f"convthread knows up to {SCHEMA_VERSION}. Upgrade convthread."
-        )
-    return [(v, stmts) for v, stmts in sql.migration() if v > current]
+def _current_version(conn: psycopg.Connection[Any], sql: _Sql) -> int:
+    """The schema version recorded in the schema (0: no schema or table yet)."""
+    row = conn.execute("SELECT to_regclass(%s)", (f"{sql.q}.schema_version",)).fetchone()
+    if row is None or row[0] is None:
+        return 0
+    row = conn.execute(f"SELECT coalesce(max(version), 0) FROM {sql.q}.schema_version").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _where(sql: _Sql) -> str:
+    return f"PostgreSQL schema {sql.schema!r}"
+
+
+def _upgrade(conn: psycopg.Connection[Any], sql: _Sql, progress: MigrationProgress | None) -> None:
+    """Apply every pending step on ``conn`` (autocommit), each in a transaction of its
+    own that holds the schema's advisory lock, reads the version again and records the
+    version it reaches: processes opening one schema at once apply each step once."""
+    if _current_version(conn, sql) == SCHEMA_VERSION:
+        return  # the common case: no lock, no transaction
+    migrations = sql.migration()
+    while True:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_lock_id(sql.schema),))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.q}")
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {sql.q}.schema_version ("
+                "version integer PRIMARY KEY, "
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            steps = pending_steps(migrations, _current_version(conn, sql), _where(sql))
+            if not steps:
+                return
+            version, step = steps[0]
+
+            def report(done: int, total: int, version: int = version) -> None:
+                if progress is not None:
+                    progress(version, done, total)
+
+            if isinstance(step, tuple):
+                report(0, len(step))
+                for i, statement in enumerate(step, start=1):
+                    conn.execute(statement)
+                    report(i, len(step))
+            else:
+                step(conn, report)
+            conn.execute(f"INSERT INTO {sql.q}.schema_version (version) VALUES (%s)", (version,))
+
+
+def schema_status(url: str, *, schema: str = "convthread") -> SchemaStatus:
+    """The schema version of PostgreSQL schema ``schema`` at ``url`` (0: none yet) and
+    the steps that would bring it to :data:`SCHEMA_VERSION`, without changing anything.
+    SchemaError if it is newer than this convthread."""
+    sql = _Sql(_check_schema(schema))
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return status(MIGRATIONS, _current_version(conn, sql), _where(sql))
+    except psycopg.Error as exc:
+        raise _translate(exc, "schema status") from exc
+
+
+def migrate(
+    url: str, *, schema: str = "convthread", progress: MigrationProgress | None = None
+) -> SchemaStatus:
+    """Bring PostgreSQL schema ``schema`` at ``url`` to :data:`SCHEMA_VERSION` (creating
+    it if missing), one transaction per step; ``progress(version, done, total)`` is
+    called as steps run. Returns the status before the migration."""
+    sql = _Sql(_check_schema(schema))
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            before = status(MIGRATIONS, _current_version(conn, sql), _where(sql))
+            _upgrade(conn, sql, progress)
+            return before
+    except psycopg.Error as exc:
+        raise _translate(exc, "migration") from exc
 
 
 def _lock_id(schema: str) -> str:
     return f"convthread:{schema}"
+
+
+# -- holding streams (StreamHold)
+#
+# Optimistic writers of one busy thread all read version N, one commits N+1 and the rest
+# conflict; each retries on fresh reads but races again, now also against writers in
+# other processes, so under a burst from many processes some writers lose every round
+# and spend their retry budget. A lock taken only at commit would not help: a writer
+# whose reads were stale still conflicts after waiting for it. So a retry holds the
+# streams its commit conflicted on from its first read to its commit: a session-level
+# advisory lock per stream, on a connection of its own, taken in sorted order (holders
+# of several streams cannot deadlock) and released when the attempt ends. Retries of one
+# thread then queue in the database, in arrival order, and each reads the state its
+# predecessor committed; other threads' locks are other keys, so they run in parallel.
+# Only a retry takes one (the service's drivers decide), so the uncontended path keeps
+# its one round trip per commit, and a first attempt that races a holder can only
+# conflict and join the queue. The compare-and-set still guards every commit: a hold
+# makes conflicts rare, never correctness depend on it.
+#
+# The keys are the two-int4 form (schema, stream), a lock space apart from the one-key
+# form the migration lock uses. ``lock_timeout`` (the store's timeout) bounds the wait.
+
+
+class _HoldSql(NamedTuple):
+    #: sets lock_timeout for the connection, answering the value it had, and takes the
+    #: first stream's lock (a target list is evaluated in order)
+    first: str
+    #: takes another stream's lock
+    take: str
+    #: releases every lock of the connection and puts lock_timeout back
+    release: str
+
+
+def _hold_sql(schema: str) -> _HoldSql:
+    lock = f"pg_advisory_lock(hashtext('{_lock_id(schema)}'), hashtext(%s))"
+    return _HoldSql(
+        "SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, false), " + lock,
+        "SELECT " + lock,
+        "SELECT pg_advisory_unlock_all(), set_config('lock_timeout', %s, false)",
+    )
+
+
+def _hold_failed(exc: BaseException) -> BaseException:
+    if getattr(exc, "sqlstate", None) == "55P03":  # lock_not_available: lock_timeout
+        return StoreUnavailable(f"PostgreSQL: a busy thread stayed held too long: {exc}")
+    return _translate(exc, "hold")
 
 
 def _send_sync(conn: psycopg.Connection[Any], steps: list[_Step]) -> None:
@@ -1061,6 +1263,7 @@ class PostgresStore:
         self.scrub_mode = _check_scrub(scrub_mode)
         self._sql = _Sql(self.schema)
         self._url = url
+        self._timeout = timeout
         self._closed = False
         self._lock = threading.Lock()
         try:
@@ -1101,29 +1304,8 @@ class PostgresStore:
 
     def _migrate(self) -> None:
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_lock_id(self.schema),))
-                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                conn.execute(
-                    f'CREATE TABLE IF NOT EXISTS "{self.schema}".schema_version ('
-                    "version integer PRIMARY KEY, "
-                    "applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                row = conn.execute(
-                    f'SELECT coalesce(max(version), 0) FROM "{self.schema}".schema_version'
-                ).fetchone()
-                for version, statements in _migration_steps(self._sql, int(row[0] if row else 0)):
-                    for statement in statements:
-                        if isinstance(statement, DataStep):
-                            for old in conn.execute(statement.select).fetchall():
-                                for new in statement.convert(old):
-                                    conn.execute(statement.insert, new)
-                        else:
-                            conn.execute(statement)
-                    conn.execute(
-                        f'INSERT INTO "{self.schema}".schema_version (version) VALUES (%s)',
-                        (version,),
-                    )
+            with self._pool.connection() as conn:
+                _upgrade(conn, self._sql, None)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _translate(exc, "migration") from exc
 
@@ -1158,7 +1340,7 @@ class PostgresStore:
             rows = self._query(self._sql.read + " LIMIT %s", (stream, after, max(limit, 0)))
         else:
             rows = self._query(self._sql.read, (stream, after))
-        return [Recorded(stream, int(seq), bytes(data)) for seq, data in rows]
+        return [Recorded(stream, int(seq), bytes(data), int(pos)) for seq, data, pos in rows]
 
     def version(self, stream: str) -> int:
         return int(self._query(self._sql.version, (stream,))[0][0])
@@ -1250,6 +1432,30 @@ class PostgresStore:
                     raise
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _translate(exc, "commit") from exc
+
+    def hold(self, streams: Sequence[str]) -> contextlib.AbstractContextManager[None]:
+        """Hold ``streams`` against other holders, in any process, until the context
+        ends (:class:`~convthread.ports.StreamHold`; see the notes at ``_hold_sql``)."""
+        self._check_open()
+        return self._holding(sorted(set(streams))) if streams else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _holding(self, streams: list[str]) -> Iterator[None]:
+        sql = _hold_sql(self.schema)
+        wait = f"{max(1, int(self._timeout * 1000))}ms"
+        try:
+            with self._pool.connection() as conn:
+                cur = conn.execute(sql.first, (wait, streams[0]))
+                row = cur.fetchone()
+                before = row[0] if row else "0"
+                try:
+                    for stream in streams[1:]:
+                        conn.execute(sql.take, (stream,))
+                    yield
+                finally:
+                    conn.execute(sql.release, (before,))
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise _hold_failed(exc) from exc
 
     def scrub(self) -> None:
         self._check_open()
@@ -1384,35 +1590,16 @@ class AsyncPostgresStore:
     async def _migrate(
         self, pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]]
     ) -> None:
+        # Migration steps may be Python functions over a blocking connection: they run
+        # in a worker thread, on a connection of their own (the schema's advisory lock
+        # keeps them apart from any other process migrating it).
+        def run() -> None:
+            with psycopg.connect(self._url, autocommit=True) as conn:
+                _upgrade(conn, self._sql, None)
+
         try:
-            async with pool.connection() as conn, conn.transaction():
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (_lock_id(self.schema),)
-                )
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                await conn.execute(
-                    f'CREATE TABLE IF NOT EXISTS "{self.schema}".schema_version ('
-                    "version integer PRIMARY KEY, "
-                    "applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                cur = await conn.execute(
-                    f'SELECT coalesce(max(version), 0) FROM "{self.schema}".schema_version'
-                )
-                row = await cur.fetchone()
-                for version, statements in _migration_steps(self._sql, int(row[0] if row else 0)):
-                    for statement in statements:
-                        if isinstance(statement, DataStep):
-                            cur = await conn.execute(statement.select)
-                            for old in await cur.fetchall():
-                                for new in statement.convert(old):
-                                    await conn.execute(statement.insert, new)
-                        else:
-                            await conn.execute(statement)
-                    await conn.execute(
-                        f'INSERT INTO "{self.schema}".schema_version (version) VALUES (%s)',
-                        (version,),
-                    )
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            await asyncio.to_thread(run)
+        except psycopg.Error as exc:
             raise _translate(exc, "migration") from exc
 
     async def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -1443,7 +1630,7 @@ class AsyncPostgresStore:
             rows = await self._query(self._sql.read + " LIMIT %s", (stream, after, max(limit, 0)))
         else:
             rows = await self._query(self._sql.read, (stream, after))
-        return [Recorded(stream, int(seq), bytes(data)) for seq, data in rows]
+        return [Recorded(stream, int(seq), bytes(data), int(pos)) for seq, data, pos in rows]
 
     async def version(self, stream: str) -> int:
         return int((await self._query(self._sql.version, (stream,)))[0][0])
@@ -1534,6 +1721,30 @@ class AsyncPostgresStore:
                     raise
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _translate(exc, "commit") from exc
+
+    def hold(self, streams: Sequence[str]) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold ``streams`` against other holders, in any process, until the context
+        ends (:class:`~convthread.ports.AsyncStreamHold`; as :meth:`PostgresStore.hold`)."""
+        return self._holding(sorted(set(streams))) if streams else contextlib.nullcontext()
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, streams: list[str]) -> AsyncIterator[None]:
+        pool = await self._ready()
+        sql = _hold_sql(self.schema)
+        wait = f"{max(1, int(self._timeout * 1000))}ms"
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(sql.first, (wait, streams[0]))
+                row = await cur.fetchone()
+                before = row[0] if row else "0"
+                try:
+                    for stream in streams[1:]:
+                        await conn.execute(sql.take, (stream,))
+                    yield
+                finally:
+                    await conn.execute(sql.release, (before,))
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise _hold_failed(exc) from exc
 
     async def scrub(self) -> None:
         pool = await self._ready()

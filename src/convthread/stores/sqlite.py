@@ -33,14 +33,14 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from convthread import codec
 from convthread._heads import head_of
-from convthread.errors import ConflictError, SchemaError, StoreError, StoreUnavailable
+from convthread.errors import ConflictError, StoreError, StoreUnavailable
 from convthread.ports import (
     ABSENT,
     ANY,
@@ -53,11 +53,83 @@ from convthread.ports import (
     Recorded,
     ThreadHead,
 )
+from convthread.stores._migrate import (
+    MigrationProgress,
+    Progress,
+    SchemaStatus,
+    Step,
+    pending_steps,
+    status,
+)
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "migrate", "schema_status"]
 
-#: A migration step: an SQL statement, or a function run on the migrating connection.
-Step = str | Callable[[sqlite3.Connection], None]
+#: Chunk of rows a Python migration step copies per statement (progress is reported
+#: after each).
+COPY_CHUNK: Final = 5000
+
+
+def _add_position_and_tenant(conn: sqlite3.Connection, progress: Progress) -> None:
+    """Events get a global position (append order) and a tenant; index entries a tenant."""
+    events = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    entries = int(conn.execute("SELECT count(*) FROM kv").fetchone()[0])
+    total = events + entries
+    progress(0, total)
+    # The position is the rowid, so rows stay in append order in the table's b-tree.
+    # Rows keep the rowid they had: a row appended at schema 2 got max(rowid) + 1 at
+    # its commit, so rowid order is append order. (Rows written at schema 1 were copied
+    # by step 2 in (stream, seq) order, the only order that schema knew: their order
+    # across streams is lost, their order within a stream is kept.) AUTOINCREMENT: a
+    # position is never handed out twice, even after the newest rows are deleted.
+    conn.execute(
+        """CREATE TABLE events_v3 (
+            position INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant TEXT NOT NULL DEFAULT '',
+            stream TEXT NOT NULL,
+            seq INTEGER NOT NULL CHECK (seq > 0),
+            data BLOB NOT NULL
+        )"""
+    )
+    copied = 0
+    top = int(conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0])
+    for low in range(0, top, COPY_CHUNK):
+        copied += conn.execute(
+            "INSERT INTO events_v3 (position, stream, seq, data) SELECT rowid, stream, seq, "
+            "data FROM events WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
+            (low, low + COPY_CHUNK),
+        ).rowcount
+        progress(copied, total)
+    conn.execute("DROP TABLE events")
+    conn.execute("ALTER TABLE events_v3 RENAME TO events")
+    conn.execute("CREATE UNIQUE INDEX events_stream_seq ON events (stream, seq)")
+    # The tenant goes last in the key, so every lookup by (ns, key) still finds its
+    # rows by the key's prefix; a tenant's own copy of a key is another row.
+    conn.execute(
+        """CREATE TABLE kv_v3 (
+            ns TEXT NOT NULL,
+            key TEXT NOT NULL,
+            tenant TEXT NOT NULL DEFAULT '',
+            version INTEGER NOT NULL CHECK (version > 0),
+            value BLOB NOT NULL,
+            PRIMARY KEY (ns, key, tenant)
+        ) WITHOUT ROWID"""
+    )
+    after: tuple[str, str] | None = None  # keyset pagination over the primary key
+    while True:
+        where = "" if after is None else "WHERE (ns, key) > (?, ?) "
+        rows = conn.execute(
+            f"SELECT ns, key, version, value FROM kv {where}ORDER BY ns, key LIMIT ?",
+            (*(after or ()), COPY_CHUNK),
+        ).fetchall()
+        if not rows:
+            break
+        conn.executemany("INSERT INTO kv_v3 (ns, key, version, value) VALUES (?, ?, ?, ?)", rows)
+        after = (rows[-1][0], rows[-1][1])
+        copied += len(rows)
+        progress(copied, total)
+    conn.execute("DROP TABLE kv")
+    conn.execute("ALTER TABLE kv_v3 RENAME TO kv")
+    progress(total, total)
 
 
 def _time(value: datetime) -> str:
@@ -66,7 +138,7 @@ def _time(value: datetime) -> str:
 
 
 def _head_params(head: ThreadHead) -> tuple[Any, ...]:
-    """The columns of ``head`` in _HEAD_COLUMNS order, version last but one, state last."""
+    """The columns of ``head`` in _HEAD_COLUMNS order (version excluded)."""
     until = head.snoozed_until
     return (
         head.tenant,
@@ -99,28 +171,84 @@ _UPDATE_HEAD: Final = (
     "created_at = ?, state = ?, version = version + 1 "
     "WHERE tenant = ? AND thread_id = ? AND version = ?"
 )
+_INSERT_CHANNEL: Final = (
+    "INSERT OR IGNORE INTO thread_channels (tenant, channel, thread_id) VALUES (?, ?, ?)"
+)
 #: Releases up to 0.1 kept thread heads in these index namespaces (the layout of
-#: ``convthread.stores._kv``); step 3 moves them into thread_heads.
+#: ``convthread.stores._kv``); step 4 moves them into thread_heads.
 _OLD_HEAD_NAMESPACES: Final = ("thread", "tactive", "tchannel", "snooze", "cthreads")
 
 
-def _copy_heads(conn: sqlite3.Connection) -> None:
-    """Migration step 3: every thread state of the ``thread`` namespace becomes a head
-    (same version), with its channels; the old index entries go."""
-    rows = conn.execute("SELECT key, value, version FROM kv WHERE ns = 'thread'").fetchall()
-    for _key, value, version in rows:
-        head = head_of(codec.decode_thread_state(value), DEFAULT_TENANT)
-        conn.execute(_INSERT_HEAD, (*_head_params(head)[:-1], head.state, version))
-        conn.executemany(
-            "INSERT OR IGNORE INTO thread_channels (tenant, channel, thread_id) VALUES (?, ?, ?)",
-            [(head.tenant, c, head.thread_id) for c in head.channels],
-        )
+def _thread_heads(conn: sqlite3.Connection, progress: Progress) -> None:
+    """Thread heads become rows with typed columns (the old thread entries moved in)."""
+    # WITHOUT ROWID: the primary key is the table, so a head update writes one b-tree
+    # page plus those of the indexes whose key changed (status and last activity move
+    # with every message; a thread's customer seldom does).
+    conn.execute(
+        """CREATE TABLE thread_heads (
+            tenant TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            last_seq INTEGER NOT NULL CHECK (last_seq >= 0),
+            last_activity TEXT NOT NULL,
+            last_channel TEXT NOT NULL,
+            topic TEXT,
+            channels TEXT NOT NULL,
+            snoozed_until TEXT,
+            controller TEXT,
+            created_at TEXT NOT NULL,
+            state BLOB NOT NULL,
+            version INTEGER NOT NULL CHECK (version > 0),
+            PRIMARY KEY (tenant, thread_id)
+        ) WITHOUT ROWID"""
+    )
+    for statement in (
+        "CREATE INDEX thread_heads_customer ON thread_heads (tenant, customer_id)",
+        "CREATE INDEX thread_heads_activity "
+        "ON thread_heads (tenant, status, last_activity, thread_id)",
+        "CREATE INDEX thread_heads_controller "
+        "ON thread_heads (tenant, controller, last_activity, thread_id) "
+        "WHERE controller IS NOT NULL",
+        "CREATE INDEX thread_heads_snoozed ON thread_heads (tenant, snoozed_until) "
+        "WHERE snoozed_until IS NOT NULL",
+        """CREATE TABLE thread_channels (
+            tenant TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            PRIMARY KEY (tenant, channel, thread_id)
+        ) WITHOUT ROWID""",
+    ):
+        conn.execute(statement)
+    total = int(conn.execute("SELECT count(*) FROM kv WHERE ns = 'thread'").fetchone()[0])
+    progress(0, total)
+    done = 0
+    after = ""
+    while True:
+        rows = conn.execute(
+            "SELECT key, value, version FROM kv WHERE ns = 'thread' AND key > ? "
+            "ORDER BY key LIMIT ?",
+            (after, COPY_CHUNK),
+        ).fetchall()
+        if not rows:
+            break
+        for _key, value, version in rows:
+            head = head_of(codec.decode_thread_state(value), DEFAULT_TENANT)
+            conn.execute(_INSERT_HEAD, (*_head_params(head), version))
+            conn.executemany(
+                _INSERT_CHANNEL, [(head.tenant, c, head.thread_id) for c in head.channels]
+            )
+        after = rows[-1][0]
+        done += len(rows)
+        progress(done, total)
     marks = ",".join("?" * len(_OLD_HEAD_NAMESPACES))
     conn.execute(f"DELETE FROM kv WHERE ns IN ({marks})", _OLD_HEAD_NAMESPACES)
+    progress(total, total)
 
 
-#: Forward migrations: version -> steps. Never edit a released step; add one.
-MIGRATIONS: Final[dict[int, tuple[Step, ...]]] = {
+#: Forward migrations: version -> SQL statements or a Python step (see
+#: :mod:`convthread.stores._migrate`). Never edit a released step; add one.
+MIGRATIONS: Final[dict[int, Step]] = {
     1: (
         """CREATE TABLE events (
             stream TEXT NOT NULL,
@@ -151,44 +279,12 @@ MIGRATIONS: Final[dict[int, tuple[Step, ...]]] = {
         "DROP TABLE events",
         "ALTER TABLE events_v2 RENAME TO events",
     ),
-    # Thread heads become rows with typed columns and indexes for the thread queries.
-    # WITHOUT ROWID: the primary key is the table, so a head update writes one b-tree
-    # page plus those of the indexes whose key changed (status and last activity move
-    # with every message; a thread's customer seldom does).
-    3: (
-        """CREATE TABLE thread_heads (
-            tenant TEXT NOT NULL,
-            thread_id TEXT NOT NULL,
-            customer_id TEXT NOT NULL,
-            status TEXT NOT NULL,
-            last_seq INTEGER NOT NULL CHECK (last_seq >= 0),
-            last_activity TEXT NOT NULL,
-            last_channel TEXT NOT NULL,
-            topic TEXT,
-            channels TEXT NOT NULL,
-            snoozed_until TEXT,
-            controller TEXT,
-            created_at TEXT NOT NULL,
-            state BLOB NOT NULL,
-            version INTEGER NOT NULL CHECK (version > 0),
-            PRIMARY KEY (tenant, thread_id)
-        ) WITHOUT ROWID""",
-        "CREATE INDEX thread_heads_customer ON thread_heads (tenant, customer_id)",
-        """CREATE INDEX thread_heads_activity
-            ON thread_heads (tenant, status, last_activity, thread_id)""",
-        """CREATE INDEX thread_heads_controller
-            ON thread_heads (tenant, controller, last_activity, thread_id)
-            WHERE controller IS NOT NULL""",
-        """CREATE INDEX thread_heads_snoozed ON thread_heads (tenant, snoozed_until)
-            WHERE snoozed_until IS NOT NULL""",
-        """CREATE TABLE thread_channels (
-            tenant TEXT NOT NULL,
-            channel TEXT NOT NULL,
-            thread_id TEXT NOT NULL,
-            PRIMARY KEY (tenant, channel, thread_id)
-        ) WITHOUT ROWID""",
-        _copy_heads,
-    ),
+    # Events: position INTEGER PRIMARY KEY (the rowid, in commit order), tenant, a unique
+    # index on (stream, seq). Index entries: a tenant, in the primary key.
+    3: _add_position_and_tenant,
+    # Thread heads: a typed row per thread (thread_heads), with indexes for the thread
+    # queries, and the channels each thread used (thread_channels).
+    4: _thread_heads,
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 
@@ -239,56 +335,14 @@ class SQLiteStore:
             raise StoreError("a SQLiteStore cannot cross fork(); open a new one in the child")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            try:
-                conn = sqlite3.connect(
-                    self.path,
-                    timeout=self.timeout,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-                conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StoreError(f"cannot put {self.path} in WAL mode (got {mode!r})")
-                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-                conn.execute("PRAGMA secure_delete = ON")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"cannot open SQLite file {self.path}: {exc}") from exc
+            conn = _connect(self.path, self.timeout, self.synchronous)
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
         return conn
 
     def _migrate(self) -> None:
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version ("
-                    "version INTEGER NOT NULL, applied_at TEXT NOT NULL DEFAULT "
-                    "(strftime('%Y-%m-%dT%H:%M:%fZ','now')))"
-                )
-                row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-                current = row[0] or 0
-                if current > SCHEMA_VERSION:
-                    raise SchemaError(
-                        f"{self.path} has schema version {current}; this convthread knows "
-                        f"up to {SCHEMA_VERSION}. Upgrade convthread."
-                    )
-                for version in sorted(v for v in MIGRATIONS if v > current):
-                    for step in MIGRATIONS[version]:
-                        if callable(step):
-                            step(conn)
-                        else:
-                            conn.execute(step)
-                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except sqlite3.DatabaseError as exc:
-            raise StoreUnavailable(f"cannot open {self.path} as a convthread store: {exc}") from exc
+        _upgrade(self._conn(), self.path, None)
 
     @property
     def schema_version(self) -> int:
@@ -298,13 +352,13 @@ class SQLiteStore:
     # ------------------------------------------------------------------ reads
 
     def read(self, stream: str, after: int = 0, limit: int | None = None) -> list[Recorded]:
-        sql = "SELECT seq, data FROM events WHERE stream = ? AND seq > ? ORDER BY seq"
+        sql = "SELECT seq, data, position FROM events WHERE stream = ? AND seq > ? ORDER BY seq"
         args: tuple[object, ...] = (stream, after)
         if limit is not None:
             sql += " LIMIT ?"
             args = (*args, limit)
         rows = self._query(sql, args)
-        return [Recorded(stream, seq, data) for seq, data in rows]
+        return [Recorded(stream, seq, data, pos) for seq, data, pos in rows]
 
     def version(self, stream: str) -> int:
         rows = self._query("SELECT max(seq) FROM events WHERE stream = ?", (stream,))
@@ -358,7 +412,7 @@ class SQLiteStore:
 
     def find_heads(self, query: HeadQuery) -> list[ThreadHead]:
         if query.limit <= 0:
-            self._conn()
+            self._conn()  # a closed store raises StoreError
             return []
         sql, args = _find_sql(query)
         return [_head(row) for row in self._query(sql, args)]
@@ -402,12 +456,8 @@ class SQLiteStore:
         if batch.is_empty:
             return
         conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(
-                f"SQLite file {self.path} stayed locked for {self.timeout}s: {exc}"
-            ) from exc
+        if not conn.in_transaction:  # else inside hold(): the write lock is this thread's
+            self._begin(conn)
         try:
             self._check(conn, batch)
             self._apply(conn, batch)
@@ -422,6 +472,41 @@ class SQLiteStore:
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"SQLite write failed on {self.path}: {exc}") from exc
             raise
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(
+                f"SQLite file {self.path} stayed locked for {self.timeout}s: {exc}"
+            ) from exc
+
+    def hold(self, streams: Sequence[str]) -> contextlib.AbstractContextManager[None]:
+        """Hold ``streams`` against other holders, in any process, until the context
+        ends (:class:`~convthread.ports.StreamHold`).
+
+        SQLite has one write lock per file, so a hold is a write transaction
+        (``BEGIN IMMEDIATE``) on the calling thread's connection: its reads see the
+        latest commit, and every other writer, holding or not, waits for it (up to
+        ``timeout``). A commit inside the hold commits it; leaving rolls back whatever
+        is left. Only a retry of a conflicted write holds (the service decides), so a
+        writer that was refused once cannot be refused again by one that read before
+        it committed."""
+        return self._holding() if streams else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _holding(self) -> Iterator[None]:
+        conn = self._conn()
+        if conn.in_transaction:  # nested in a hold of this thread: it covers this one
+            yield
+            return
+        self._begin(conn)
+        try:
+            yield
+        finally:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
 
     def _check(self, conn: sqlite3.Connection, batch: Batch) -> None:
         """Every expectation, against the state before the batch, in a few statements:
@@ -463,12 +548,17 @@ class SQLiteStore:
             (a.stream, a.expected + i + 1, d) for a in batch.appends for i, d in enumerate(a.events)
         ]
         if events:
+            # Positions are rowids, handed out in insert order. Commit order too: this
+            # connection holds SQLite's one write lock from BEGIN IMMEDIATE to COMMIT,
+            # so no other writer can insert (take a rowid) or commit in between, and a
+            # reader's snapshot holds all or none of a commit's rows.
             conn.executemany("INSERT INTO events (stream, seq, data) VALUES (?, ?, ?)", events)
         if batch.puts:
             # in order: the same key put twice grows by two versions
             conn.executemany(
                 "INSERT INTO kv (ns, key, version, value) VALUES (?, ?, 1, ?) "
-                "ON CONFLICT (ns, key) DO UPDATE SET version = version + 1, value = excluded.value",
+                "ON CONFLICT (ns, key, tenant) DO UPDATE "
+                "SET version = version + 1, value = excluded.value",
                 [(put.ns, put.key, put.value) for put in batch.puts],
             )
         if batch.deletes:
@@ -502,11 +592,7 @@ class SQLiteStore:
             channels.extend((head.tenant, c, head.thread_id) for c in head.channels)
         if channels:
             # Channels are only ever added to a thread: the rows that exist stay.
-            conn.executemany(
-                "INSERT OR IGNORE INTO thread_channels (tenant, channel, thread_id) "
-                "VALUES (?, ?, ?)",
-                channels,
-            )
+            conn.executemany(_INSERT_CHANNEL, channels)
 
     def scrub(self) -> None:
         """Checkpoint the WAL into the file and truncate it, so old page images are gone.
@@ -536,6 +622,126 @@ class SQLiteStore:
         self._local = threading.local()
 
 
+def _connect(path: Path, timeout: float, synchronous: Synchronous) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, the given
+    ``synchronous``, ``secure_delete`` on."""
+    try:
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"cannot put {path} in WAL mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA secure_delete = ON")
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"cannot open SQLite file {path}: {exc}") from exc
+    return conn
+
+
+def _current_version(conn: sqlite3.Connection) -> int:
+    """The schema version recorded in the file (0: none, a new or foreign file)."""
+    try:
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
+    return int(row[0] or 0)
+
+
+def _upgrade(conn: sqlite3.Connection, path: Path, progress: MigrationProgress | None) -> None:
+    """Apply every pending step, each in a transaction of its own that also records its
+    version. Each transaction takes the write lock first (BEGIN IMMEDIATE) and reads the
+    version again, so processes opening one file at once apply each step once."""
+    where = str(path)
+    try:
+        if _current_version(conn) == SCHEMA_VERSION:
+            return  # the common case: no write lock taken
+        while True:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version ("
+                    "version INTEGER NOT NULL, applied_at TEXT NOT NULL DEFAULT "
+                    "(strftime('%Y-%m-%dT%H:%M:%fZ','now')))"
+                )
+                steps = pending_steps(MIGRATIONS, _current_version(conn), where)
+                if not steps:
+                    conn.execute("COMMIT")
+                    return
+                version, step = steps[0]
+                _run_step(conn, version, step, progress)
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+    except sqlite3.DatabaseError as exc:
+        raise StoreUnavailable(f"cannot open {path} as a convthread store: {exc}") from exc
+
+
+def _run_step(
+    conn: sqlite3.Connection, version: int, step: Step, progress: MigrationProgress | None
+) -> None:
+    def report(done: int, total: int) -> None:
+        if progress is not None:
+            progress(version, done, total)
+
+    if isinstance(step, tuple):
+        report(0, len(step))
+        for i, statement in enumerate(step, start=1):
+            conn.execute(statement)
+            report(i, len(step))
+    else:
+        step(conn, report)
+
+
+def _existing_file(path: str | os.PathLike[str]) -> Path:
+    file = Path(path)
+    if not file.is_file():
+        raise StoreUnavailable(f"no SQLite database at {file}: the file does not exist")
+    return file
+
+
+def schema_status(path: str | os.PathLike[str]) -> SchemaStatus:
+    """The schema version of the SQLite file at ``path`` and the steps that would bring
+    it to :data:`SCHEMA_VERSION`, without changing the file (it must exist).
+    SchemaError if the file is newer than this convthread."""
+    file = _existing_file(path)
+    try:
+        conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"cannot open SQLite file {file}: {exc}") from exc
+    try:
+        return status(MIGRATIONS, _current_version(conn), str(file))
+    except sqlite3.DatabaseError as exc:
+        raise StoreUnavailable(f"cannot read {file} as a convthread store: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def migrate(
+    path: str | os.PathLike[str],
+    *,
+    progress: MigrationProgress | None = None,
+    timeout: float = 30.0,
+) -> SchemaStatus:
+    """Bring the SQLite file at ``path`` (it must exist) to :data:`SCHEMA_VERSION`, one
+    transaction per step; ``progress(version, done, total)`` is called as steps run.
+    Returns the status before the migration (what ran is its ``pending``)."""
+    before = schema_status(path)
+    if before.up_to_date:
+        return before
+    file = Path(path)
+    conn = _connect(file, timeout, "FULL")
+    try:
+        _upgrade(conn, file, progress)
+    finally:
+        conn.close()
+    return before
+
+
 _SELECT_HEAD: Final = (
     "tenant, thread_id, customer_id, status, last_seq, last_activity, last_channel, topic, "
     "channels, snoozed_until, controller, created_at, state, version"
@@ -563,7 +769,7 @@ def _head(row: tuple[Any, ...]) -> ThreadHead:
 
 
 def _find_sql(query: HeadQuery) -> tuple[str, tuple[Any, ...]]:
-    """The SELECT of ``query`` and its parameters (the indexes of migration step 3
+    """The SELECT of ``query`` and its parameters (the indexes of migration step 4
     serve each filter)."""
     where = ["tenant = ?"]
     args: list[Any] = [query.tenant]

@@ -23,6 +23,10 @@ the capability, and are skipped with the reason otherwise:
   :meth:`StoreConformance.store_opener` returns a picklable callable that opens it.
 * ``scrubs_files``: :meth:`StoreConformance.store_files` names the files that hold
   the data; after ``scrub()`` rewritten and deleted bytes appear in none of them.
+* ``positions``: the store reports :attr:`~convthread.ports.Recorded.position` (the
+  store's commit order, semantics 6 of :mod:`convthread.ports`): positive, unique,
+  growing with each commit and with seq, kept by rewrites and reopening. The store
+  state machine checks them wherever a store reports them, declared or not.
 * ``multi_get``: the store offers ``get_multi`` (:class:`~convthread.ports.MultiGet`),
   whose results must equal per-namespace ``get_many`` (missing keys, duplicates, empty
   input, odd keys, after deletes, on a closed store). The store state machine then
@@ -59,6 +63,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -75,6 +80,7 @@ from convthread.errors import ConflictError, ConvthreadError, StoreError
 from convthread.ports import (
     ABSENT,
     ANY,
+    DEFAULT_TENANT,
     Append,
     Batch,
     Delete,
@@ -104,6 +110,7 @@ __all__ = [
     "StoreMachine",
     "service_machine",
     "store_machine",
+    "unpositioned",
 ]
 
 #: The stream names, namespaces and keys the kit uses. Keys mix ASCII, the ``|``
@@ -125,7 +132,7 @@ def heads_of(store: Store | KVStore) -> Store:
 def make_head(
     thread_id: str,
     *,
-    tenant: str = "default",
+    tenant: str = DEFAULT_TENANT,
     customer: str = "cu_1",
     status: str = "open",
     minutes: float = 0,
@@ -155,6 +162,12 @@ def make_head(
     )
 
 
+def unpositioned(records: list[Recorded]) -> list[Recorded]:
+    """``records`` with position 0, to compare what stores share (stream, seq, data):
+    positions differ between stores (gaps are allowed) and are checked on their own."""
+    return [msgspec.structs.replace(r, position=0) for r in records]
+
+
 # --------------------------------------------------------------------------- test cases
 
 
@@ -167,6 +180,7 @@ class _StoreKit:
     multi_process: ClassVar[bool] = False
     scrubs_files: ClassVar[bool] = False
     multi_get: ClassVar[bool] = False
+    positions: ClassVar[bool] = False
     #: Settings for the state machines (examples are whole runs, each on a new store).
     machine_settings: ClassVar[settings] = settings(
         max_examples=30,
@@ -389,10 +403,10 @@ class HeadConformance(_StoreKit):
         h = heads_of(store)
         head = make_head("th_é", minutes=1.5, snoozed_minutes=90.25, controller="agent:ann")
         self.insert(h, head)
-        got = h.get_heads("default", ["th_é", "th_missing"])
+        got = h.get_heads(DEFAULT_TENANT, ["th_é", "th_missing"])
         assert got == {"th_é": msgspec_replace(head, version=1)}
         assert got["th_é"].last_activity.utcoffset() == timedelta(0)
-        assert h.get_heads("default", []) == {}
+        assert h.get_heads(DEFAULT_TENANT, []) == {}
 
     def test_heads_are_per_tenant(self, store: Store) -> None:
         h = heads_of(store)
@@ -400,7 +414,7 @@ class HeadConformance(_StoreKit):
         self.insert(h, make_head("th_a", tenant="t2", customer="cu_y"))
         assert h.get_heads("t1", ["th_a"])["th_a"].customer_id == "cu_x"
         assert h.get_heads("t2", ["th_a"])["th_a"].customer_id == "cu_y"
-        assert h.get_heads("default", ["th_a"]) == {}
+        assert h.get_heads(DEFAULT_TENANT, ["th_a"]) == {}
         assert [x.customer_id for x in h.find_heads(HeadQuery(tenant="t2"))] == ["cu_y"]
 
     def test_head_insert_of_an_existing_head_conflicts_and_writes_nothing(
@@ -417,14 +431,14 @@ class HeadConformance(_StoreKit):
                 )
             )
         assert h.read("s") == [] and h.get("ns", "k") is None
-        assert h.get_heads("default", ["th_a"])["th_a"].status == "open"
+        assert h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"].status == "open"
 
     def test_head_update_is_compare_and_set(self, store: Store) -> None:
         h = heads_of(store)
         self.insert(h, make_head("th_a"))
         moved = make_head("th_a", status="pending", minutes=5, last_seq=2)
         h.commit(Batch(heads=(HeadWrite(moved, 1),)))
-        assert h.get_heads("default", ["th_a"])["th_a"] == msgspec_replace(moved, version=2)
+        assert h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"] == msgspec_replace(moved, version=2)
         for expected in (1, 3):  # stale, ahead
             with pytest.raises(ConflictError):
                 h.commit(
@@ -436,8 +450,8 @@ class HeadConformance(_StoreKit):
         with pytest.raises(ConflictError):
             h.commit(Batch(heads=(HeadWrite(make_head("th_missing"), 1),)))
         assert h.read("s") == []
-        assert h.get_heads("default", ["th_a"])["th_a"].status == "pending"
-        assert h.get_heads("default", ["th_missing"]) == {}
+        assert h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"].status == "pending"
+        assert h.get_heads(DEFAULT_TENANT, ["th_missing"]) == {}
 
     def test_head_writes_that_cannot_apply_are_refused(self, store: Store) -> None:
         h = heads_of(store)
@@ -446,7 +460,7 @@ class HeadConformance(_StoreKit):
         twice = (HeadWrite(make_head("th_a"), ABSENT), HeadWrite(make_head("th_a"), ABSENT))
         with pytest.raises(StoreError):
             h.commit(Batch(appends=(Append("s", 0, (b"x",)),), heads=twice))
-        assert h.get_heads("default", ["th_a"]) == {} and h.read("s") == []
+        assert h.get_heads(DEFAULT_TENANT, ["th_a"]) == {} and h.read("s") == []
 
     def test_head_writes_commit_with_the_rest_of_the_batch(self, store: Store) -> None:
         h = heads_of(store)
@@ -458,7 +472,7 @@ class HeadConformance(_StoreKit):
             )
         )
         assert h.version("th_a") == 2 and h.get("msg", "sms|m1") is not None
-        assert h.get_heads("default", ["th_a"])["th_a"].last_seq == 2
+        assert h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"].last_seq == 2
 
     def _query_world(self, h: Store) -> None:
         self.insert(
@@ -522,7 +536,7 @@ class HeadConformance(_StoreKit):
     def test_a_head_moved_between_customers(self, store: Store) -> None:
         h = heads_of(store)
         self._query_world(h)
-        head = h.get_heads("default", ["th_a"])["th_a"]
+        head = h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"]
         h.commit(Batch(heads=(HeadWrite(msgspec_replace(head, customer_id="cu_3"), 1),)))
         assert [x.thread_id for x in h.find_heads(HeadQuery(customer_id="cu_1"))] == ["th_b"]
         assert [x.thread_id for x in h.find_heads(HeadQuery(customer_id="cu_3"))] == [
@@ -548,7 +562,7 @@ class HeadConformance(_StoreKit):
         def bump(_i: int) -> None:
             for _ in range(5):
                 while True:
-                    head = h.get_heads("default", ["th_a"])["th_a"]
+                    head = h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"]
                     new = msgspec_replace(head, last_seq=head.last_seq + 1)
                     try:
                         h.commit(Batch(heads=(HeadWrite(new, head.version),)))
@@ -557,7 +571,7 @@ class HeadConformance(_StoreKit):
                         continue
 
         assert _race(4, bump) == [None] * 4
-        head = h.get_heads("default", ["th_a"])["th_a"]
+        head = h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"]
         assert head.last_seq == 20 and head.version == 21
 
 
@@ -587,7 +601,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
     def test_append_numbers_events_from_one(self, store: Store) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"e1", b"e2")),)))
         store.commit(Batch(appends=(Append("s", 2, (b"e3",)),)))
-        assert store.read("s") == [
+        assert unpositioned(store.read("s")) == [
             Recorded("s", 1, b"e1"),
             Recorded("s", 2, b"e2"),
             Recorded("s", 3, b"e3"),
@@ -614,7 +628,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
                         puts=(Put("ns", "k", b"v", ANY),),
                     )
                 )
-        assert store.read("s") == [Recorded("s", 1, b"e1")]
+        assert unpositioned(store.read("s")) == [Recorded("s", 1, b"e1")]
         assert store.version("t") == 0
         assert store.get("ns", "k") is None
 
@@ -781,7 +795,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
     def test_rewrite_keeps_the_sequence_number(self, store: Store) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"a", b"secret", b"c")),)))
         store.commit(Batch(rewrites=(Rewrite("s", 2, b"gone"),)))
-        assert store.read("s") == [
+        assert unpositioned(store.read("s")) == [
             Recorded("s", 1, b"a"),
             Recorded("s", 2, b"gone"),
             Recorded("s", 3, b"c"),
@@ -796,7 +810,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
                     Batch(puts=(Put("ns", "k", b"v"),), rewrites=(Rewrite(stream, seq, b"x"),))
                 )
         assert store.get("ns", "k") is None
-        assert store.read("s") == [Recorded("s", 1, b"a")]
+        assert unpositioned(store.read("s")) == [Recorded("s", 1, b"a")]
 
     def test_scrub_keeps_live_data(self, store: Store) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"a", b"b")),), puts=(Put("ns", "k", b"v"),)))
@@ -806,6 +820,34 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert store.get("ns", "k") is None
 
     # -- required: concurrency (threads of one process)
+
+    # -- optional: positions
+
+    def positioned(self) -> None:
+        if not self.positions:
+            pytest.skip("capability not declared: positions (Recorded.position)")
+
+    def test_positions_follow_commits(self, store: Store) -> None:
+        self.positioned()
+        store.commit(Batch(appends=(Append("a", 0, (b"1", b"2")),)))
+        store.commit(Batch(appends=(Append("b", 0, (b"3",)), Append("a", 2, (b"4",)))))
+        with pytest.raises(ConflictError):
+            store.commit(Batch(appends=(Append("a", 0, (b"no",)),)))
+        store.commit(Batch(appends=(Append("b", 1, (b"5",)),)))
+        first, second, third = store.read("a")[:2], store.read("b")[:1], store.read("b")[1:]
+        assert [r.position > 0 for r in store.read("a")] == [True] * 3
+        assert first[0].position < first[1].position
+        batch2 = [*second, store.read("a")[2]]
+        assert max(r.position for r in first) < min(r.position for r in batch2)
+        assert max(r.position for r in batch2) < third[0].position
+
+    def test_rewrite_keeps_the_position(self, store: Store) -> None:
+        self.positioned()
+        store.commit(Batch(appends=(Append("s", 0, (b"a", b"secret")),)))
+        before = [r.position for r in store.read("s")]
+        store.commit(Batch(rewrites=(Rewrite("s", 2, b"gone"),)))
+        assert [r.position for r in store.read("s")] == before
+        assert [r.position for r in store.read("s", after=1)] == before[1:]
 
     def test_concurrent_absent_puts_have_one_winner(self, store: Store) -> None:
         outcomes = _race(
@@ -888,7 +930,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         store.commit(Batch(appends=(Append("s", 0, (b"a", b"b")),), puts=(Put("ns", "k", b"v"),)))
         store.commit(Batch(puts=(Put("ns", "k", b"v2", 1),), rewrites=(Rewrite("s", 1, b"x"),)))
         store = self.reopen(store)
-        assert store.read("s") == [Recorded("s", 1, b"x"), Recorded("s", 2, b"b")]
+        assert unpositioned(store.read("s")) == [Recorded("s", 1, b"x"), Recorded("s", 2, b"b")]
         assert store.get("ns", "k") == Item(b"v2", 2)
         with pytest.raises(ConflictError):
             store.commit(Batch(appends=(Append("s", 1, (b"c",)),)))
@@ -929,7 +971,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         store.scrub()
         leaks = [p for p in self.store_files(store) if p.exists() and secret in p.read_bytes()]
         assert leaks == []
-        assert store.read("s", limit=1) == [Recorded("s", 1, b"gone")]
+        assert unpositioned(store.read("s", limit=1)) == [Recorded("s", 1, b"gone")]
 
     # -- state machines
 
@@ -1034,6 +1076,30 @@ class StoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.store = type(self).make()
         self.ref = MemoryStore()
+        self.positions: dict[tuple[str, int], int] = {}
+
+    def check_positions(self, records: list[Recorded]) -> None:
+        """Where the store reports positions: an event keeps its position (rewrites and
+        reopening included), and events that appeared since the last step have
+        positions above every one seen before, growing with seq within a stream."""
+        if not any(r.position for r in records):
+            return
+        assert all(r.position > 0 for r in records), "some events report position 0"
+        known, top = self.positions, max(self.positions.values(), default=0)
+        fresh = []
+        for r in records:
+            was = known.get((r.stream, r.seq))
+            if was is None:
+                fresh.append(r)
+            else:
+                assert r.position == was, f"{r.stream}#{r.seq} moved from {was} to {r.position}"
+        assert all(r.position > top for r in fresh), (
+            f"new events {[(r.stream, r.seq, r.position) for r in fresh]} "
+            f"are not after position {top}"
+        )
+        assert len({r.position for r in records}) == len(records), "positions repeat"
+        for r in fresh:
+            known[(r.stream, r.seq)] = r.position
 
     @property
     def heads(self) -> Store:
@@ -1065,7 +1131,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert got == want, f"{batch!r}: store gave {got[0]}, the reference {want[0]}"
 
     def head_expectation(self, thread_id: str, mode: str) -> int:
-        head = self.ref.get_heads("default", [thread_id]).get(thread_id)
+        head = self.ref.get_heads(DEFAULT_TENANT, [thread_id]).get(thread_id)
         if mode == "right":
             return head.version if head is not None else ABSENT
         if mode == "absent":
@@ -1253,20 +1319,25 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(stream=st.sampled_from(STREAMS), after=st.integers(0, 5), limit=st.integers(0, 4))
     def read_matches(self, stream: str, after: int, limit: int) -> None:
-        assert self.store.read(stream, after, limit) == self.ref.read(stream, after, limit)
+        got = self.store.read(stream, after, limit)
+        assert unpositioned(got) == unpositioned(self.ref.read(stream, after, limit))
 
     # -- the comparison after every step
 
     @invariant()
     def same_as_reference(self) -> None:
+        records = []
         for stream in STREAMS:
-            assert self.store.read(stream) == self.ref.read(stream), stream
+            got = self.store.read(stream)
+            assert unpositioned(got) == unpositioned(self.ref.read(stream)), stream
             assert self.store.version(stream) == self.ref.version(stream), stream
+            records += got
+        self.check_positions(records)
         for ns in NAMESPACES:
             assert self.store.scan(ns) == self.ref.scan(ns), ns
             assert self.store.get_many(ns, list(KEYS)) == self.ref.get_many(ns, list(KEYS))
-        want_heads = self.ref.get_heads("default", list(THREADS))
-        assert self.heads.get_heads("default", list(THREADS)) == want_heads
+        want_heads = self.ref.get_heads(DEFAULT_TENANT, list(THREADS))
+        assert self.heads.get_heads(DEFAULT_TENANT, list(THREADS)) == want_heads
         assert self.heads.find_heads(HeadQuery(limit=100)) == self.ref.find_heads(
             HeadQuery(limit=100)
         )

@@ -878,16 +878,40 @@ def outbound_messages(
 _RULES: Final = ("new_thread", "recency", "explicit_reference", "topic_key", "exact_match")
 
 
+_REASON_CODES: Final = (
+    "continuity.new_thread.first",
+    "continuity.new_thread.undecided",
+    "acme.unregistered",  # a code whose renderer is gone: it reads as a fallback
+)
+_PARAM_VALUES: Final = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.text(string.ascii_lowercase + string.digits + "_", max_size=10),
+)  # fmt: skip
+
+
 def decisions() -> SearchStrategy[Decision]:
-    """Decisions: a rule name, a sentence, and string evidence."""
-    return st.builds(
-        lambda rule, reason, ev: Decision(rule=rule, reason=reason, evidence=ev),
+    """Decisions: a rule name, string evidence, and a reason code with parameters (some
+    codes registered, one not) or a stored sentence (:meth:`Decision.text`)."""
+    evidence = st.dictionaries(
+        st.sampled_from(("thread", "identifier", "gap_seconds")),
+        st.text(string.ascii_lowercase + string.digits + "_", max_size=10),
+        max_size=2,
+    )
+    coded = st.builds(
+        lambda rule, code, params, ev: Decision(rule=rule, code=code, params=params, evidence=ev),
+        st.sampled_from(_RULES),
+        st.sampled_from(_REASON_CODES),
+        st.dictionaries(st.sampled_from(("topic", "tier", "n")), _PARAM_VALUES, max_size=2),
+        evidence,
+    )
+    text = st.builds(
+        lambda rule, reason, ev: Decision.text(rule, reason, evidence=ev),
         st.sampled_from(_RULES),
         st.sampled_from(("first conversation of this customer", "within the window")),
-        st.dictionaries(st.sampled_from(("thread", "identifier", "gap_seconds")),
-                        st.text(string.ascii_lowercase + string.digits + "_", max_size=10),
-                        max_size=2),
-    )  # fmt: skip
+        evidence,
+    )
+    return st.one_of(coded, text)
 
 
 def evidences() -> SearchStrategy[Evidence]:
@@ -1143,7 +1167,7 @@ def thread_histories(
     channel = draw(st.sampled_from(CHANNELS))
     started = ThreadStarted(
         at=at, customer_id=customer, channel=channel, topic=draw(_topics),
-        decision=Decision(rule="new_thread", reason="first conversation of this customer"),
+        decision=Decision(rule="new_thread", code="continuity.new_thread.first"),
     )  # fmt: skip
     events: list[StoredEvent] = [StoredEvent(1, started)]
     state = start_state(thread_id, started)
@@ -1401,7 +1425,17 @@ def customer_histories(
                 suggestion_id=f"ms_{suggestions:04d}",
                 other="cu_9999",
                 identifier=draw(_ANY_IDENTIFIER),
-                decision=Decision(rule="exact_match", reason="shared e-mail"),
+                decision=Decision(
+                    rule="merge_suggested",
+                    code="merge.suggested",
+                    params={
+                        "a": customer_id,
+                        "b": "cu_9999",
+                        "weakest": "claimed",
+                        "min": "asserted",
+                    },
+                    evidence={"survivor": customer_id, "absorbed": "cu_9999"},
+                ),
             )
         elif action == "merge":
             absorbed = draw(_ABSORBED)
@@ -1469,8 +1503,11 @@ def ingest_results(draw: st.DrawFn) -> IngestResult:
     return IngestResult(
         customer_id=state.customer_id, thread_id=state.id, seq=seq, event=event,
         duplicate=duplicate, new_thread=seq == 2, new_customer=seq == 2 and draw(st.booleans()),
-        decision=event.decision or started.decision or Decision(rule="new_thread", reason="-"),
-        resolution=event.resolution or Decision(rule="exact_match", reason="known identifier"),
+        decision=event.decision or started.decision
+        or Decision(rule="new_thread", code="continuity.new_thread.first"),
+        resolution=event.resolution or Decision(
+            rule="exact_match", code="identity.exact_match", params={"customer": state.customer_id},
+            evidence={"identifier": "email:known@example.com", "trust": "asserted"}),
     )  # fmt: skip
 
 

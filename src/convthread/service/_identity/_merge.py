@@ -91,8 +91,8 @@ def merge(
     if decision is None:
         decision = Decision(
             rule="manual_merge",
-            reason=f"{by or 'an agent'} merged {absorbed} into {survivor}"
-            + (f": {reason}" if reason else ""),
+            code="merge.manual",
+            params={"note": reason} if reason else {},
             evidence={"by": by, "survivor": survivor, "absorbed": absorbed},
         )
     extra: dict[str, list[CustomerEvent]] = {}

@@ -19,7 +19,6 @@ from datetime import datetime
 from convthread.domain.events import (
     CustomerCreated,
     CustomerEvent,
-    Decision,
     Evidence,
     IdentifierLinked,
     IdentifierUnlinked,
@@ -29,6 +28,7 @@ from convthread.domain.events import (
 from convthread.domain.identity import Resolution, Takeover, proven_claims, resolve
 from convthread.domain.merge import MergeAction
 from convthread.domain.model import MAX_IDENTIFIERS, Identifier, Inbound, SenderIdentifier, Trust
+from convthread.domain.reasons import nest
 from convthread.domain.thread import CustomerState
 from convthread.ports import ABSENT, Append, Item, Put
 from convthread.service import _core as core
@@ -107,15 +107,14 @@ def resolve_sender(
         )
         resolution = dc_replace(resolution, verdicts=keep)
     if merged:
-        note = "; ".join(f"merged {m.absorbed} into {m.survivor} ({m.merge_id})" for m in merged)
-        decision = resolution.decision
-        evidence = {**decision.evidence, "merged": ",".join(m.merge_id for m in merged)}
+        params = {
+            "merges": " ".join(f"{m.absorbed}>{m.survivor}" for m in merged),
+            **nest("m", merged[0].decision),
+        }
         resolution = dc_replace(
             resolution,
-            decision=Decision(
-                rule=decision.rule,
-                reason=f"{decision.reason}; {note}: {merged[0].decision.reason}",
-                evidence=evidence,
+            decision=resolution.decision.followed_by(
+                "identity.then.merged", params, merged=",".join(m.merge_id for m in merged)
             ),
         )
     return resolution, customers, items

@@ -15,6 +15,7 @@ import msgspec
 
 from convthread.domain.events import Decision, MergeSuggested, MergeSuggestionResolved
 from convthread.domain.model import Identifier
+from convthread.domain.reasons import nest
 from convthread.errors import InvalidTransition, NotFound
 from convthread.ports import ABSENT
 from convthread.service import _core as core
@@ -98,8 +99,8 @@ def accept_suggestion(
     ref, version = yield from _load_suggestion(suggestion_id)
     decision = Decision(
         rule="suggestion_accepted",
-        reason=f"{by or 'an agent'} accepted merge suggestion {suggestion_id}: "
-        f"{ref.decision.reason}",
+        code="merge.suggestion_accepted",
+        params=nest("s", ref.decision),
         evidence={"suggestion": suggestion_id, "by": by, "identifier": str(ref.identifier)},
     )
     return (

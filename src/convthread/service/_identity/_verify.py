@@ -27,6 +27,7 @@ from convthread.domain.events import (
 )
 from convthread.domain.merge import MergeAction
 from convthread.domain.model import Identifier, Trust
+from convthread.domain.reasons import nest
 from convthread.domain.thread import evolve_customer
 from convthread.errors import NotFound, PolicyViolation, ValidationError, VerificationError
 from convthread.ports import ABSENT
@@ -207,9 +208,12 @@ def confirm_verification(
             previous=None,
             decision=Decision(
                 rule="verified",
-                reason=f"{ident} verified by one-time code for customer {requester}; it was "
-                f"only claimed by {target}, so it now belongs to {requester}"
-                + (f"; merge with {target} suggested" if suggested else ""),
+                code="identity.verified.taken_over",
+                params={
+                    "identifier": str(ident),
+                    "customer": requester,
+                    **({"suggested": True} if suggested else {}),
+                },
                 evidence={"verification": verification_id, "taken_over_from": target},
             ),
             suggestion_id=suggested,
@@ -230,7 +234,8 @@ def confirm_verification(
         )
     decision = Decision(
         rule="verified",
-        reason=f"{ident} verified by one-time code for customer {target}",
+        code="identity.verified",
+        params={"identifier": str(ident), "customer": target},
         evidence={"verification": verification_id},
     )
     verdict = None
@@ -246,11 +251,10 @@ def confirm_verification(
             trust_b=record.session_trust,
             via=(ident,),
         )
-        decision = Decision(
-            rule="verified",
-            reason=f"{decision.reason}; the requesting session belongs to {requester}: "
-            f"{verdict.decision.reason}",
-            evidence={**decision.evidence, "merge": verdict.action.value},
+        decision = decision.followed_by(
+            "identity.then.session",
+            {"requester": requester, **nest("v", verdict.decision)},
+            merge=verdict.action.value,
         )
     suggestion_id: str | None = None
     if verdict is not None and verdict.action is MergeAction.SUGGEST and requester is not None:
