@@ -186,7 +186,7 @@ def _open(store: Store | KVStore | str) -> Store:
 
         store = open_store(store)
     if isinstance(store, Store) or not isinstance(store, KVStore):
-        return cast("Store", store)  # (not a store at all: its first call says so)
+        return store  # (not a store at all: its first call says so)
     from convthread.stores._kv import with_heads
 
     return with_heads(store)

@@ -51,6 +51,12 @@ HEAD: Final = "\x00head"
 CHUNK = 500
 
 
+def _entry(cache: Cache, ns: str, key: str) -> Item | None:
+    """The prefetched index entry at ``ns``/``key`` (None: absent or not fetched)."""
+    found = cache.get((ns, key))
+    return found if isinstance(found, Item) else None
+
+
 def fetch(cache: Cache, keys: Iterable[tuple[str, str]]) -> Op[None]:
     """Add ``keys`` not yet in ``cache`` to it, index entries and heads together: one
     ``get_multi_heads`` call (one round trip) per chunk."""
@@ -161,7 +167,7 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[tuple[Cache, l
             continue  # a redelivery: the pipeline reads its outcome, nothing more
         ids: list[str] = []
         for k in p.ident_keys:
-            item = cache.get((NS_IDENT, k))
+            item = _entry(cache, NS_IDENT, k)
             if item is not None:
                 ids.append(core.decode_identref(item.value).customer_id)
         ids = list(dict.fromkeys(ids))
@@ -172,7 +178,7 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[tuple[Cache, l
             level.append((NS_CUSTOMER, cid))
             level.append((NS_OPEN, okey))
         for k in p.ref_keys:
-            ref = cache.get((NS_MSG, k))
+            ref = _entry(cache, NS_MSG, k)
             if ref is not None:
                 level.append((HEAD, core.decode_msgref(ref.value).thread_id))
         level.extend((HEAD, t) for t in p.tokens)
@@ -180,7 +186,7 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[tuple[Cache, l
     # Level 3: the live threads, or the newest ones where none is live.
     level = []
     for okey in okeys:
-        live = cache.get((NS_OPEN, okey))
+        live = _entry(cache, NS_OPEN, okey)
         if live is not None:
             level.append((HEAD, live.value.decode()))
         else:
@@ -189,18 +195,18 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[tuple[Cache, l
     # Level 4: the newest threads; checkpoints of threads long enough to need one.
     level = []
     for okey in okeys:
-        latest = cache.get((NS_LATEST, okey))
+        latest = _entry(cache, NS_LATEST, okey)
         if latest is not None:
             level.append((HEAD, latest.value.decode()))
     # Each message appends one or two events (a wake-up) to a thread of its customer: in
     # a batch a thread may grow by twice its customer's messages before its checkpoint is
     # probed.
     owners = Counter(owned)
-    for (ns, key), item in list(cache.items()):
+    for (ns, key), found in list(cache.items()):
         if (
             ns == HEAD
-            and isinstance(item, ThreadHead)
-            and item.last_seq + 2 * owners[item.customer_id] >= CHECKPOINT_EVERY
+            and isinstance(found, ThreadHead)
+            and found.last_seq + 2 * owners[found.customer_id] >= CHECKPOINT_EVERY
         ):
             level.append((core.NS_HSNAP, checkpoint_key(key)))
     yield from fetch(cache, level)

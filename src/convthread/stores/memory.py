@@ -155,7 +155,10 @@ def _entries(head: ThreadHead) -> set[tuple[tuple[str, ...], str]]:
     """The index entries of ``head``: (index, key) pairs."""
     key = f"{_tkey(head.last_activity)}|{head.thread_id}"
     t = head.tenant
-    out = {(("s", t, head.status), key), (("c", t, head.customer_id), key)}
+    out: set[tuple[tuple[str, ...], str]] = {
+        (("s", t, head.status), key),
+        (("c", t, head.customer_id), key),
+    }
     for channel in head.channels:
         out.add((("ch", t, channel), key))
     if head.controller is not None:
