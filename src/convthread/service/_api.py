@@ -195,7 +195,9 @@ def _open(store: Store | KVStore | str) -> Store:
 class Conversations:
     """The synchronous service over a :class:`~convthread.ports.Store`.
 
-    ``store`` is a store object or a URL (``"memory://"``, ``"sqlite:///support.db"``).
+    ``store`` is a store object or a URL (``"memory://"``, ``"sqlite:///support.db"``); a
+    store without head methods (:class:`~convthread.ports.KVStore`) runs behind the
+    adapter that keeps thread heads in its index.
     ``clock`` and ``ids`` are injectable for deterministic tests; ``identifiers`` holds
     the identifier normalizers; ``continuity`` decides which thread a message continues.
     Conflicts between concurrent writers are retried up to ``max_retries`` times (writers
@@ -205,7 +207,7 @@ class Conversations:
 
     def __init__(
         self,
-        store: Store | str,
+        store: Store | KVStore | str,
         *,
         clock: Clock | None = None,
         ids: IdSource | None = None,
@@ -463,7 +465,8 @@ class Conversations:
         limit: int = 50,
         cursor: str | None = None,
     ) -> ThreadPage:
-        """Threads matching all the filters given, a page at a time (see ThreadPage)."""
+        """Threads matching all the filters given, a page at a time (see ThreadPage),
+        ordered by last activity, oldest first, thread id breaking ties."""
         op = partial(
             _threads.threads,
             customer=customer,
@@ -859,7 +862,7 @@ class AsyncConversations:
 
     def __init__(
         self,
-        store: AsyncStore | Store | str,
+        store: AsyncStore | AsyncKVStore | Store | KVStore | str,
         *,
         clock: Clock | None = None,
         ids: IdSource | None = None,
@@ -1095,7 +1098,8 @@ class AsyncConversations:
         limit: int = 50,
         cursor: str | None = None,
     ) -> ThreadPage:
-        """Threads matching all the filters given, a page at a time (see ThreadPage)."""
+        """Threads matching all the filters given, a page at a time (see ThreadPage),
+        ordered by last activity, oldest first, thread id breaking ties."""
         op = partial(
             _threads.threads,
             customer=customer,
@@ -1501,7 +1505,7 @@ def _has_multi(store: AsyncStore) -> bool:
     return isinstance(store, AsyncMultiGetHeads)
 
 
-def _as_async(store: AsyncStore | Store | str) -> AsyncStore:
+def _as_async(store: AsyncStore | AsyncKVStore | Store | KVStore | str) -> AsyncStore:
     from convthread.stores.memory import MemoryStore
 
     if isinstance(store, str):

@@ -193,23 +193,23 @@ class _StoreKit:
 
     # -- what a subclass provides
 
-    def make_store(self) -> Store:
+    def make_store(self) -> KVStore:
         """A new, empty store (each call a fresh one)."""
         raise NotImplementedError("subclasses of StoreConformance implement make_store()")
 
-    def reopen_store(self, store: Store) -> Store:
+    def reopen_store(self, store: KVStore) -> Store:
         """Close ``store`` and open the same data again (``persistent`` stores)."""
         raise NotImplementedError("declare persistent = True and implement reopen_store()")
 
-    def store_opener(self, store: Store) -> Callable[[], Store]:
+    def store_opener(self, store: KVStore) -> Callable[[], KVStore]:
         """A picklable callable that opens ``store``'s data in another process."""
         raise NotImplementedError("declare multi_process = True and implement store_opener()")
 
-    def store_files(self, store: Store) -> list[Path]:
+    def store_files(self, store: KVStore) -> list[Path]:
         """The files that hold ``store``'s data (``scrubs_files`` stores)."""
         raise NotImplementedError("declare scrubs_files = True and implement store_files()")
 
-    def discard_store(self, store: Store) -> None:
+    def discard_store(self, store: KVStore) -> None:
         """Release a store the kit made (close it; drop its data if it must)."""
         store.close()
 
@@ -218,18 +218,18 @@ class _StoreKit:
     @pytest.fixture(autouse=True)
     def _kit_setup(self, tmp_path: Path) -> Iterator[None]:
         self.tmp_path = tmp_path
-        self._opened: list[Store] = []
+        self._opened: list[KVStore] = []
         yield
         for store in reversed(self._opened):
             with contextlib.suppress(ConvthreadError):
                 self.discard_store(store)
 
-    def new_store(self) -> Store:
+    def new_store(self) -> KVStore:
         store = self.make_store()
         self._opened.append(store)
         return store
 
-    def reopen(self, store: Store) -> Store:
+    def reopen(self, store: KVStore) -> Store:
         if not self.persistent:
             pytest.skip("capability not declared: persistent (reopen_store)")
         again = self.reopen_store(store)
@@ -239,7 +239,7 @@ class _StoreKit:
         return again
 
     @pytest.fixture
-    def store(self) -> Store:
+    def store(self) -> KVStore:
         return self.new_store()
 
     def run_without_pytest(
@@ -305,7 +305,7 @@ class MultiGetConformance(_StoreKit):
         "é\u0301",
     )
 
-    def multi(self, store: Store) -> MultiGet:
+    def multi(self, store: KVStore) -> MultiGet:
         """``store`` as a :class:`~convthread.ports.MultiGet`; skips when not declared."""
         if not self.multi_get:
             pytest.skip("capability not declared: multi_get (get_multi)")
@@ -313,7 +313,7 @@ class MultiGetConformance(_StoreKit):
         return store
 
     @staticmethod
-    def expected_multi(store: Store, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+    def expected_multi(store: KVStore, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
         """What ``get_multi(pairs)`` must give: per-namespace ``get_many``."""
         by_ns: dict[str, list[str]] = {}
         for ns, key in pairs:
@@ -324,17 +324,17 @@ class MultiGetConformance(_StoreKit):
                 out[(ns, key)] = item
         return out
 
-    def test_multi_get_is_offered(self, store: Store) -> None:
+    def test_multi_get_is_offered(self, store: KVStore) -> None:
         self.multi(store)
 
-    def test_multi_get_of_nothing_is_empty(self, store: Store) -> None:
+    def test_multi_get_of_nothing_is_empty(self, store: KVStore) -> None:
         multi = self.multi(store)
         assert multi.get_multi([]) == {}
         assert multi.get_multi([("ns", "k")]) == {}
         store.commit(Batch(puts=(Put("ns", "k", b"v"),)))
         assert multi.get_multi([]) == {}
 
-    def test_multi_get_matches_get_many(self, store: Store) -> None:
+    def test_multi_get_matches_get_many(self, store: KVStore) -> None:
         multi = self.multi(store)
         rng = random.Random(20260301)
         namespaces = (*NAMESPACES, "third")
@@ -360,7 +360,7 @@ class MultiGetConformance(_StoreKit):
         for ns in namespaces:  # every entry, with its value and version
             assert {k: it for (n, k), it in everything.items() if n == ns} == dict(store.scan(ns))
 
-    def test_multi_get_after_deletes_and_versions(self, store: Store) -> None:
+    def test_multi_get_after_deletes_and_versions(self, store: KVStore) -> None:
         multi = self.multi(store)
         store.commit(Batch(puts=(Put("a", "k", b"1"), Put("b", "k", b"1"), Put("a", "j", b"1"))))
         store.commit(Batch(puts=(Put("a", "k", b"2", 1),), deletes=(Delete("b", "k", 1),)))
@@ -372,7 +372,7 @@ class MultiGetConformance(_StoreKit):
             ("a", "j"): Item(b"1", 1),
         }
 
-    def test_multi_get_many_pairs(self, store: Store) -> None:
+    def test_multi_get_many_pairs(self, store: KVStore) -> None:
         multi = self.multi(store)
         keys = [f"k{i:04d}" for i in range(1200)]
         store.commit(Batch(puts=tuple(Put("big", k, k.encode()) for k in keys[::2])))
@@ -399,7 +399,7 @@ class HeadConformance(_StoreKit):
     def insert(store: Store, *heads: ThreadHead) -> None:
         store.commit(Batch(heads=tuple(HeadWrite(h, ABSENT) for h in heads)))
 
-    def test_heads_insert_then_read(self, store: Store) -> None:
+    def test_heads_insert_then_read(self, store: KVStore) -> None:
         h = heads_of(store)
         head = make_head("th_é", minutes=1.5, snoozed_minutes=90.25, controller="agent:ann")
         self.insert(h, head)
@@ -408,7 +408,7 @@ class HeadConformance(_StoreKit):
         assert got["th_é"].last_activity.utcoffset() == timedelta(0)
         assert h.get_heads(DEFAULT_TENANT, []) == {}
 
-    def test_heads_are_per_tenant(self, store: Store) -> None:
+    def test_heads_are_per_tenant(self, store: KVStore) -> None:
         h = heads_of(store)
         self.insert(h, make_head("th_a", tenant="t1", customer="cu_x"))
         self.insert(h, make_head("th_a", tenant="t2", customer="cu_y"))
@@ -433,7 +433,7 @@ class HeadConformance(_StoreKit):
         assert h.read("s") == [] and h.get("ns", "k") is None
         assert h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"].status == "open"
 
-    def test_head_update_is_compare_and_set(self, store: Store) -> None:
+    def test_head_update_is_compare_and_set(self, store: KVStore) -> None:
         h = heads_of(store)
         self.insert(h, make_head("th_a"))
         moved = make_head("th_a", status="pending", minutes=5, last_seq=2)
@@ -453,7 +453,7 @@ class HeadConformance(_StoreKit):
         assert h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"].status == "pending"
         assert h.get_heads(DEFAULT_TENANT, ["th_missing"]) == {}
 
-    def test_head_writes_that_cannot_apply_are_refused(self, store: Store) -> None:
+    def test_head_writes_that_cannot_apply_are_refused(self, store: KVStore) -> None:
         h = heads_of(store)
         with pytest.raises(StoreError):
             h.commit(Batch(heads=(HeadWrite(make_head("th_a"), ANY),)))
@@ -462,7 +462,7 @@ class HeadConformance(_StoreKit):
             h.commit(Batch(appends=(Append("s", 0, (b"x",)),), heads=twice))
         assert h.get_heads(DEFAULT_TENANT, ["th_a"]) == {} and h.read("s") == []
 
-    def test_head_writes_commit_with_the_rest_of_the_batch(self, store: Store) -> None:
+    def test_head_writes_commit_with_the_rest_of_the_batch(self, store: KVStore) -> None:
         h = heads_of(store)
         h.commit(
             Batch(
@@ -486,7 +486,7 @@ class HeadConformance(_StoreKit):
             make_head("th_中", customer="cu_3", status="closed", minutes=40, channels=("email",)),
         )
 
-    def test_head_queries_filter_and_order_by_last_activity(self, store: Store) -> None:
+    def test_head_queries_filter_and_order_by_last_activity(self, store: KVStore) -> None:
         h = heads_of(store)
         self._query_world(h)
 
@@ -515,7 +515,7 @@ class HeadConformance(_StoreKit):
         assert ids(limit=0) == []
         assert ids(customer_id="cu_nobody") == [] and ids(statuses=("resolved",)) == []
 
-    def test_head_queries_page_by_cursor(self, store: Store) -> None:
+    def test_head_queries_page_by_cursor(self, store: KVStore) -> None:
         h = heads_of(store)
         self._query_world(h)
         for newest_first in (False, True):
@@ -533,7 +533,7 @@ class HeadConformance(_StoreKit):
                     )
                 assert seen == everything
 
-    def test_a_head_moved_between_customers(self, store: Store) -> None:
+    def test_a_head_moved_between_customers(self, store: KVStore) -> None:
         h = heads_of(store)
         self._query_world(h)
         head = h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"]
@@ -544,7 +544,7 @@ class HeadConformance(_StoreKit):
             "th_中",
         ]
 
-    def test_concurrent_head_inserts_have_one_winner(self, store: Store) -> None:
+    def test_concurrent_head_inserts_have_one_winner(self, store: KVStore) -> None:
         h = heads_of(store)
         outcomes = _race(
             4,
@@ -555,7 +555,7 @@ class HeadConformance(_StoreKit):
         assert sum(o is None for o in outcomes) == 1
         assert all(o is None or isinstance(o, ConflictError) for o in outcomes)
 
-    def test_concurrent_head_updates_lose_no_write(self, store: Store) -> None:
+    def test_concurrent_head_updates_lose_no_write(self, store: KVStore) -> None:
         h = heads_of(store)
         self.insert(h, make_head("th_a", last_seq=0))
 
@@ -580,11 +580,11 @@ class StoreConformance(HeadConformance, MultiGetConformance):
 
     # -- required: reads of an empty store
 
-    def test_is_a_store(self, store: Store) -> None:
+    def test_is_a_store(self, store: KVStore) -> None:
         assert isinstance(store, KVStore)
         assert isinstance(heads_of(store), Store)
 
-    def test_empty_store(self, store: Store) -> None:
+    def test_empty_store(self, store: KVStore) -> None:
         assert store.read("nothing") == []
         assert store.version("nothing") == 0
         assert store.get("ns", "k") is None
@@ -592,13 +592,13 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert store.get_many("ns", []) == {}
         assert store.scan("ns") == []
 
-    def test_empty_batch_is_a_no_op(self, store: Store) -> None:
+    def test_empty_batch_is_a_no_op(self, store: KVStore) -> None:
         store.commit(Batch())
         assert store.scan("ns") == []
 
     # -- required: streams
 
-    def test_append_numbers_events_from_one(self, store: Store) -> None:
+    def test_append_numbers_events_from_one(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"e1", b"e2")),)))
         store.commit(Batch(appends=(Append("s", 2, (b"e3",)),)))
         assert unpositioned(store.read("s")) == [
@@ -609,7 +609,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert store.version("s") == 3
         assert store.version("other") == 0
 
-    def test_read_after_and_limit(self, store: Store) -> None:
+    def test_read_after_and_limit(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, tuple(b"e%d" % i for i in range(1, 11))),)))
         assert [r.seq for r in store.read("s", after=7)] == [8, 9, 10]
         assert [r.seq for r in store.read("s", after=2, limit=3)] == [3, 4, 5]
@@ -618,7 +618,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert [r.seq for r in store.read("s", limit=1)] == [1]
         assert store.read("s", limit=0) == []
 
-    def test_append_at_wrong_version_conflicts_and_writes_nothing(self, store: Store) -> None:
+    def test_append_at_wrong_version_conflicts_and_writes_nothing(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"e1",)),)))
         for expected in (0, 2, 5):
             with pytest.raises(ConflictError):
@@ -632,7 +632,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert store.version("t") == 0
         assert store.get("ns", "k") is None
 
-    def test_empty_append_checks_the_version(self, store: Store) -> None:
+    def test_empty_append_checks_the_version(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"e1",)),)))
         store.commit(Batch(appends=(Append("s", 1, ()),), puts=(Put("ns", "k", b"v"),)))
         with pytest.raises(ConflictError):
@@ -640,31 +640,31 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert store.get("ns", "j") is None
         assert store.version("s") == 1
 
-    def test_two_appends_to_one_stream_in_a_batch_are_refused(self, store: Store) -> None:
+    def test_two_appends_to_one_stream_in_a_batch_are_refused(self, store: KVStore) -> None:
         with pytest.raises(StoreError):
             store.commit(Batch(appends=(Append("s", 0, (b"a",)), Append("s", 0, (b"b",)))))
         assert store.version("s") == 0
 
-    def test_event_bytes_round_trip(self, store: Store) -> None:
+    def test_event_bytes_round_trip(self, store: KVStore) -> None:
         blobs = (b"", b"\x00\xff\x00", bytes(range(256)), b"x" * 1_000_000)
         store.commit(Batch(appends=(Append("s", 0, blobs),)))
         assert tuple(r.data for r in store.read("s")) == blobs
 
-    def test_streams_are_independent(self, store: Store) -> None:
+    def test_streams_are_independent(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("a", 0, (b"1",)), Append("b", 0, (b"1", b"2")))))
         assert store.version("a") == 1 and store.version("b") == 2
         assert store.read("ab") == []
 
     # -- required: index entries
 
-    def test_put_versions_start_at_one_and_grow(self, store: Store) -> None:
+    def test_put_versions_start_at_one_and_grow(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("ns", "k", b"v1", ABSENT),)))
         assert store.get("ns", "k") == Item(b"v1", 1)
         store.commit(Batch(puts=(Put("ns", "k", b"v2", 1),)))
         store.commit(Batch(puts=(Put("ns", "k", b"v3", ANY),)))
         assert store.get("ns", "k") == Item(b"v3", 3)
 
-    def test_put_expectations(self, store: Store) -> None:
+    def test_put_expectations(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("ns", "k", b"v1", ABSENT),)))
         with pytest.raises(ConflictError):
             store.commit(Batch(puts=(Put("ns", "k", b"x", ABSENT),)))
@@ -675,13 +675,13 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert store.get("ns", "k") == Item(b"v1", 1)
         assert store.get("ns", "missing") is None
 
-    def test_namespaces_are_independent(self, store: Store) -> None:
+    def test_namespaces_are_independent(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("a", "k", b"1"), Put("b", "k", b"2"))))
         assert store.get("a", "k") == Item(b"1", 1)
         assert store.get("b", "k") == Item(b"2", 1)
         assert store.scan("a") == [("k", Item(b"1", 1))]
 
-    def test_delete(self, store: Store) -> None:
+    def test_delete(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("ns", "k", b"v"), Put("ns", "j", b"v"))))
         with pytest.raises(ConflictError):
             store.commit(Batch(deletes=(Delete("ns", "k", 2),)))
@@ -695,7 +695,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         store.commit(Batch(puts=(Put("ns", "k", b"again", ABSENT),)))
         assert store.get("ns", "k") == Item(b"again", 1)  # versions restart after delete
 
-    def test_same_key_twice_in_a_batch(self, store: Store) -> None:
+    def test_same_key_twice_in_a_batch(self, store: KVStore) -> None:
         """Expectations are checked against the state before the batch; puts apply in
         order, then deletes."""
         store.commit(Batch(puts=(Put("ns", "k", b"1", ABSENT), Put("ns", "k", b"2", ANY))))
@@ -706,7 +706,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
             store.commit(Batch(puts=(Put("ns", "j", b"1", ABSENT), Put("ns", "j", b"2", 1))))
         assert store.get("ns", "j") is None
 
-    def test_get_many(self, store: Store) -> None:
+    def test_get_many(self, store: KVStore) -> None:
         store.commit(Batch(puts=tuple(Put("ns", k, k.encode()) for k in ("a", "b", "c"))))
         got = store.get_many("ns", ["c", "a", "zz", "a"])
         assert got == {"a": Item(b"a", 1), "c": Item(b"c", 1)}
@@ -714,7 +714,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         store.commit(Batch(puts=tuple(Put("big", k, b"") for k in many)))
         assert set(store.get_many("big", many)) == set(many)
 
-    def test_value_bytes_round_trip(self, store: Store) -> None:
+    def test_value_bytes_round_trip(self, store: KVStore) -> None:
         values = {
             "empty": b"",
             "nul": b"\x00a\x00",
@@ -724,14 +724,14 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         store.commit(Batch(puts=tuple(Put("ns", k, v) for k, v in values.items())))
         assert {k: it.value for k, it in store.get_many("ns", list(values)).items()} == values
 
-    def test_keys_may_hold_any_text(self, store: Store) -> None:
+    def test_keys_may_hold_any_text(self, store: KVStore) -> None:
         keys = ["a b", "a|b|c", "<id.x@example.com>", "é", "中文", "\U0001f600", "a\tb", "'; --"]
         store.commit(Batch(puts=tuple(Put("ns", k, k.encode()) for k in keys)))
         for k in keys:
             assert store.get("ns", k) == Item(k.encode(), 1)
         assert [k for k, _ in store.scan("ns")] == sorted(keys)
 
-    def test_scan_order_prefix_after_limit(self, store: Store) -> None:
+    def test_scan_order_prefix_after_limit(self, store: KVStore) -> None:
         keys = [k for k in KEYS if k]
         store.commit(Batch(puts=tuple(Put("ns", k, k.encode()) for k in keys)))
         ordered = sorted(keys)  # Python sorts str by code point: the required order
@@ -746,7 +746,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert store.scan("ns", prefix="nothing") == []
         assert store.scan("ns", limit=0) == []
 
-    def test_scan_pages_through_everything(self, store: Store) -> None:
+    def test_scan_pages_through_everything(self, store: KVStore) -> None:
         keys = [f"c|{i:05d}" for i in range(2500)]
         store.commit(Batch(puts=tuple(Put("ns", k, b"") for k in keys)))
         seen: list[str] = []
@@ -761,7 +761,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
 
     # -- required: atomic batches
 
-    def test_batch_with_a_failed_expectation_writes_nothing(self, store: Store) -> None:
+    def test_batch_with_a_failed_expectation_writes_nothing(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("ns", "taken", b"v"),)))
         with pytest.raises(ConflictError):
             store.commit(
@@ -775,7 +775,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert store.get("ns", "new") is None
         assert store.get("ns", "taken") == Item(b"v", 1)
 
-    def test_batch_commits_everything_together(self, store: Store) -> None:
+    def test_batch_commits_everything_together(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"old",)),), puts=(Put("ns", "d", b"x"),)))
         store.commit(
             Batch(
@@ -792,7 +792,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
 
     # -- required: rewrite
 
-    def test_rewrite_keeps_the_sequence_number(self, store: Store) -> None:
+    def test_rewrite_keeps_the_sequence_number(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"a", b"secret", b"c")),)))
         store.commit(Batch(rewrites=(Rewrite("s", 2, b"gone"),)))
         assert unpositioned(store.read("s")) == [
@@ -802,7 +802,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         ]
         assert store.version("s") == 3
 
-    def test_rewrite_of_a_missing_event_fails_and_writes_nothing(self, store: Store) -> None:
+    def test_rewrite_of_a_missing_event_fails_and_writes_nothing(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"a",)),)))
         for stream, seq in (("s", 2), ("s", 0), ("nope", 1)):
             with pytest.raises(StoreError):
@@ -812,7 +812,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert store.get("ns", "k") is None
         assert unpositioned(store.read("s")) == [Recorded("s", 1, b"a")]
 
-    def test_scrub_keeps_live_data(self, store: Store) -> None:
+    def test_scrub_keeps_live_data(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"a", b"b")),), puts=(Put("ns", "k", b"v"),)))
         store.commit(Batch(rewrites=(Rewrite("s", 1, b"x"),), deletes=(Delete("ns", "k"),)))
         store.scrub()
@@ -827,7 +827,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         if not self.positions:
             pytest.skip("capability not declared: positions (Recorded.position)")
 
-    def test_positions_follow_commits(self, store: Store) -> None:
+    def test_positions_follow_commits(self, store: KVStore) -> None:
         self.positioned()
         store.commit(Batch(appends=(Append("a", 0, (b"1", b"2")),)))
         store.commit(Batch(appends=(Append("b", 0, (b"3",)), Append("a", 2, (b"4",)))))
@@ -841,7 +841,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert max(r.position for r in first) < min(r.position for r in batch2)
         assert max(r.position for r in batch2) < third[0].position
 
-    def test_rewrite_keeps_the_position(self, store: Store) -> None:
+    def test_rewrite_keeps_the_position(self, store: KVStore) -> None:
         self.positioned()
         store.commit(Batch(appends=(Append("s", 0, (b"a", b"secret")),)))
         before = [r.position for r in store.read("s")]
@@ -849,7 +849,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert [r.position for r in store.read("s")] == before
         assert [r.position for r in store.read("s", after=1)] == before[1:]
 
-    def test_concurrent_absent_puts_have_one_winner(self, store: Store) -> None:
+    def test_concurrent_absent_puts_have_one_winner(self, store: KVStore) -> None:
         outcomes = _race(
             8, lambda i: store.commit(Batch(puts=(Put("ns", "race", b"%d" % i, ABSENT),)))
         )
@@ -858,7 +858,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         item = store.get("ns", "race")
         assert item is not None and item.version == 1
 
-    def test_concurrent_appends_at_one_version_have_one_winner(self, store: Store) -> None:
+    def test_concurrent_appends_at_one_version_have_one_winner(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"first",)),)))
         outcomes = _race(
             8,
@@ -877,7 +877,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert events[1].data == events[2].data == b"w%d" % winner
         assert [k for k, _ in store.scan("ns", prefix="by")] == [f"by{winner}"]
 
-    def test_concurrent_compare_and_set_loses_no_update(self, store: Store) -> None:
+    def test_concurrent_compare_and_set_loses_no_update(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("ns", "counter", b"0", ABSENT),)))
         per_thread = 15
 
@@ -904,7 +904,7 @@ class StoreConformance(HeadConformance, MultiGetConformance):
         assert item == Item(b"%d" % (4 * per_thread), 4 * per_thread + 1)
         assert [r.seq for r in store.read("log")] == list(range(1, 4 * per_thread + 1))
 
-    def test_errors_are_the_library_hierarchy(self, store: Store) -> None:
+    def test_errors_are_the_library_hierarchy(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("ns", "k", b"v"),)))
         with pytest.raises(ConvthreadError):
             store.commit(Batch(puts=(Put("ns", "k", b"v", ABSENT),)))
@@ -995,7 +995,7 @@ def msgspec_replace(obj: Any, **changes: Any) -> Any:
     return msgspec.structs.replace(obj, **changes)
 
 
-def _close(store: Store) -> None:
+def _close(store: KVStore) -> None:
     store.close()
 
 
@@ -1019,7 +1019,7 @@ def _race(n: int, fn: Callable[[int], object]) -> list[BaseException | None]:
     return outcomes
 
 
-def _process_worker(opener: Callable[[], Store], index: int, count: int) -> int:
+def _process_worker(opener: Callable[[], KVStore], index: int, count: int) -> int:
     """In a child process: ``count`` compare-and-set increments and ABSENT claims."""
     store = opener()
     try:
@@ -1068,9 +1068,9 @@ class StoreMachine(RuleBasedStateMachine):
     does it. Add rules by subclassing: use :meth:`both` to run the same batch on both.
     """
 
-    make: ClassVar[Callable[[], Store]]
-    reopen: ClassVar[Callable[[Store], Store] | None] = None
-    discard: ClassVar[Callable[[Store], None]]
+    make: ClassVar[Callable[[], KVStore]]
+    reopen: ClassVar[Callable[[KVStore], KVStore] | None] = None
+    discard: ClassVar[Callable[[KVStore], None]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -1348,9 +1348,9 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 def store_machine(
-    make: Callable[[], Store],
-    reopen: Callable[[Store], Store] | None = None,
-    discard: Callable[[Store], None] | None = None,
+    make: Callable[[], KVStore],
+    reopen: Callable[[KVStore], KVStore] | None = None,
+    discard: Callable[[KVStore], None] | None = None,
 ) -> type[StoreMachine]:
     """A :class:`StoreMachine` over stores from ``make`` (each run a new one), reopened with
     ``reopen`` (None: never) and released with ``discard`` (default: close)."""
@@ -1382,9 +1382,9 @@ class ServiceMachine(RuleBasedStateMachine):
     and compares the results (or the error types).
     """
 
-    make: ClassVar[Callable[[], Store]]
-    reopen: ClassVar[Callable[[Store], Store] | None] = None
-    discard: ClassVar[Callable[[Store], None]]
+    make: ClassVar[Callable[[], KVStore]]
+    reopen: ClassVar[Callable[[KVStore], KVStore] | None] = None
+    discard: ClassVar[Callable[[KVStore], None]]
 
     inbounds = Bundle("inbounds")
     threads = Bundle("threads")
@@ -1495,9 +1495,9 @@ def _call(method: str, arg: Any, convs: Any) -> Any:
 
 
 def service_machine(
-    make: Callable[[], Store],
-    reopen: Callable[[Store], Store] | None = None,
-    discard: Callable[[Store], None] | None = None,
+    make: Callable[[], KVStore],
+    reopen: Callable[[KVStore], KVStore] | None = None,
+    discard: Callable[[KVStore], None] | None = None,
 ) -> type[ServiceMachine]:
     """A :class:`ServiceMachine` over stores from ``make`` (each run a new one), reopened with
     ``reopen`` (None: never) and released with ``discard`` (default: close)."""
