@@ -783,11 +783,14 @@ def _find_sql(query: HeadQuery) -> tuple[str, tuple[Any, ...]]:
         where.append("controller = ?")
         args.append(query.controller)
     if query.channel is not None:
+        # thread_channels finds the candidates; a head's own channels decide (its rows
+        # are only ever added, so a row may outlive a channel a head no longer lists).
         where.append(
             "EXISTS (SELECT 1 FROM thread_channels AS c WHERE c.tenant = h.tenant "
-            "AND c.channel = ? AND c.thread_id = h.thread_id)"
+            "AND c.channel = ? AND c.thread_id = h.thread_id) "
+            "AND EXISTS (SELECT 1 FROM json_each(h.channels) WHERE value = ?)"
         )
-        args.append(query.channel)
+        args.extend((query.channel, query.channel))
     if query.snoozed_before is not None:
         where.append("snoozed_until < ?")
         args.append(_time(query.snoozed_before))
