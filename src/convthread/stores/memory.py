@@ -4,11 +4,13 @@ Everything lives in Python dicts guarded by one lock. It is what the conformance
 compares other stores with, and the store of choice for tests. Nothing survives the
 process.
 
-Thread heads are kept by (tenant, thread id), with sorted indexes as a database would
-keep them, so a query walks its page, not every head: per status, customer, channel and
-controller, keyed by last activity then thread id, and the snoozed heads by wake-up
-time. A query walks the index of its most selective filter (merging the status indexes
-when it names several statuses or none) and checks the other filters on each head.
+Thread heads are kept by (tenant, thread id), with indexes as a database would keep
+them, so a query walks its page, not every head: sorted per status, channel and
+controller, keyed by last activity then thread id; the snoozed heads sorted by wake-up
+time; a set of thread ids per customer (a customer has few threads: they are sorted
+when asked for, and a message moves no entry). A query walks the index of its most
+selective filter (merging the status indexes when it names several statuses or none)
+and checks the other filters on each head.
 """
 
 from __future__ import annotations
@@ -155,10 +157,7 @@ def _entries(head: ThreadHead) -> set[tuple[tuple[str, ...], str]]:
     """The index entries of ``head``: (index, key) pairs."""
     key = f"{_tkey(head.last_activity)}|{head.thread_id}"
     t = head.tenant
-    out: set[tuple[tuple[str, ...], str]] = {
-        (("s", t, head.status), key),
-        (("c", t, head.customer_id), key),
-    }
+    out: set[tuple[tuple[str, ...], str]] = {(("s", t, head.status), key)}
     for channel in head.channels:
         out.add((("ch", t, channel), key))
     if head.controller is not None:
@@ -182,6 +181,8 @@ class MemoryStore:
         self._heads: dict[tuple[str, str], ThreadHead] = {}  # (tenant, thread id) -> head
         self._hindex: dict[tuple[str, ...], _SortedKeys] = {}  # see _entries
         self._statuses: dict[str, set[str]] = {}  # tenant -> statuses it has indexes of
+        self._customers: dict[tuple[str, str], set[str]] = {}  # (tenant, customer) -> ids
+        self._entries: dict[tuple[str, str], set[tuple[tuple[str, ...], str]]] = {}
         self._lock = threading.RLock()
         self._closed = False
 
@@ -253,22 +254,23 @@ class MemoryStore:
         if limit <= 0:
             return out
         with self._lock:
-            if query.snoozed_before is not None and query.customer_id is None:
-                # By wake-up time: every head due, then in the query's order.
-                snoozed = index.get(("z", t))
-                horizon = _tkey(query.snoozed_before)
-                due = []
-                for key in snoozed.walk(None, False) if snoozed is not None else ():
-                    if key[:18] >= horizon:
-                        break
-                    head = heads[(t, key[19:])]
-                    if query.matches(head) and query.beyond(head):
-                        due.append(head)
-                due.sort(key=lambda h: (h.last_activity, h.thread_id), reverse=desc)
-                return due[:limit]
-            if query.customer_id is not None:
-                names: list[tuple[str, ...]] = [("c", t, query.customer_id)]
-            elif query.controller is not None:
+            if query.customer_id is not None or query.snoozed_before is not None:
+                # A customer's threads, or every head due by wake-up time; then ordered.
+                if query.customer_id is not None:
+                    ids = self._customers.get((t, query.customer_id), set())
+                else:
+                    snoozed = index.get(("z", t))
+                    horizon = _tkey(query.snoozed_before)  # type: ignore[arg-type]
+                    ids = set()
+                    for key in snoozed.walk(None, False) if snoozed is not None else ():
+                        if key[:18] >= horizon:
+                            break
+                        ids.add(key[19:])
+                found = [h for i in ids if query.matches(h := heads[(t, i)]) and query.beyond(h)]
+                found.sort(key=lambda h: (h.last_activity, h.thread_id), reverse=desc)
+                return found[:limit]
+            names: list[tuple[str, ...]]
+            if query.controller is not None:
                 names = [("ct", t, query.controller)]
             elif query.channel is not None:
                 names = [("ch", t, query.channel)]
@@ -290,8 +292,13 @@ class MemoryStore:
         return out
 
     def _index(self, old: ThreadHead | None, new: ThreadHead) -> None:
-        before = _entries(old) if old is not None else set()
-        after = _entries(new)
+        slot = (new.tenant, new.thread_id)
+        before = self._entries.get(slot, set())
+        after = self._entries[slot] = _entries(new)
+        if old is None or old.customer_id != new.customer_id:
+            if old is not None:
+                self._customers[(old.tenant, old.customer_id)].discard(old.thread_id)
+            self._customers.setdefault((new.tenant, new.customer_id), set()).add(new.thread_id)
         index = self._hindex
         for name, key in before - after:
             index[name].remove(key)
