@@ -1,11 +1,12 @@
-"""Prefetching what ingest will read, for stores that offer ``get_multi``.
+"""Prefetching what ingest will read, for stores that offer ``get_multi_heads``.
 
 On a store whose every read is a round trip (PostgreSQL, and to a lesser degree a
 SQLite file), ingest's reads dominate: deduplicate, identifiers, customers, the open
 pointer, the live thread, each a separate call made after the previous one answered.
 :func:`plan_ingest` walks the same chain for one message or a whole ``ingest_many``
-batch *level by level*, one ``get_multi`` per level for every message at once, and
-returns what it found (and what it found absent) as a cache.
+batch *level by level*, one ``get_multi_heads`` per level for every message at once
+(index entries and thread heads in one round trip), and returns what it found (and
+what it found absent) as a cache.
 
 The pipeline then runs unchanged with its reads answered from the cache
 (:func:`through_cache`, or the batch overlay of ``ingest_many``); a read the plan did
