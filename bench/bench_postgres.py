@@ -47,6 +47,7 @@ from typing import Any
 import psycopg
 
 import convthread as ct
+from convthread import codec
 from convthread.ports import Batch, Item, Recorded
 from convthread.stores import MemoryStore, SQLiteStore
 from convthread.stores.postgres import PostgresStore
@@ -368,8 +369,8 @@ def event_anatomy(n: int, customers: int) -> tuple[float, float, float, float]:
             return sum(
                 len(k) + 2 if v in (None, "", [], {}) else empty_bytes(v) for k, v in value.items()
             )
-        if isinstance(value, list):
-            return sum(empty_bytes(v) for v in value)
+        if isinstance(value, list):  # a positional struct: a default takes one byte
+            return sum(1 if v in (None, "", [], {}) else empty_bytes(v) for v in value)
         return 0
 
     def key_bytes(value: Any) -> int:
@@ -382,14 +383,21 @@ def event_anatomy(n: int, customers: int) -> tuple[float, float, float, float]:
     for b in rec.batches:
         for a in b.appends:
             for data in a.events:
-                obj = msgspec.msgpack.decode(data)
-                if obj.get("type") != "message_received":
+                # A record is a version byte and an array (no field names), or a 0.1.0 map.
+                positional = data[0] == codec.FORMAT_VERSION
+                obj = msgspec.msgpack.decode(data[1:] if positional else data)
+                tag = obj[0] if positional else obj.get("type")
+                if tag != "message_received":
                     continue
+                event = codec.decode_event(data)
                 sizes.append(len(data))
                 empties.append(empty_bytes(obj))
                 names.append(key_bytes(obj))
                 decisions.append(
-                    sum(len(msgspec.msgpack.encode(obj.get(k))) for k in ("decision", "resolution"))
+                    sum(
+                        len(msgspec.msgpack.encode(getattr(event, k)))
+                        for k in ("decision", "resolution")
+                    )
                 )
     count = max(len(sizes), 1)
     return (
@@ -465,7 +473,8 @@ def main() -> None:
     )
     size, names, decisions, empties = event_anatomy(min(n, 500), customers)
     print(
-        f"  message_received event: {size:,.0f} bytes, of which field names {names:,.0f}, "
+        f"  message_received event: {size:,.0f} bytes, of which map keys {names:,.0f} "
+        f"(field names, metadata and evidence keys), "
         f"decision+resolution {decisions:,.0f}, empty/default entries {empties:,.0f} "
         f"(what omit_defaults=True would drop)"
     )

@@ -9,7 +9,7 @@ three channels, with attributes, intents and handoffs along the way) in a SQLite
   agent and for the external bot vendor (redaction on; one customer message in five
   carries a phone number and an e-mail address), the latter with the scrubbing cache
   warm (the same snapshot asked again) and cleared (every text scrubbed afresh);
-* the aim of issue 5: at most 5 ms per snapshot.
+* the aim: at most 5 ms per snapshot.
 
 Timings are medians over repeated runs, after one warm-up call. The thread is written
 with ``synchronous=NORMAL`` to build it quickly; reads do not depend on that setting.

@@ -8,7 +8,7 @@ Prints, in one run:
 * the plain-``sqlite3`` baseline on the same kind of file with the same PRAGMAs: one
   commit per row, and 100 rows per transaction (one row per message: an
   ``events(stream, seq, data)`` row holding the message's encoded bytes);
-* the ratios against the floor and the plain-``sqlite3`` baseline.
+* the ratios against their aims.
 
 Inbound messages are built before timing (that is the channel adapter's work); every
 timed ``ingest`` runs the whole pipeline: deduplicate, resolve the customer, choose the

@@ -1,4 +1,4 @@
-"""Continuity (issue 4): which thread a message continues, and why, on memory and SQLite."""
+"""Continuity: which thread a message continues, and why, on memory and SQLite."""
 
 from __future__ import annotations
 

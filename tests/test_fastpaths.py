@@ -15,6 +15,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import msgspec
 from hypothesis import HealthCheck, assume, example, given, settings
@@ -34,7 +35,6 @@ from convthread.domain.identity import (
 from convthread.domain.merge import MergeAction, MergePolicy, MergeVerdict
 from convthread.domain.model import (
     Channel,
-    Content,
     Identifier,
     Inbound,
     SenderIdentifier,
@@ -322,14 +322,44 @@ def test_merges_and_suggestions_are_unchanged(verdicts: list[MergeVerdict]) -> N
 # --------------------------------------------------------------------------- fingerprint
 
 
+class _Identifier(msgspec.Struct, frozen=True):
+    kind: str
+    value: str
+    scope: str = ""
+
+
+class _Sender(msgspec.Struct, frozen=True):
+    identifier: _Identifier
+    trust: str
+    method: str = ""
+
+
+class _Attachment(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str
+    url: str = ""
+    media_id: str = ""
+    mime_type: str = ""
+    filename: str = ""
+    size: int | None = None
+    sha256: str = ""
+    caption: str = ""
+
+
+class _Content(msgspec.Struct, frozen=True, kw_only=True):
+    text: str = ""
+    attachments: tuple[_Attachment, ...] = ()
+    metadata: dict[str, Any] = {}
+
+
 class _StoredLayout(msgspec.Struct, frozen=True, kw_only=True):
     """``Inbound`` as it was when the first fingerprints were stored (before
-    ``time_source``): stored digests are the encoding of this layout."""
+    ``time_source``, with every struct a map of its field names, whatever the storage
+    layout is now): stored digests are the encoding of this layout."""
 
     channel: str
     provider_message_id: str
-    sender: tuple[SenderIdentifier, ...]
-    content: Content = Content()
+    sender: tuple[_Sender, ...]
+    content: _Content = _Content()
     sent_at: datetime | None
     recipient: str = ""
     reply_to: str | None = None
@@ -343,8 +373,17 @@ def _fingerprint_reference(inbound: Inbound) -> str:
     payload = _StoredLayout(
         channel=inbound.channel,
         provider_message_id=inbound.provider_message_id,
-        sender=inbound.sender,
-        content=inbound.content,
+        sender=tuple(
+            _Sender(_Identifier(**msgspec.structs.asdict(s.identifier)), s.trust.value, s.method)
+            for s in inbound.sender
+        ),
+        content=_Content(
+            text=inbound.content.text,
+            attachments=tuple(
+                _Attachment(**msgspec.structs.asdict(a)) for a in inbound.content.attachments
+            ),
+            metadata=inbound.content.metadata,
+        ),
         sent_at=inbound.sent_at if provider_time else None,
         recipient=inbound.recipient,
         reply_to=inbound.reply_to,

@@ -1,4 +1,4 @@
-"""Handoff (issue 5): control moves, fencing, idempotency, expiry, concurrency, rules.
+"""Handoff: control moves, fencing, idempotency, expiry, concurrency, rules.
 
 Every test runs on memory and on SQLite (``store_factory``)."""
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pydoc
+import typing
+from typing import Any
 
 import pytest
 
@@ -87,10 +90,34 @@ def test_optional_arguments_are_keyword_only(cls: type) -> None:
                 )
 
 
-def test_sync_and_async_services_offer_the_same_operations() -> None:
-    def ops(cls: type) -> set[str]:
-        return {n for n, _ in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")}
+def _public_methods(cls: type) -> dict[str, Any]:
+    return {n: f for n, f in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")}
 
-    assert ops(convthread.Conversations) == ops(convthread.AsyncConversations)
-    for name in ops(convthread.AsyncConversations) - {"close"}:
-        assert inspect.iscoroutinefunction(getattr(convthread.AsyncConversations, name)), name
+
+def test_sync_and_async_services_offer_the_same_operations() -> None:
+    """Each public method is defined once: both services have it, with the same
+    parameters, return annotation (the async one's is what awaiting it gives), type
+    hints and docstring; the async ones are coroutine functions."""
+    sync = _public_methods(convthread.Conversations)
+    async_ = _public_methods(convthread.AsyncConversations)
+    assert sync.keys() == async_.keys()
+    assert len(sync) > 40
+    for name, fn in sync.items():
+        other = async_[name]
+        assert inspect.signature(fn) == inspect.signature(other), name
+        assert typing.get_type_hints(fn) == typing.get_type_hints(other), name
+        doc = inspect.getdoc(fn)
+        assert doc and doc.strip(), f"{name} has no docstring"
+        assert inspect.getdoc(other) == doc, name
+        assert not inspect.iscoroutinefunction(fn), name
+        assert inspect.iscoroutinefunction(other), name
+        assert fn.__qualname__ == f"Conversations.{name}"
+        assert other.__qualname__ == f"AsyncConversations.{name}"
+
+
+def test_help_shows_the_real_signature_and_docstring() -> None:
+    for cls in (convthread.Conversations, convthread.AsyncConversations):
+        text = pydoc.render_doc(cls.send, renderer=pydoc.plaintext)
+        assert "send(self, thread_id: 'str', content: 'str | Content', *, sender:" in text
+        assert "-> 'SendResult'" in text
+        assert "Record an outbound message by an agent" in text

@@ -1,4 +1,4 @@
-"""Audiences and redaction (issue 5).
+"""Audiences and redaction.
 
 The leak test generates customers with names, phone numbers (libphonenumber's example
 numbers of many regions, in every format), e-mail addresses and Luhn-valid card numbers

@@ -1,4 +1,4 @@
-"""Rendering within a budget (issue 5): text, Markdown, SMS (checked against the segment
+"""Rendering within a budget: text, Markdown, SMS (checked against the segment
 counter), voice. Budgets are honoured to the character."""
 
 from __future__ import annotations

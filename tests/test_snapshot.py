@@ -1,4 +1,4 @@
-"""Context snapshots (issue 5): determinism across stores, incremental == full replay,
+"""Context snapshots: determinism across stores, incremental == full replay,
 no full replay per snapshot, content (journey, attributes, waiting times, budgets), and
 the JSON Schema validating real snapshots and events."""
 

@@ -1,4 +1,4 @@
-"""Threads (issue 4): lifecycle, sweep, ordering, delivery statuses, reports, queries,
+"""Threads: lifecycle, sweep, ordering, delivery statuses, reports, queries,
 batched ingest. Every test runs on memory and on SQLite (``store_factory``)."""
 
 from __future__ import annotations

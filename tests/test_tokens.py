@@ -1,4 +1,4 @@
-"""Continuation tokens (issue 5): forged, expired, replayed, guessed, rotated keys; the
+"""Continuation tokens: forged, expired, replayed, guessed, rotated keys; the
 redemption links the identifier with evidence "token" and continues the thread.
 Service tests run on memory and on SQLite (``store_factory``)."""
 

@@ -83,7 +83,7 @@ class ThreadStatus(str, enum.Enum):
     CLOSED = "closed"  # final
 
 
-class Decision(msgspec.Struct, frozen=True, kw_only=True):
+class Decision(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     """Why something was decided: the rule that decided, a reason code with its
     parameters, and the evidence.
 
@@ -130,7 +130,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
         return render_reason(self.code, self.params, self.evidence, self._reason)
 
 
-class Evidence(msgspec.Struct, frozen=True, kw_only=True):
+class Evidence(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     """How a link between an identifier and a customer was established."""
 
     channel: str = ""
@@ -144,12 +144,17 @@ class Evidence(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _ThreadEventBase(
-    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    omit_defaults=True,
+    array_like=True,
+    tag_field="type",
 ):
     at: datetime
 
 
-class ThreadStarted(_ThreadEventBase, frozen=True, tag="thread_started"):
+class ThreadStarted(_ThreadEventBase, frozen=True, tag="thread_started", kw_only=True):
     customer_id: str
     channel: str
     topic: str | None = None
@@ -157,7 +162,7 @@ class ThreadStarted(_ThreadEventBase, frozen=True, tag="thread_started"):
     decision: Decision | None = None
 
 
-class MessageReceived(_ThreadEventBase, frozen=True, tag="message_received"):
+class MessageReceived(_ThreadEventBase, frozen=True, tag="message_received", kw_only=True):
     channel: str
     provider_message_id: str
     idempotency_key: str
@@ -173,7 +178,7 @@ class MessageReceived(_ThreadEventBase, frozen=True, tag="message_received"):
     resolution: Decision | None = None
 
 
-class MessageSent(_ThreadEventBase, frozen=True, tag="message_sent"):
+class MessageSent(_ThreadEventBase, frozen=True, tag="message_sent", kw_only=True):
     channel: str
     sender: Party
     content: Content
@@ -185,36 +190,36 @@ class MessageSent(_ThreadEventBase, frozen=True, tag="message_sent"):
     fingerprint: str = ""
 
 
-class ProviderIdRecorded(_ThreadEventBase, frozen=True, tag="provider_id_recorded"):
+class ProviderIdRecorded(_ThreadEventBase, frozen=True, tag="provider_id_recorded", kw_only=True):
     message_seq: int
     provider_message_id: str
 
 
-class StatusUpdated(_ThreadEventBase, frozen=True, tag="status_updated"):
+class StatusUpdated(_ThreadEventBase, frozen=True, tag="status_updated", kw_only=True):
     message_seq: int
     status: DeliveryStatus
     reported_at: datetime
     error: str = ""
 
 
-class MessageEdited(_ThreadEventBase, frozen=True, tag="message_edited"):
+class MessageEdited(_ThreadEventBase, frozen=True, tag="message_edited", kw_only=True):
     message_seq: int
     content: Content
     by: Party | None = None
 
 
-class MessageDeleted(_ThreadEventBase, frozen=True, tag="message_deleted"):
+class MessageDeleted(_ThreadEventBase, frozen=True, tag="message_deleted", kw_only=True):
     message_seq: int
     by: Party | None = None
 
 
-class ReactionSet(_ThreadEventBase, frozen=True, tag="reaction_set"):
+class ReactionSet(_ThreadEventBase, frozen=True, tag="reaction_set", kw_only=True):
     message_seq: int
     by: Party
     emoji: str  # empty removes the party's reaction
 
 
-class LifecycleChanged(_ThreadEventBase, frozen=True, tag="lifecycle_changed"):
+class LifecycleChanged(_ThreadEventBase, frozen=True, tag="lifecycle_changed", kw_only=True):
     status: ThreadStatus
     reason: str = ""
     by: Party | None = None
@@ -222,25 +227,25 @@ class LifecycleChanged(_ThreadEventBase, frozen=True, tag="lifecycle_changed"):
     reopened: bool = False
 
 
-class ThreadReassigned(_ThreadEventBase, frozen=True, tag="thread_reassigned"):
+class ThreadReassigned(_ThreadEventBase, frozen=True, tag="thread_reassigned", kw_only=True):
     customer_id: str
     previous_customer_id: str
     merge_id: str = ""
 
 
-class AttributeSet(_ThreadEventBase, frozen=True, tag="attribute_set"):
+class AttributeSet(_ThreadEventBase, frozen=True, tag="attribute_set", kw_only=True):
     name: str
     value: Any
     by: Party | None = None
 
 
-class IntentDetected(_ThreadEventBase, frozen=True, tag="intent_detected"):
+class IntentDetected(_ThreadEventBase, frozen=True, tag="intent_detected", kw_only=True):
     name: str
     confidence: float = 1.0
     by: Party | None = None
 
 
-class HandoffRequested(_ThreadEventBase, frozen=True, tag="handoff_requested"):
+class HandoffRequested(_ThreadEventBase, frozen=True, tag="handoff_requested", kw_only=True):
     handoff_id: str
     target: Party
     reason: str = ""
@@ -248,37 +253,37 @@ class HandoffRequested(_ThreadEventBase, frozen=True, tag="handoff_requested"):
     rule: str = ""
 
 
-class HandoffOffered(_ThreadEventBase, frozen=True, tag="handoff_offered"):
+class HandoffOffered(_ThreadEventBase, frozen=True, tag="handoff_offered", kw_only=True):
     handoff_id: str
     offered_to: Party
     expires_at: datetime
 
 
-class HandoffAccepted(_ThreadEventBase, frozen=True, tag="handoff_accepted"):
+class HandoffAccepted(_ThreadEventBase, frozen=True, tag="handoff_accepted", kw_only=True):
     handoff_id: str
     by: Party
     fencing_token: int
     snapshot_seq: int = 0
 
 
-class HandoffDeclined(_ThreadEventBase, frozen=True, tag="handoff_declined"):
+class HandoffDeclined(_ThreadEventBase, frozen=True, tag="handoff_declined", kw_only=True):
     handoff_id: str
     by: Party
     reason: str = ""
 
 
-class HandoffExpired(_ThreadEventBase, frozen=True, tag="handoff_expired"):
+class HandoffExpired(_ThreadEventBase, frozen=True, tag="handoff_expired", kw_only=True):
     handoff_id: str
 
 
-class ControlReleased(_ThreadEventBase, frozen=True, tag="control_released"):
+class ControlReleased(_ThreadEventBase, frozen=True, tag="control_released", kw_only=True):
     by: Party
     fencing_token: int
     reason: str = ""
     handoff_id: str = ""
 
 
-class ControlTransferred(_ThreadEventBase, frozen=True, tag="control_transferred"):
+class ControlTransferred(_ThreadEventBase, frozen=True, tag="control_transferred", kw_only=True):
     handoff_id: str
     by: Party | None
     to: Party
@@ -286,13 +291,13 @@ class ControlTransferred(_ThreadEventBase, frozen=True, tag="control_transferred
     reason: str = ""
 
 
-class MessageErased(_ThreadEventBase, frozen=True, tag="message_erased"):
+class MessageErased(_ThreadEventBase, frozen=True, tag="message_erased", kw_only=True):
     """Written over a message's place when its customer is erased (content gone)."""
 
     original_type: str
 
 
-class ContinuationIssued(_ThreadEventBase, frozen=True, tag="continuation_issued"):
+class ContinuationIssued(_ThreadEventBase, frozen=True, tag="continuation_issued", kw_only=True):
     """A continuation token was issued for this thread (the code itself is never stored)."""
 
     token_id: str
@@ -300,7 +305,9 @@ class ContinuationIssued(_ThreadEventBase, frozen=True, tag="continuation_issued
     by: Party | None = None
 
 
-class ContinuationRedeemed(_ThreadEventBase, frozen=True, tag="continuation_redeemed"):
+class ContinuationRedeemed(
+    _ThreadEventBase, frozen=True, tag="continuation_redeemed", kw_only=True
+):
     """A continuation token was redeemed: the thread continues on ``channel``."""
 
     token_id: str
@@ -339,28 +346,33 @@ ThreadEvent = Union[
 
 
 class _CustomerEventBase(
-    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    omit_defaults=True,
+    array_like=True,
+    tag_field="type",
 ):
     at: datetime
 
 
-class CustomerCreated(_CustomerEventBase, tag="customer_created", frozen=True):
+class CustomerCreated(_CustomerEventBase, tag="customer_created", frozen=True, kw_only=True):
     decision: Decision | None = None
 
 
-class IdentifierLinked(_CustomerEventBase, tag="identifier_linked", frozen=True):
+class IdentifierLinked(_CustomerEventBase, tag="identifier_linked", frozen=True, kw_only=True):
     identifier: Identifier
     trust: Trust
     evidence: Evidence = Evidence()
 
 
-class IdentifierUnlinked(_CustomerEventBase, tag="identifier_unlinked", frozen=True):
+class IdentifierUnlinked(_CustomerEventBase, tag="identifier_unlinked", frozen=True, kw_only=True):
     identifier: Identifier
     reason: str = ""
     by: str = ""
 
 
-class IdentifierVerified(_CustomerEventBase, tag="identifier_verified", frozen=True):
+class IdentifierVerified(_CustomerEventBase, tag="identifier_verified", frozen=True, kw_only=True):
     identifier: Identifier
     previous: Trust
     evidence: Evidence = Evidence()
@@ -386,7 +398,7 @@ class SuspendedThread(msgspec.Struct, frozen=True, array_like=True):
     until: datetime | None = None
 
 
-class CustomerMerged(_CustomerEventBase, tag="customer_merged", frozen=True):
+class CustomerMerged(_CustomerEventBase, tag="customer_merged", frozen=True, kw_only=True):
     """Recorded on both sides: ``survivor`` absorbed ``absorbed``.
 
     ``identifiers`` and ``threads`` are what moved from the absorbed customer;
@@ -404,7 +416,7 @@ class CustomerMerged(_CustomerEventBase, tag="customer_merged", frozen=True):
     suspended: tuple[SuspendedThread, ...] = ()
 
 
-class CustomerUnmerged(_CustomerEventBase, tag="customer_unmerged", frozen=True):
+class CustomerUnmerged(_CustomerEventBase, tag="customer_unmerged", frozen=True, kw_only=True):
     """Recorded on both sides: merge ``merge_id`` was undone; ``restored`` exists again
     with ``identifiers`` and ``threads``."""
 
@@ -419,20 +431,22 @@ class CustomerUnmerged(_CustomerEventBase, tag="customer_unmerged", frozen=True)
     resumed: tuple[SuspendedThread, ...] = ()
 
 
-class MergeSuggested(_CustomerEventBase, tag="merge_suggested", frozen=True):
+class MergeSuggested(_CustomerEventBase, tag="merge_suggested", frozen=True, kw_only=True):
     suggestion_id: str
     other: str
     identifier: Identifier
     decision: Decision
 
 
-class MergeSuggestionResolved(_CustomerEventBase, tag="merge_suggestion_resolved", frozen=True):
+class MergeSuggestionResolved(
+    _CustomerEventBase, tag="merge_suggestion_resolved", frozen=True, kw_only=True
+):
     suggestion_id: str
     accepted: bool
     by: str = ""
 
 
-class CustomerErased(_CustomerEventBase, tag="customer_erased", frozen=True):
+class CustomerErased(_CustomerEventBase, tag="customer_erased", frozen=True, kw_only=True):
     by: str = ""
 
 

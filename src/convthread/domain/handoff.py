@@ -100,7 +100,7 @@ class HandoffStatus(str, enum.Enum):
     TRANSFERRED = "transferred"
 
 
-class HandoffRecord(msgspec.Struct, frozen=True, kw_only=True):
+class HandoffRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     """One handoff (or release, or transfer) and where it stands."""
 
     handoff_id: str

@@ -188,7 +188,7 @@ class IdentifierKind:
     SESSION: Final = "session"
 
 
-class Identifier(msgspec.Struct, frozen=True, order=True):
+class Identifier(msgspec.Struct, frozen=True, order=True, omit_defaults=True, array_like=True):
     """A normalized identifier value: ``kind``, ``value`` and, for scoped kinds, ``scope``.
 
     Build these through :func:`convthread.normalize_identifier` (or the helpers such as
@@ -222,7 +222,7 @@ class Identifier(msgspec.Struct, frozen=True, order=True):
         return f"{self.kind}:{self.value}"
 
 
-class SenderIdentifier(msgspec.Struct, frozen=True):
+class SenderIdentifier(msgspec.Struct, frozen=True, omit_defaults=True, array_like=True):
     """An identifier as presented by a sender, with the trust the channel gives it.
 
     ``method`` records how the trust was established (``"channel"``, ``"otp"``,
@@ -260,7 +260,7 @@ class PartyKind(str, enum.Enum):
     SYSTEM = "system"
 
 
-class Party(msgspec.Struct, frozen=True, order=True):
+class Party(msgspec.Struct, frozen=True, order=True, omit_defaults=True, array_like=True):
     """A participant: a customer, a bot, a queue, an agent or the system.
 
     ``Party.parse("agent:alice")`` reads the ``kind:id`` form; ``str(party)`` writes it.
@@ -360,7 +360,7 @@ _STATUS_RANK: Final = {
 }
 
 
-class Attachment(msgspec.Struct, frozen=True, kw_only=True):
+class Attachment(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     """Metadata about an attachment. convthread stores metadata, never the bytes."""
 
     kind: str  # image, audio, video, document, sticker, location, contacts, ...
@@ -376,7 +376,7 @@ class Attachment(msgspec.Struct, frozen=True, kw_only=True):
 _metadata_encoder: Final = msgspec.json.Encoder()
 
 
-class Content(msgspec.Struct, frozen=True, kw_only=True):
+class Content(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     """What a message says: text, attachments metadata and free metadata.
 
     ``metadata`` is a mapping of strings to JSON-compatible values; msgspec structs,

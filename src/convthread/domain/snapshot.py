@@ -155,7 +155,7 @@ class HandoffStep(msgspec.Struct, frozen=True, kw_only=True):
     fencing_token: int | None = None
 
 
-class SnapshotState(msgspec.Struct, frozen=True, kw_only=True):
+class SnapshotState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     """The unredacted fold of a thread's events up to ``seq`` (a checkpoint)."""
 
     thread_id: str
@@ -747,10 +747,10 @@ def snapshot_schema() -> dict[str, Any]:
 
 def event_schema() -> dict[str, Any]:
     """The JSON Schema (2020-12) of a thread event (a tagged union on ``"type"``)."""
+    from convthread import codec
     from convthread.domain.events import ThreadEvent as _ThreadEvent
-    from convthread.domain.reasons import exported_schema
 
-    schema: dict[str, Any] = exported_schema(msgspec.json.schema(_ThreadEvent))
+    schema: dict[str, Any] = codec.json_schema(_ThreadEvent)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "convthread thread event"
     return schema

@@ -66,7 +66,9 @@ _replace: Final = msgspec.structs.replace
 FALLBACK_INTENT: Final = "fallback"
 
 
-class PendingHandoff(msgspec.Struct, frozen=True, kw_only=True):
+class PendingHandoff(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True
+):
     """A handoff that was requested and not yet accepted, declined or expired."""
 
     handoff_id: str
@@ -76,7 +78,7 @@ class PendingHandoff(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: datetime | None = None
 
 
-class ThreadState(msgspec.Struct, frozen=True, kw_only=True):
+class ThreadState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     """What a thread is now: the fold of its events up to ``version``."""
 
     id: str
@@ -388,7 +390,7 @@ def fold(thread_id: str, events: list[tuple[int, ThreadEvent]]) -> ThreadState:
 # --------------------------------------------------------------------------- customers
 
 
-class CustomerState(msgspec.Struct, frozen=True, kw_only=True):
+class CustomerState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     """A customer now: linked identifiers with their trust, and merge status."""
 
     id: str

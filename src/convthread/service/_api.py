@@ -1,8 +1,11 @@
 """``Conversations`` (sync) and ``AsyncConversations`` (asyncio): the public service.
 
-Both run the same operations (store-call generators) through their driver, so they
-behave identically; the async one never blocks the event loop (blocking stores run in
-worker threads).
+Each public method is defined once, on their shared base ``_Service``, as the operation
+it runs (a store-call generator; see :mod:`convthread.service._operation`); each service
+gets a method that runs it through its driver, so they behave identically, and the async
+one never blocks the event loop (blocking stores run in worker threads). What differs
+is written per service: the constructor (which stores it takes), ``__repr__`` and the
+context-manager protocol.
 """
 
 from __future__ import annotations
@@ -64,12 +67,7 @@ from convthread.service import (
     _tokens,
 )
 from convthread.service._core import NS_IDENT, Config, Op
-from convthread.service._drivers import (
-    InlineAsyncStore,
-    ThreadedAsyncStore,
-    run_async,
-    run_sync,
-)
+from convthread.service._drivers import InlineAsyncStore, ThreadedAsyncStore, threaded
 from convthread.service._erasure import ErasureReport
 from convthread.service._identity import (
     Disclosure,
@@ -82,6 +80,7 @@ from convthread.service._identity import (
     VerificationStarted,
 )
 from convthread.service._import import HistoryReply, ImportFailure, ImportSummary
+from convthread.service._operation import Steps, build_service, operation, procedure
 from convthread.service._results import (
     ContinuationToken,
     CustomerView,
@@ -192,7 +191,617 @@ def _open(store: Store | KVStore | str) -> Store:
     return with_heads(store)
 
 
-class Conversations:
+class _Service:
+    """What the two services share: their configuration, and every public method,
+    defined once as the operation it runs (see :mod:`convthread.service._operation`)."""
+
+    config: Config
+
+    @operation(retries=False)
+    def close(self) -> Op[None]:
+        """Close the store."""
+        yield "close", ()
+
+    # -- messages
+
+    @operation(retries=True)
+    def ingest(self, inbound: Inbound) -> Op[IngestResult]:
+        """Store an inbound message: deduplicate, resolve the customer, choose the thread."""
+        return _ingest_op(self.config)(self.config, inbound)
+
+    @operation(retries=True)
+    def send(
+        self,
+        thread_id: str,
+        content: str | Content,
+        *,
+        sender: Party | str,
+        channel: str | None = None,
+        fencing_token: int | None = None,
+        provider_message_id: str | None = None,
+        idempotency_key: str | None = None,
+        reply_to: str | None = None,
+        embed_reference: bool = False,
+    ) -> Op[SendResult]:
+        """Record an outbound message by an agent, a bot or the system.
+
+        ``channel`` defaults to the channel the customer last used. A controller (see
+        handoff) passes the ``fencing_token`` it holds; a stale one is rejected.
+        ``embed_reference`` appends the thread's reference token (``[#th_...]``) to the
+        text, so a reply quoting it continues this thread on any channel.
+        """
+        return _messages.send(
+            self.config,
+            thread_id,
+            _content(content),
+            Party.parse(sender),
+            _channel(channel),
+            fencing_token,
+            provider_message_id,
+            idempotency_key,
+            reply_to,
+            embed_reference,
+        )
+
+    @procedure
+    def import_history(
+        self,
+        messages: Iterable[ChannelResult | HistoryReply | ImportFailure],
+        *,
+        chunk_size: int = _import.DEFAULT_CHUNK,
+        progress: Callable[[ImportSummary], None] | None = None,
+    ) -> Steps[ImportSummary]:
+        """Import history: each message is recorded at its own time (``sent_at``), company
+        replies (:class:`HistoryReply`) as outbound messages; ``chunk_size`` messages per
+        transaction; a rerun skips what is stored. Results that are not messages are
+        counted as ignored; an :class:`ImportFailure` (from a reader of
+        :mod:`convthread.importing`) as failed. ``progress`` is called after each chunk
+        with the counts so far. See :mod:`convthread.service._import` and
+        docs/import.md."""
+        importer = _import.Importer(self.config, chunk_size, progress)
+        for chunk in importer.chunks(messages):
+            importer.start(chunk)
+            while (op := importer.next_op()) is not None:
+                try:
+                    importer.done((yield op, self.config.max_retries))
+                except _import.ItemFailed as failure:
+                    importer.failed(failure)
+        return importer.summary()
+
+    # -- reads
+
+    @operation(retries=False)
+    def thread(self, thread_id: str) -> Op[ThreadView]:
+        """A thread's state and all its events."""
+        return _reads.thread(thread_id)
+
+    @operation(retries=False)
+    def thread_state(self, thread_id: str) -> Op[ThreadState]:
+        """A thread's current state (without its events)."""
+        return _reads.thread_state(thread_id)
+
+    @operation(retries=False)
+    def events(self, thread_id: str, *, after: int = 0) -> Op[list[StoredEvent]]:
+        """A thread's events with sequence number greater than ``after``."""
+        return _reads.events(thread_id, after)
+
+    @operation(retries=False)
+    def customer(self, customer_id: str) -> Op[CustomerView]:
+        """A customer's identity state, identity events and thread ids."""
+        return _reads.customer(customer_id)
+
+    @operation(retries=False)
+    def customer_threads(self, customer_id: str) -> Op[list[ThreadState]]:
+        """A customer's threads, oldest first."""
+        return _reads.customer_threads(customer_id)
+
+    # -- erasure
+
+    @operation(retries=True)
+    def erase_customer(self, customer_id: str, *, by: Party | str = "") -> Op[ErasureReport]:
+        """Erase a customer: identifiers, message content, attributes, snapshots and every
+        index entry that carries personal data, then scrub the store. Idempotent.
+
+        Erasing either side of a merge erases the whole merged customer. See
+        :mod:`convthread.service._erasure` for exactly what goes and what remains.
+        """
+        return _erasure.erase_customer(self.config, customer_id, _actor(by))
+
+    # -- threads (lifecycle, reports, queries, batches)
+
+    @operation(retries=True)
+    def ingest_many(self, inbounds: Sequence[Inbound]) -> Op[list[IngestResult]]:
+        """Ingest several messages in one store transaction (all or nothing).
+
+        Each message sees the ones before it; a conflict with another writer retries the
+        whole batch; a typed error in any message writes nothing.
+        """
+        return _threads.ingest_many(self.config, list(inbounds))
+
+    @operation(retries=True)
+    def apply(self, result: ChannelResult) -> Op[ApplyResult]:
+        """Record what a channel adapter produced: an inbound message, a delivery status,
+        an edit, a deletion, a reaction, or unsupported content (kept and reported)."""
+        return _threads.apply(self.config, result)
+
+    @operation(retries=True)
+    def record_provider_id(
+        self, thread_id: str, seq: int, provider_message_id: str
+    ) -> Op[ApplyResult]:
+        """Record the provider's id of outbound message ``seq``, learnt after ``send``;
+        statuses the provider reported for it earlier are applied."""
+        return _threads.record_provider_id(self.config, thread_id, seq, provider_message_id)
+
+    @operation(retries=True)
+    def set_status(
+        self,
+        thread_id: str,
+        status: ThreadStatus | str,
+        *,
+        until: datetime | None = None,
+        by: Party | str | None = None,
+        reason: str = "",
+    ) -> Op[ThreadState]:
+        """Move a thread through its lifecycle; InvalidTransition if the move is not
+        allowed (see ``LIFECYCLE``)."""
+        return _threads.set_status(
+            self.config,
+            thread_id,
+            status,
+            until,
+            Party.parse(by) if by is not None else None,
+            reason,
+        )
+
+    @operation(retries=True)
+    def resolve(
+        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
+    ) -> Op[ThreadState]:
+        """Resolve a thread (it may reopen within the reopen window)."""
+        return _threads.set_status(
+            self.config, thread_id, ThreadStatus.RESOLVED, None, _party(by), reason
+        )
+
+    @operation(retries=True)
+    def reopen(
+        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
+    ) -> Op[ThreadState]:
+        """Reopen a resolved thread (or wake a pending or snoozed one)."""
+        return _threads.set_status(
+            self.config, thread_id, ThreadStatus.OPEN, None, _party(by), reason
+        )
+
+    @operation(retries=True)
+    def snooze(
+        self,
+        thread_id: str,
+        until: datetime,
+        *,
+        by: Party | str | None = None,
+        reason: str = "",
+    ) -> Op[ThreadState]:
+        """Snooze a thread until a time; ``sweep`` wakes it, as does a customer message."""
+        return _threads.set_status(
+            self.config, thread_id, ThreadStatus.SNOOZED, until, _party(by), reason
+        )
+
+    @operation(retries=True)
+    def close_thread(
+        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
+    ) -> Op[ThreadState]:
+        """Close a thread for good (a later message starts a successor)."""
+        return _threads.set_status(
+            self.config, thread_id, ThreadStatus.CLOSED, None, _party(by), reason
+        )
+
+    @operation(retries=True)
+    def sweep(self, now: datetime, *, policy: LifecyclePolicy | None = None) -> Op[SweepResult]:
+        """Apply the time-based lifecycle moves due at ``now``: wake snoozed threads,
+        auto-resolve inactive ones (``policy``, default the service's). Nothing runs in
+        the background: call this from your scheduler."""
+        return _threads.sweep(self.config, now, policy)
+
+    @operation(retries=False)
+    def timeline(self, thread_id: str) -> Op[list[TimelineEntry]]:
+        """A thread's messages as they stand now, ordered by the channel's timestamps."""
+        return _threads.timeline(thread_id)
+
+    @operation(retries=False)
+    def find_message(self, channel: str, provider_message_id: str) -> Op[MessageLocation | None]:
+        """Where a provider message id landed (thread and sequence number), or None."""
+        return _threads.find_message(channel, provider_message_id)
+
+    @operation(retries=False)
+    def threads(
+        self,
+        *,
+        customer: str | None = None,
+        status: ThreadStatus | str | None = None,
+        channel: str | None = None,
+        controller: Party | str | None = None,
+        active_after: datetime | None = None,
+        active_before: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Op[ThreadPage]:
+        """Threads matching all the filters given, a page at a time (see ThreadPage),
+        ordered by last activity, oldest first, thread id breaking ties."""
+        return _threads.threads(
+            customer=customer,
+            status=status,
+            channel=channel,
+            controller=Party.parse(controller) if controller is not None else None,
+            active_after=active_after,
+            active_before=active_before,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    @operation(retries=False)
+    def unsupported(
+        self, *, limit: int = 100, cursor: str | None = None
+    ) -> Op[tuple[list[tuple[datetime, Unsupported]], str | None]]:
+        """Unsupported content kept by ``apply``, oldest first, and the next cursor."""
+        return _threads.unsupported(limit, cursor)
+
+    # -- identity (merge policy, ledger, verification, disclosure)
+
+    @operation(retries=True)
+    def link(
+        self,
+        customer_id: str,
+        identifier: Identifier,
+        *,
+        trust: Trust = Trust.CLAIMED,
+        by: Party | str = "",
+        method: str = "agent",
+        channel: str = "",
+        detail: str = "",
+    ) -> Op[CustomerState]:
+        """Link ``identifier`` to a customer at ``trust`` (or raise its trust), with evidence.
+
+        PolicyViolation when it belongs to another customer, is blocklisted, or would
+        break a per-kind limit."""
+        return _identity.link(
+            self.config,
+            customer_id,
+            identifier,
+            trust,
+            by=_actor(by),
+            method=method,
+            channel=channel,
+            detail=detail,
+        )
+
+    @operation(retries=True)
+    def unlink(self, identifier: Identifier, *, by: Party | str = "", reason: str = "") -> Op[str]:
+        """Remove ``identifier`` from its customer (an ``IdentifierUnlinked`` event); returns
+        the customer id."""
+        return _identity.unlink(self.config, identifier, by=_actor(by), reason=reason)
+
+    @operation(retries=True)
+    def merge(
+        self, a: str, b: str, *, by: Party | str = "", reason: str = "", dry_run: bool = False
+    ) -> Op[MergeResult]:
+        """Merge two customers (the merge policy's survivor rule says who survives).
+
+        The hard rules (per-kind limits, verified account ids, blocklist) raise
+        PolicyViolation. ``dry_run=True`` returns what would change without writing."""
+        return _identity.merge(self.config, a, b, by=_actor(by), reason=reason, dry_run=dry_run)
+
+    @operation(retries=True)
+    def unmerge(
+        self, merge_id: str, *, by: Party | str = "", reason: str = ""
+    ) -> Op[UnmergeResult]:
+        """Undo a merge: identifiers, their trust, threads and topic pointers go back."""
+        return _identity.unmerge(self.config, merge_id, by=_actor(by), reason=reason)
+
+    @operation(retries=False)
+    def explain(self, identifier: Identifier) -> Op[Explanation]:
+        """The chain of identity events that put ``identifier`` where it is."""
+        return _identity.explain(self.config, identifier)
+
+    @operation(retries=False)
+    def merge_suggestions(
+        self, *, customer_id: str | None = None, status: str | None = "pending"
+    ) -> Op[list[MergeSuggestion]]:
+        """Recorded merge suggestions (pending by default), oldest first."""
+        return _identity.suggestions(customer_id, status)
+
+    @operation(retries=True)
+    def accept_suggestion(
+        self, suggestion_id: str, *, by: Party | str = "", dry_run: bool = False
+    ) -> Op[MergeResult]:
+        """Accept a merge suggestion: the customers merge (hard rules still apply)."""
+        return _identity.accept_suggestion(
+            self.config, suggestion_id, by=_actor(by), dry_run=dry_run
+        )
+
+    @operation(retries=True)
+    def reject_suggestion(self, suggestion_id: str, *, by: Party | str = "") -> Op[MergeSuggestion]:
+        """Reject a merge suggestion; the pair is not suggested again."""
+        return _identity.reject_suggestion(self.config, suggestion_id, by=_actor(by))
+
+    @operation(retries=True)
+    def start_verification(
+        self,
+        identifier: Identifier,
+        *,
+        customer_id: str | None = None,
+        session_trust: Trust = Trust.CLAIMED,
+        channel: str = "",
+        by: Party | str = "",
+        ttl: timedelta = timedelta(minutes=10),
+        attempts: int = 5,
+    ) -> Op[VerificationStarted]:
+        """Start verifying ``identifier`` with a one-time code (deliver ``result.code``)."""
+        return _identity.start_verification(
+            self.config,
+            identifier,
+            customer_id=customer_id,
+            session_trust=session_trust,
+            channel=channel,
+            by=_actor(by),
+            ttl=ttl,
+            attempts=attempts,
+        )
+
+    @operation(retries=True)
+    def confirm_verification(
+        self, verification_id: str, code: str, *, by: Party | str = ""
+    ) -> Op[VerificationResult]:
+        """Confirm a one-time code: the identifier becomes verified (VerificationError when
+        the code is wrong, expired or out of attempts)."""
+        return _identity.confirm_verification(self.config, verification_id, code, by=_actor(by))
+
+    @operation(retries=False)
+    def history_for(
+        self,
+        session: IngestResult | Identifier,
+        *,
+        trust: Trust | None = None,
+        thread_id: str | None = None,
+        since: int | None = None,
+    ) -> Op[History]:
+        """What a session may see under the disclosure policy: the customer's threads when
+        it arrived with an asserted or verified linked identifier, else only its thread.
+
+        ``session`` is the session's IngestResult, or the identifier it arrived with
+        (then pass its ``trust``, and its ``thread_id`` if it has one)."""
+        return _identity.history_for(
+            self.config,
+            *_session(session),
+            trust=trust,
+            thread_id=thread_id,
+            since=since,
+        )
+
+    @operation(retries=False)
+    def disclosure(
+        self,
+        session: IngestResult | Identifier,
+        *,
+        trust: Trust | None = None,
+        thread_id: str | None = None,
+        since: int | None = None,
+    ) -> Op[Disclosure]:
+        """What a session may see (the disclosure policy's answer), without reading
+        the history: for any read made on a session's behalf. ``session`` as for
+        :meth:`history_for`."""
+        return _identity.disclosure(
+            self.config,
+            *_session(session),
+            trust=trust,
+            thread_id=thread_id,
+            since=since,
+        )
+
+    # -- handoff and control
+
+    @operation(retries=True)
+    def request_handoff(
+        self,
+        thread_id: str,
+        *,
+        to: Party | str,
+        reason: str = "",
+        by: Party | str | None = None,
+        fencing_token: int | None = None,
+        handoff_id: str | None = None,
+    ) -> Op[HandoffResult]:
+        """Ask for ``to`` (a queue, an agent or a bot) to take the thread over. At most one
+        handoff is pending per thread; the same ``handoff_id`` again is a repeat."""
+        return _handoff.request(
+            self.config,
+            thread_id,
+            Party.parse(to),
+            reason,
+            _party(by),
+            fencing_token,
+            handoff_id,
+        )
+
+    @operation(retries=True)
+    def offer_handoff(
+        self, handoff_id: str, *, to: Party | str, ttl: timedelta = DEFAULT_OFFER_TTL
+    ) -> Op[HandoffResult]:
+        """Offer a pending handoff to one party until ``ttl`` from now."""
+        return _handoff.offer(self.config, handoff_id, Party.parse(to), ttl)
+
+    @operation(retries=True)
+    def accept_handoff(self, handoff_id: str, *, by: Party | str) -> Op[HandoffResult]:
+        """Take control: returns the new fencing token and the snapshot handed over (also
+        stored with the handoff). Of two parties accepting at once, one wins; the other
+        gets HandoffTaken."""
+        return _handoff.accept(self.config, handoff_id, Party.parse(by))
+
+    @operation(retries=True)
+    def decline_handoff(
+        self, handoff_id: str, *, by: Party | str, reason: str = ""
+    ) -> Op[HandoffResult]:
+        """Decline an offer; the handoff stays pending, to be offered again."""
+        return _handoff.decline(self.config, handoff_id, Party.parse(by), reason)
+
+    @operation(retries=True)
+    def release_control(
+        self,
+        thread_id: str,
+        *,
+        by: Party | str,
+        fencing_token: int,
+        reason: str = "",
+        handoff_id: str | None = None,
+    ) -> Op[HandoffResult]:
+        """The controller gives control up (the fencing token moves on)."""
+        return _handoff.release(
+            self.config,
+            thread_id,
+            Party.parse(by),
+            fencing_token,
+            reason,
+            handoff_id,
+        )
+
+    @operation(retries=True)
+    def transfer_control(
+        self,
+        thread_id: str,
+        *,
+        to: Party | str,
+        fencing_token: int,
+        by: Party | str | None = None,
+        reason: str = "",
+        handoff_id: str | None = None,
+    ) -> Op[HandoffResult]:
+        """Hand control straight to ``to``; ``fencing_token`` must be the current one (0 on
+        a thread nobody controlled yet)."""
+        return _handoff.transfer(
+            self.config,
+            thread_id,
+            Party.parse(to),
+            _party(by),
+            fencing_token,
+            reason,
+            handoff_id,
+        )
+
+    @procedure
+    def expire_handoffs(self, *, now: datetime | None = None) -> Steps[list[HandoffResult]]:
+        """Expire every offer due at ``now`` (default: the clock). Nothing runs in the
+        background: call this from your scheduler."""
+        when = now or self.config.clock.now()
+        due = yield partial(_handoff.due_offers, when), self.config.max_retries
+        out: list[HandoffResult] = []
+        for handoff_id in due:
+            expire = partial(_handoff.expire_offer, self.config, handoff_id, when)
+            result = yield expire, self.config.max_retries
+            if result is not None:
+                out.append(result)
+        return out
+
+    @operation(retries=False)
+    def handoff(self, handoff_id: str) -> Op[HandoffRecord]:
+        """A handoff's record as it stands."""
+        return _handoff.get_handoff(handoff_id)
+
+    @operation(retries=False)
+    def handed_over_snapshot(self, thread_id: str, handoff_id: str) -> Op[Snapshot]:
+        """The snapshot stored with a handoff: exactly what its receiver was given."""
+        return _snapshots.handed_over(thread_id, handoff_id)
+
+    @operation(retries=True)
+    def set_attribute(
+        self,
+        thread_id: str,
+        name: str,
+        value: object,
+        *,
+        by: Party | str | None = None,
+        fencing_token: int | None = None,
+    ) -> Op[int]:
+        """Set an attribute on the thread (last write wins); returns its sequence number."""
+        return _handoff.set_attribute(
+            self.config,
+            thread_id,
+            name,
+            value,
+            _party(by),
+            fencing_token,
+        )
+
+    @operation(retries=True)
+    def record_intent(
+        self,
+        thread_id: str,
+        name: str,
+        *,
+        confidence: float = 1.0,
+        by: Party | str | None = None,
+        fencing_token: int | None = None,
+    ) -> Op[int]:
+        """Record a detected intent (``"fallback"`` counts a bot failure); returns its
+        sequence number."""
+        return _handoff.record_intent(
+            self.config,
+            thread_id,
+            name,
+            confidence,
+            _party(by),
+            fencing_token,
+        )
+
+    # -- context snapshots
+
+    @operation(retries=True)
+    def snapshot(
+        self,
+        thread_id: str,
+        *,
+        audience: str = "agent",
+        at_seq: int | None = None,
+        max_messages: int = 20,
+        max_chars: int | None = None,
+        session: IngestResult | None = None,
+    ) -> Op[Snapshot]:
+        """The context snapshot of a thread for ``audience`` (at ``at_seq``, default: now),
+        with at most ``max_messages`` recent messages totalling ``max_chars``.
+
+        A ``"customer"`` snapshot is read on a session's behalf: pass ``session`` (the
+        IngestResult of the session's message). Under the disclosure policy a session
+        that arrived with only a claim sees its own messages, nothing earlier."""
+        return _snapshots.snapshot(
+            self.config,
+            thread_id,
+            audience,
+            at_seq,
+            max_messages,
+            max_chars,
+            session,
+        )
+
+    # -- continuation tokens
+
+    @operation(retries=True)
+    def issue_continuation(
+        self,
+        thread_id: str,
+        *,
+        ttl: timedelta = DEFAULT_TOKEN_TTL,
+        by: Party | str | None = None,
+    ) -> Op[ContinuationToken]:
+        """A single-use token for the thread: ``code`` to read out, ``signed`` for links."""
+        return _tokens.issue(self.config, thread_id, ttl, _party(by))
+
+    @operation(retries=True)
+    def redeem_continuation(
+        self, token: str, *, sender: SenderIdentifier, channel: str
+    ) -> Op[Redemption]:
+        """Redeem a code or signed token arriving on ``channel`` with ``sender``: links the
+        identifier to the customer (evidence "token") and continues the thread."""
+        return _tokens.redeem(self.config, token, sender, channel)
+
+
+class Conversations(_Service):
     """The synchronous service over a :class:`~convthread.ports.Store`.
 
     ``store`` is a store object or a URL (``"memory://"``, ``"sqlite:///support.db"``); a
@@ -235,6 +844,12 @@ class Conversations:
     def __repr__(self) -> str:
         return f"Conversations({self.store!r})"
 
+    # One index read: called directly, not through the driver, which would double
+    # its cost (this is the lookup an adapter makes before every message).
+    def find_customer(self, identifier: Identifier) -> str | None:
+        """The id of the customer an identifier is linked to, or None."""
+        return _reads.owner_of(self.store.get(NS_IDENT, _reads.ident_key(self.config, identifier)))
+
     def __enter__(self) -> Self:
         return self
 
@@ -246,613 +861,8 @@ class Conversations:
     ) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Close the store."""
-        self.store.close()
 
-    # -- messages
-
-    def ingest(self, inbound: Inbound) -> IngestResult:
-        """Store an inbound message: deduplicate, resolve the customer, choose the thread."""
-        op = partial(_ingest_op(self.config), self.config, inbound)
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def send(
-        self,
-        thread_id: str,
-        content: str | Content,
-        *,
-        sender: Party | str,
-        channel: str | None = None,
-        fencing_token: int | None = None,
-        provider_message_id: str | None = None,
-        idempotency_key: str | None = None,
-        reply_to: str | None = None,
-        embed_reference: bool = False,
-    ) -> SendResult:
-        """Record an outbound message by an agent, a bot or the system.
-
-        ``channel`` defaults to the channel the customer last used. A controller (see
-        handoff) passes the ``fencing_token`` it holds; a stale one is rejected.
-        ``embed_reference`` appends the thread's reference token (``[#th_...]``) to the
-        text, so a reply quoting it continues this thread on any channel.
-        """
-        op = partial(
-            _messages.send,
-            self.config,
-            thread_id,
-            _content(content),
-            Party.parse(sender),
-            _channel(channel),
-            fencing_token,
-            provider_message_id,
-            idempotency_key,
-            reply_to,
-            embed_reference,
-        )
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def import_history(
-        self,
-        messages: Iterable[ChannelResult | HistoryReply | ImportFailure],
-        *,
-        chunk_size: int = _import.DEFAULT_CHUNK,
-        progress: Callable[[ImportSummary], None] | None = None,
-    ) -> ImportSummary:
-        """Import history: each message is recorded at its own time (``sent_at``), company
-        replies (:class:`HistoryReply`) as outbound messages; ``chunk_size`` messages per
-        transaction; a rerun skips what is stored. Results that are not messages are
-        counted as ignored; an :class:`ImportFailure` (from a reader of
-        :mod:`convthread.importing`) as failed. ``progress`` is called after each chunk
-        with the counts so far. See :mod:`convthread.service._import` and
-        docs/import.md."""
-        importer = _import.Importer(self.config, chunk_size, progress)
-        for chunk in importer.chunks(messages):
-            importer.start(chunk)
-            while (op := importer.next_op()) is not None:
-                try:
-                    importer.done(run_sync(self.store, op, self.config.max_retries))
-                except _import.ItemFailed as failure:
-                    importer.failed(failure)
-        return importer.summary()
-
-    # -- reads
-
-    def thread(self, thread_id: str) -> ThreadView:
-        """A thread's state and all its events."""
-        return run_sync(self.store, partial(_reads.thread, thread_id), 0)
-
-    def thread_state(self, thread_id: str) -> ThreadState:
-        """A thread's current state (without its events)."""
-        return run_sync(self.store, partial(_reads.thread_state, thread_id), 0)
-
-    def events(self, thread_id: str, *, after: int = 0) -> list[StoredEvent]:
-        """A thread's events with sequence number greater than ``after``."""
-        return run_sync(self.store, partial(_reads.events, thread_id, after), 0)
-
-    def customer(self, customer_id: str) -> CustomerView:
-        """A customer's identity state, identity events and thread ids."""
-        return run_sync(self.store, partial(_reads.customer, customer_id), 0)
-
-    def customer_threads(self, customer_id: str) -> list[ThreadState]:
-        """A customer's threads, oldest first."""
-        return run_sync(self.store, partial(_reads.customer_threads, customer_id), 0)
-
-    def find_customer(self, identifier: Identifier) -> str | None:
-        """The id of the customer an identifier is linked to, or None."""
-        return _reads.owner_of(self.store.get(NS_IDENT, _reads.ident_key(self.config, identifier)))
-
-    # -- erasure
-
-    def erase_customer(self, customer_id: str, *, by: Party | str = "") -> ErasureReport:
-        """Erase a customer: identifiers, message content, attributes, snapshots and every
-        index entry that carries personal data, then scrub the store. Idempotent.
-
-        Erasing either side of a merge erases the whole merged customer. See
-        :mod:`convthread.service._erasure` for exactly what goes and what remains.
-        """
-        return run_sync(
-            self.store,
-            partial(_erasure.erase_customer, self.config, customer_id, _actor(by)),
-            self.config.max_retries,
-        )
-
-    # -- threads (lifecycle, reports, queries, batches)
-
-    def ingest_many(self, inbounds: Sequence[Inbound]) -> list[IngestResult]:
-        """Ingest several messages in one store transaction (all or nothing).
-
-        Each message sees the ones before it; a conflict with another writer retries the
-        whole batch; a typed error in any message writes nothing.
-        """
-        return run_sync(
-            self.store,
-            partial(_threads.ingest_many, self.config, list(inbounds)),
-            self.config.max_retries,
-        )
-
-    def apply(self, result: ChannelResult) -> ApplyResult:
-        """Record what a channel adapter produced: an inbound message, a delivery status,
-        an edit, a deletion, a reaction, or unsupported content (kept and reported)."""
-        return run_sync(
-            self.store, partial(_threads.apply, self.config, result), self.config.max_retries
-        )
-
-    def record_provider_id(self, thread_id: str, seq: int, provider_message_id: str) -> ApplyResult:
-        """Record the provider's id of outbound message ``seq``, learnt after ``send``;
-        statuses the provider reported for it earlier are applied."""
-        op = partial(_threads.record_provider_id, self.config, thread_id, seq, provider_message_id)
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def set_status(
-        self,
-        thread_id: str,
-        status: ThreadStatus | str,
-        *,
-        until: datetime | None = None,
-        by: Party | str | None = None,
-        reason: str = "",
-    ) -> ThreadState:
-        """Move a thread through its lifecycle; InvalidTransition if the move is not
-        allowed (see ``LIFECYCLE``)."""
-        op = partial(
-            _threads.set_status,
-            self.config,
-            thread_id,
-            status,
-            until,
-            Party.parse(by) if by is not None else None,
-            reason,
-        )
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def resolve(
-        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
-    ) -> ThreadState:
-        """Resolve a thread (it may reopen within the reopen window)."""
-        return self.set_status(thread_id, ThreadStatus.RESOLVED, by=by, reason=reason)
-
-    def reopen(
-        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
-    ) -> ThreadState:
-        """Reopen a resolved thread (or wake a pending or snoozed one)."""
-        return self.set_status(thread_id, ThreadStatus.OPEN, by=by, reason=reason)
-
-    def snooze(
-        self,
-        thread_id: str,
-        until: datetime,
-        *,
-        by: Party | str | None = None,
-        reason: str = "",
-    ) -> ThreadState:
-        """Snooze a thread until a time; ``sweep`` wakes it, as does a customer message."""
-        return self.set_status(thread_id, ThreadStatus.SNOOZED, until=until, by=by, reason=reason)
-
-    def close_thread(
-        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
-    ) -> ThreadState:
-        """Close a thread for good (a later message starts a successor)."""
-        return self.set_status(thread_id, ThreadStatus.CLOSED, by=by, reason=reason)
-
-    def sweep(self, now: datetime, *, policy: LifecyclePolicy | None = None) -> SweepResult:
-        """Apply the time-based lifecycle moves due at ``now``: wake snoozed threads,
-        auto-resolve inactive ones (``policy``, default the service's). Nothing runs in
-        the background: call this from your scheduler."""
-        return run_sync(
-            self.store,
-            partial(_threads.sweep, self.config, now, policy),
-            self.config.max_retries,
-        )
-
-    def timeline(self, thread_id: str) -> list[TimelineEntry]:
-        """A thread's messages as they stand now, ordered by the channel's timestamps."""
-        return run_sync(self.store, partial(_threads.timeline, thread_id), 0)
-
-    def find_message(self, channel: str, provider_message_id: str) -> MessageLocation | None:
-        """Where a provider message id landed (thread and sequence number), or None."""
-        return run_sync(self.store, partial(_threads.find_message, channel, provider_message_id), 0)
-
-    def threads(
-        self,
-        *,
-        customer: str | None = None,
-        status: ThreadStatus | str | None = None,
-        channel: str | None = None,
-        controller: Party | str | None = None,
-        active_after: datetime | None = None,
-        active_before: datetime | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> ThreadPage:
-        """Threads matching all the filters given, a page at a time (see ThreadPage),
-        ordered by last activity, oldest first, thread id breaking ties."""
-        op = partial(
-            _threads.threads,
-            customer=customer,
-            status=status,
-            channel=channel,
-            controller=Party.parse(controller) if controller is not None else None,
-            active_after=active_after,
-            active_before=active_before,
-            limit=limit,
-            cursor=cursor,
-        )
-        return run_sync(self.store, op, 0)
-
-    def unsupported(
-        self, *, limit: int = 100, cursor: str | None = None
-    ) -> tuple[list[tuple[datetime, Unsupported]], str | None]:
-        """Unsupported content kept by ``apply``, oldest first, and the next cursor."""
-        return run_sync(self.store, partial(_threads.unsupported, limit, cursor), 0)
-
-    # -- identity (merge policy, ledger, verification, disclosure)
-
-    def link(
-        self,
-        customer_id: str,
-        identifier: Identifier,
-        *,
-        trust: Trust = Trust.CLAIMED,
-        by: Party | str = "",
-        method: str = "agent",
-        channel: str = "",
-        detail: str = "",
-    ) -> CustomerState:
-        """Link ``identifier`` to a customer at ``trust`` (or raise its trust), with evidence.
-
-        PolicyViolation when it belongs to another customer, is blocklisted, or would
-        break a per-kind limit."""
-        op = partial(
-            _identity.link,
-            self.config,
-            customer_id,
-            identifier,
-            trust,
-            by=_actor(by),
-            method=method,
-            channel=channel,
-            detail=detail,
-        )
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def unlink(self, identifier: Identifier, *, by: Party | str = "", reason: str = "") -> str:
-        """Remove ``identifier`` from its customer (an ``IdentifierUnlinked`` event); returns
-        the customer id."""
-        op = partial(_identity.unlink, self.config, identifier, by=_actor(by), reason=reason)
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def merge(
-        self, a: str, b: str, *, by: Party | str = "", reason: str = "", dry_run: bool = False
-    ) -> MergeResult:
-        """Merge two customers (the merge policy's survivor rule says who survives).
-
-        The hard rules (per-kind limits, verified account ids, blocklist) raise
-        PolicyViolation. ``dry_run=True`` returns what would change without writing."""
-        op = partial(
-            _identity.merge, self.config, a, b, by=_actor(by), reason=reason, dry_run=dry_run
-        )
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def unmerge(self, merge_id: str, *, by: Party | str = "", reason: str = "") -> UnmergeResult:
-        """Undo a merge: identifiers, their trust, threads and topic pointers go back."""
-        op = partial(_identity.unmerge, self.config, merge_id, by=_actor(by), reason=reason)
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def explain(self, identifier: Identifier) -> Explanation:
-        """The chain of identity events that put ``identifier`` where it is."""
-        op = partial(_identity.explain, self.config, identifier)
-        return run_sync(self.store, op, 0)
-
-    def merge_suggestions(
-        self, *, customer_id: str | None = None, status: str | None = "pending"
-    ) -> list[MergeSuggestion]:
-        """Recorded merge suggestions (pending by default), oldest first."""
-        op = partial(_identity.suggestions, customer_id, status)
-        return run_sync(self.store, op, 0)
-
-    def accept_suggestion(
-        self, suggestion_id: str, *, by: Party | str = "", dry_run: bool = False
-    ) -> MergeResult:
-        """Accept a merge suggestion: the customers merge (hard rules still apply)."""
-        op = partial(
-            _identity.accept_suggestion, self.config, suggestion_id, by=_actor(by), dry_run=dry_run
-        )
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def reject_suggestion(self, suggestion_id: str, *, by: Party | str = "") -> MergeSuggestion:
-        """Reject a merge suggestion; the pair is not suggested again."""
-        op = partial(_identity.reject_suggestion, self.config, suggestion_id, by=_actor(by))
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def start_verification(
-        self,
-        identifier: Identifier,
-        *,
-        customer_id: str | None = None,
-        session_trust: Trust = Trust.CLAIMED,
-        channel: str = "",
-        by: Party | str = "",
-        ttl: timedelta = timedelta(minutes=10),
-        attempts: int = 5,
-    ) -> VerificationStarted:
-        """Start verifying ``identifier`` with a one-time code (deliver ``result.code``)."""
-        op = partial(
-            _identity.start_verification,
-            self.config,
-            identifier,
-            customer_id=customer_id,
-            session_trust=session_trust,
-            channel=channel,
-            by=_actor(by),
-            ttl=ttl,
-            attempts=attempts,
-        )
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def confirm_verification(
-        self, verification_id: str, code: str, *, by: Party | str = ""
-    ) -> VerificationResult:
-        """Confirm a one-time code: the identifier becomes verified (VerificationError when
-        the code is wrong, expired or out of attempts)."""
-        op = partial(
-            _identity.confirm_verification, self.config, verification_id, code, by=_actor(by)
-        )
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def history_for(
-        self,
-        session: IngestResult | Identifier,
-        *,
-        trust: Trust | None = None,
-        thread_id: str | None = None,
-        since: int | None = None,
-    ) -> History:
-        """What a session may see under the disclosure policy: the customer's threads when
-        it arrived with an asserted or verified linked identifier, else only its thread.
-
-        ``session`` is the session's IngestResult, or the identifier it arrived with
-        (then pass its ``trust``, and its ``thread_id`` if it has one)."""
-        op = partial(
-            _identity.history_for,
-            self.config,
-            *_session(session),
-            trust=trust,
-            thread_id=thread_id,
-            since=since,
-        )
-        return run_sync(self.store, op, 0)
-
-    def disclosure(
-        self,
-        session: IngestResult | Identifier,
-        *,
-        trust: Trust | None = None,
-        thread_id: str | None = None,
-        since: int | None = None,
-    ) -> Disclosure:
-        """What a session may see (the disclosure policy's answer), without reading
-        the history: for any read made on a session's behalf. ``session`` as for
-        :meth:`history_for`."""
-        op = partial(
-            _identity.disclosure,
-            self.config,
-            *_session(session),
-            trust=trust,
-            thread_id=thread_id,
-            since=since,
-        )
-        return run_sync(self.store, op, 0)
-
-    # -- handoff and control (issue 5)
-
-    def request_handoff(
-        self,
-        thread_id: str,
-        *,
-        to: Party | str,
-        reason: str = "",
-        by: Party | str | None = None,
-        fencing_token: int | None = None,
-        handoff_id: str | None = None,
-    ) -> HandoffResult:
-        """Ask for ``to`` (a queue, an agent or a bot) to take the thread over. At most one
-        handoff is pending per thread; the same ``handoff_id`` again is a repeat."""
-        op = partial(
-            _handoff.request,
-            self.config,
-            thread_id,
-            Party.parse(to),
-            reason,
-            _party(by),
-            fencing_token,
-            handoff_id,
-        )
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def offer_handoff(
-        self, handoff_id: str, *, to: Party | str, ttl: timedelta = DEFAULT_OFFER_TTL
-    ) -> HandoffResult:
-        """Offer a pending handoff to one party until ``ttl`` from now."""
-        op = partial(_handoff.offer, self.config, handoff_id, Party.parse(to), ttl)
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def accept_handoff(self, handoff_id: str, *, by: Party | str) -> HandoffResult:
-        """Take control: returns the new fencing token and the snapshot handed over (also
-        stored with the handoff). Of two parties accepting at once, one wins; the other
-        gets HandoffTaken."""
-        op = partial(_handoff.accept, self.config, handoff_id, Party.parse(by))
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def decline_handoff(
-        self, handoff_id: str, *, by: Party | str, reason: str = ""
-    ) -> HandoffResult:
-        """Decline an offer; the handoff stays pending, to be offered again."""
-        op = partial(_handoff.decline, self.config, handoff_id, Party.parse(by), reason)
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def release_control(
-        self,
-        thread_id: str,
-        *,
-        by: Party | str,
-        fencing_token: int,
-        reason: str = "",
-        handoff_id: str | None = None,
-    ) -> HandoffResult:
-        """The controller gives control up (the fencing token moves on)."""
-        op = partial(
-            _handoff.release,
-            self.config,
-            thread_id,
-            Party.parse(by),
-            fencing_token,
-            reason,
-            handoff_id,
-        )
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def transfer_control(
-        self,
-        thread_id: str,
-        *,
-        to: Party | str,
-        fencing_token: int,
-        by: Party | str | None = None,
-        reason: str = "",
-        handoff_id: str | None = None,
-    ) -> HandoffResult:
-        """Hand control straight to ``to``; ``fencing_token`` must be the current one (0 on
-        a thread nobody controlled yet)."""
-        op = partial(
-            _handoff.transfer,
-            self.config,
-            thread_id,
-            Party.parse(to),
-            _party(by),
-            fencing_token,
-            reason,
-            handoff_id,
-        )
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def expire_handoffs(self, *, now: datetime | None = None) -> list[HandoffResult]:
-        """Expire every offer due at ``now`` (default: the clock). Nothing runs in the
-        background: call this from your scheduler."""
-        when = now or self.config.clock.now()
-        due = run_sync(self.store, partial(_handoff.due_offers, when), self.config.max_retries)
-        out: list[HandoffResult] = []
-        for handoff_id in due:
-            op = partial(_handoff.expire_offer, self.config, handoff_id, when)
-            result = run_sync(self.store, op, self.config.max_retries)
-            if result is not None:
-                out.append(result)
-        return out
-
-    def handoff(self, handoff_id: str) -> HandoffRecord:
-        """A handoff's record as it stands."""
-        return run_sync(self.store, partial(_handoff.get_handoff, handoff_id), 0)
-
-    def handed_over_snapshot(self, thread_id: str, handoff_id: str) -> Snapshot:
-        """The snapshot stored with a handoff: exactly what its receiver was given."""
-        return run_sync(self.store, partial(_snapshots.handed_over, thread_id, handoff_id), 0)
-
-    def set_attribute(
-        self,
-        thread_id: str,
-        name: str,
-        value: object,
-        *,
-        by: Party | str | None = None,
-        fencing_token: int | None = None,
-    ) -> int:
-        """Set an attribute on the thread (last write wins); returns its sequence number."""
-        op = partial(
-            _handoff.set_attribute,
-            self.config,
-            thread_id,
-            name,
-            value,
-            _party(by),
-            fencing_token,
-        )
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def record_intent(
-        self,
-        thread_id: str,
-        name: str,
-        *,
-        confidence: float = 1.0,
-        by: Party | str | None = None,
-        fencing_token: int | None = None,
-    ) -> int:
-        """Record a detected intent (``"fallback"`` counts a bot failure); returns its
-        sequence number."""
-        op = partial(
-            _handoff.record_intent,
-            self.config,
-            thread_id,
-            name,
-            confidence,
-            _party(by),
-            fencing_token,
-        )
-        return run_sync(self.store, op, self.config.max_retries)
-
-    # -- context snapshots (issue 5)
-
-    def snapshot(
-        self,
-        thread_id: str,
-        *,
-        audience: str = "agent",
-        at_seq: int | None = None,
-        max_messages: int = 20,
-        max_chars: int | None = None,
-        session: IngestResult | None = None,
-    ) -> Snapshot:
-        """The context snapshot of a thread for ``audience`` (at ``at_seq``, default: now),
-        with at most ``max_messages`` recent messages totalling ``max_chars``.
-
-        A ``"customer"`` snapshot is read on a session's behalf: pass ``session`` (the
-        IngestResult of the session's message). Under the disclosure policy a session
-        that arrived with only a claim sees its own messages, nothing earlier."""
-        op = partial(
-            _snapshots.snapshot,
-            self.config,
-            thread_id,
-            audience,
-            at_seq,
-            max_messages,
-            max_chars,
-            session,
-        )
-        return run_sync(self.store, op, self.config.max_retries)
-
-    # -- continuation tokens (issue 5)
-
-    def issue_continuation(
-        self,
-        thread_id: str,
-        *,
-        ttl: timedelta = DEFAULT_TOKEN_TTL,
-        by: Party | str | None = None,
-    ) -> ContinuationToken:
-        """A single-use token for the thread: ``code`` to read out, ``signed`` for links."""
-        op = partial(_tokens.issue, self.config, thread_id, ttl, _party(by))
-        return run_sync(self.store, op, self.config.max_retries)
-
-    def redeem_continuation(
-        self, token: str, *, sender: SenderIdentifier, channel: str
-    ) -> Redemption:
-        """Redeem a code or signed token arriving on ``channel`` with ``sender``: links the
-        identifier to the customer (evidence "token") and continues the thread."""
-        op = partial(_tokens.redeem, self.config, token, sender, channel)
-        return run_sync(self.store, op, self.config.max_retries)
-
-
-class AsyncConversations:
+class AsyncConversations(_Service):
     """The asyncio service. Same operations and results as :class:`Conversations`.
 
     ``store`` may be an :class:`~convthread.ports.AsyncStore`, or a sync store or URL:
@@ -890,6 +900,11 @@ class AsyncConversations:
     def __repr__(self) -> str:
         return f"AsyncConversations({self.store!r})"
 
+    async def find_customer(self, identifier: Identifier) -> str | None:
+        """The id of the customer an identifier is linked to, or None."""
+        key = _reads.ident_key(self.config, identifier)
+        return _reads.owner_of(await self.store.get(NS_IDENT, key))
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -900,598 +915,6 @@ class AsyncConversations:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-    async def close(self) -> None:
-        await self.store.close()
-
-    async def ingest(self, inbound: Inbound) -> IngestResult:
-        return await run_async(
-            self.store,
-            partial(_ingest_op(self.config), self.config, inbound),
-            self.config.max_retries,
-        )
-
-    async def send(
-        self,
-        thread_id: str,
-        content: str | Content,
-        *,
-        sender: Party | str,
-        channel: str | None = None,
-        fencing_token: int | None = None,
-        provider_message_id: str | None = None,
-        idempotency_key: str | None = None,
-        reply_to: str | None = None,
-        embed_reference: bool = False,
-    ) -> SendResult:
-        op = partial(
-            _messages.send,
-            self.config,
-            thread_id,
-            _content(content),
-            Party.parse(sender),
-            _channel(channel),
-            fencing_token,
-            provider_message_id,
-            idempotency_key,
-            reply_to,
-            embed_reference,
-        )
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def thread(self, thread_id: str) -> ThreadView:
-        return await run_async(self.store, partial(_reads.thread, thread_id), 0)
-
-    async def thread_state(self, thread_id: str) -> ThreadState:
-        return await run_async(self.store, partial(_reads.thread_state, thread_id), 0)
-
-    async def events(self, thread_id: str, *, after: int = 0) -> list[StoredEvent]:
-        return await run_async(self.store, partial(_reads.events, thread_id, after), 0)
-
-    async def customer(self, customer_id: str) -> CustomerView:
-        return await run_async(self.store, partial(_reads.customer, customer_id), 0)
-
-    async def customer_threads(self, customer_id: str) -> list[ThreadState]:
-        return await run_async(self.store, partial(_reads.customer_threads, customer_id), 0)
-
-    async def find_customer(self, identifier: Identifier) -> str | None:
-        key = _reads.ident_key(self.config, identifier)
-        return _reads.owner_of(await self.store.get(NS_IDENT, key))
-
-    async def erase_customer(self, customer_id: str, *, by: Party | str = "") -> ErasureReport:
-        """Erase a customer (see :meth:`Conversations.erase_customer`)."""
-        return await run_async(
-            self.store,
-            partial(_erasure.erase_customer, self.config, customer_id, _actor(by)),
-            self.config.max_retries,
-        )
-
-    async def import_history(
-        self,
-        messages: Iterable[ChannelResult | HistoryReply | ImportFailure],
-        *,
-        chunk_size: int = _import.DEFAULT_CHUNK,
-        progress: Callable[[ImportSummary], None] | None = None,
-    ) -> ImportSummary:
-        """Import history, as :meth:`Conversations.import_history` does."""
-        importer = _import.Importer(self.config, chunk_size, progress)
-        for chunk in importer.chunks(messages):
-            importer.start(chunk)
-            while (op := importer.next_op()) is not None:
-                try:
-                    importer.done(await run_async(self.store, op, self.config.max_retries))
-                except _import.ItemFailed as failure:
-                    importer.failed(failure)
-        return importer.summary()
-
-    # -- threads (lifecycle, reports, queries, batches)
-
-    async def ingest_many(self, inbounds: Sequence[Inbound]) -> list[IngestResult]:
-        """Ingest several messages in one store transaction (all or nothing).
-
-        Each message sees the ones before it; a conflict with another writer retries the
-        whole batch; a typed error in any message writes nothing.
-        """
-        return await run_async(
-            self.store,
-            partial(_threads.ingest_many, self.config, list(inbounds)),
-            self.config.max_retries,
-        )
-
-    async def apply(self, result: ChannelResult) -> ApplyResult:
-        """Record what a channel adapter produced: an inbound message, a delivery status,
-        an edit, a deletion, a reaction, or unsupported content (kept and reported)."""
-        return await run_async(
-            self.store, partial(_threads.apply, self.config, result), self.config.max_retries
-        )
-
-    async def record_provider_id(
-        self, thread_id: str, seq: int, provider_message_id: str
-    ) -> ApplyResult:
-        """Record the provider's id of outbound message ``seq``, learnt after ``send``;
-        statuses the provider reported for it earlier are applied."""
-        op = partial(_threads.record_provider_id, self.config, thread_id, seq, provider_message_id)
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def set_status(
-        self,
-        thread_id: str,
-        status: ThreadStatus | str,
-        *,
-        until: datetime | None = None,
-        by: Party | str | None = None,
-        reason: str = "",
-    ) -> ThreadState:
-        """Move a thread through its lifecycle; InvalidTransition if the move is not
-        allowed (see ``LIFECYCLE``)."""
-        op = partial(
-            _threads.set_status,
-            self.config,
-            thread_id,
-            status,
-            until,
-            Party.parse(by) if by is not None else None,
-            reason,
-        )
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def resolve(
-        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
-    ) -> ThreadState:
-        """Resolve a thread (it may reopen within the reopen window)."""
-        return await self.set_status(thread_id, ThreadStatus.RESOLVED, by=by, reason=reason)
-
-    async def reopen(
-        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
-    ) -> ThreadState:
-        """Reopen a resolved thread (or wake a pending or snoozed one)."""
-        return await self.set_status(thread_id, ThreadStatus.OPEN, by=by, reason=reason)
-
-    async def snooze(
-        self,
-        thread_id: str,
-        until: datetime,
-        *,
-        by: Party | str | None = None,
-        reason: str = "",
-    ) -> ThreadState:
-        """Snooze a thread until a time; ``sweep`` wakes it, as does a customer message."""
-        return await self.set_status(
-            thread_id, ThreadStatus.SNOOZED, until=until, by=by, reason=reason
-        )
-
-    async def close_thread(
-        self, thread_id: str, *, by: Party | str | None = None, reason: str = ""
-    ) -> ThreadState:
-        """Close a thread for good (a later message starts a successor)."""
-        return await self.set_status(thread_id, ThreadStatus.CLOSED, by=by, reason=reason)
-
-    async def sweep(self, now: datetime, *, policy: LifecyclePolicy | None = None) -> SweepResult:
-        """Apply the time-based lifecycle moves due at ``now``: wake snoozed threads,
-        auto-resolve inactive ones (``policy``, default the service's). Nothing runs in
-        the background: call this from your scheduler."""
-        return await run_async(
-            self.store,
-            partial(_threads.sweep, self.config, now, policy),
-            self.config.max_retries,
-        )
-
-    async def timeline(self, thread_id: str) -> list[TimelineEntry]:
-        """A thread's messages as they stand now, ordered by the channel's timestamps."""
-        return await run_async(self.store, partial(_threads.timeline, thread_id), 0)
-
-    async def find_message(self, channel: str, provider_message_id: str) -> MessageLocation | None:
-        """Where a provider message id landed (thread and sequence number), or None."""
-        return await run_async(
-            self.store, partial(_threads.find_message, channel, provider_message_id), 0
-        )
-
-    async def threads(
-        self,
-        *,
-        customer: str | None = None,
-        status: ThreadStatus | str | None = None,
-        channel: str | None = None,
-        controller: Party | str | None = None,
-        active_after: datetime | None = None,
-        active_before: datetime | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> ThreadPage:
-        """Threads matching all the filters given, a page at a time (see ThreadPage),
-        ordered by last activity, oldest first, thread id breaking ties."""
-        op = partial(
-            _threads.threads,
-            customer=customer,
-            status=status,
-            channel=channel,
-            controller=Party.parse(controller) if controller is not None else None,
-            active_after=active_after,
-            active_before=active_before,
-            limit=limit,
-            cursor=cursor,
-        )
-        return await run_async(self.store, op, 0)
-
-    async def unsupported(
-        self, *, limit: int = 100, cursor: str | None = None
-    ) -> tuple[list[tuple[datetime, Unsupported]], str | None]:
-        """Unsupported content kept by ``apply``, oldest first, and the next cursor."""
-        return await run_async(self.store, partial(_threads.unsupported, limit, cursor), 0)
-
-    # -- identity (merge policy, ledger, verification, disclosure)
-
-    async def link(
-        self,
-        customer_id: str,
-        identifier: Identifier,
-        *,
-        trust: Trust = Trust.CLAIMED,
-        by: Party | str = "",
-        method: str = "agent",
-        channel: str = "",
-        detail: str = "",
-    ) -> CustomerState:
-        """Link ``identifier`` to a customer at ``trust`` (or raise its trust), with evidence.
-
-        PolicyViolation when it belongs to another customer, is blocklisted, or would
-        break a per-kind limit."""
-        op = partial(
-            _identity.link,
-            self.config,
-            customer_id,
-            identifier,
-            trust,
-            by=_actor(by),
-            method=method,
-            channel=channel,
-            detail=detail,
-        )
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def unlink(
-        self, identifier: Identifier, *, by: Party | str = "", reason: str = ""
-    ) -> str:
-        """Remove ``identifier`` from its customer (an ``IdentifierUnlinked`` event); returns
-        the customer id."""
-        op = partial(_identity.unlink, self.config, identifier, by=_actor(by), reason=reason)
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def merge(
-        self, a: str, b: str, *, by: Party | str = "", reason: str = "", dry_run: bool = False
-    ) -> MergeResult:
-        """Merge two customers (the merge policy's survivor rule says who survives).
-
-        The hard rules (per-kind limits, verified account ids, blocklist) raise
-        PolicyViolation. ``dry_run=True`` returns what would change without writing."""
-        op = partial(
-            _identity.merge, self.config, a, b, by=_actor(by), reason=reason, dry_run=dry_run
-        )
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def unmerge(
-        self, merge_id: str, *, by: Party | str = "", reason: str = ""
-    ) -> UnmergeResult:
-        """Undo a merge: identifiers, their trust, threads and topic pointers go back."""
-        op = partial(_identity.unmerge, self.config, merge_id, by=_actor(by), reason=reason)
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def explain(self, identifier: Identifier) -> Explanation:
-        """The chain of identity events that put ``identifier`` where it is."""
-        op = partial(_identity.explain, self.config, identifier)
-        return await run_async(self.store, op, 0)
-
-    async def merge_suggestions(
-        self, *, customer_id: str | None = None, status: str | None = "pending"
-    ) -> list[MergeSuggestion]:
-        """Recorded merge suggestions (pending by default), oldest first."""
-        op = partial(_identity.suggestions, customer_id, status)
-        return await run_async(self.store, op, 0)
-
-    async def accept_suggestion(
-        self, suggestion_id: str, *, by: Party | str = "", dry_run: bool = False
-    ) -> MergeResult:
-        """Accept a merge suggestion: the customers merge (hard rules still apply)."""
-        op = partial(
-            _identity.accept_suggestion, self.config, suggestion_id, by=_actor(by), dry_run=dry_run
-        )
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def reject_suggestion(
-        self, suggestion_id: str, *, by: Party | str = ""
-    ) -> MergeSuggestion:
-        """Reject a merge suggestion; the pair is not suggested again."""
-        op = partial(_identity.reject_suggestion, self.config, suggestion_id, by=_actor(by))
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def start_verification(
-        self,
-        identifier: Identifier,
-        *,
-        customer_id: str | None = None,
-        session_trust: Trust = Trust.CLAIMED,
-        channel: str = "",
-        by: Party | str = "",
-        ttl: timedelta = timedelta(minutes=10),
-        attempts: int = 5,
-    ) -> VerificationStarted:
-        """Start verifying ``identifier`` with a one-time code (deliver ``result.code``)."""
-        op = partial(
-            _identity.start_verification,
-            self.config,
-            identifier,
-            customer_id=customer_id,
-            session_trust=session_trust,
-            channel=channel,
-            by=_actor(by),
-            ttl=ttl,
-            attempts=attempts,
-        )
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def confirm_verification(
-        self, verification_id: str, code: str, *, by: Party | str = ""
-    ) -> VerificationResult:
-        """Confirm a one-time code: the identifier becomes verified (VerificationError when
-        the code is wrong, expired or out of attempts)."""
-        op = partial(
-            _identity.confirm_verification, self.config, verification_id, code, by=_actor(by)
-        )
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def history_for(
-        self,
-        session: IngestResult | Identifier,
-        *,
-        trust: Trust | None = None,
-        thread_id: str | None = None,
-        since: int | None = None,
-    ) -> History:
-        """What a session may see under the disclosure policy: the customer's threads when
-        it arrived with an asserted or verified linked identifier, else only its thread.
-
-        ``session`` is the session's IngestResult, or the identifier it arrived with
-        (then pass its ``trust``, and its ``thread_id`` if it has one)."""
-        op = partial(
-            _identity.history_for,
-            self.config,
-            *_session(session),
-            trust=trust,
-            thread_id=thread_id,
-            since=since,
-        )
-        return await run_async(self.store, op, 0)
-
-    async def disclosure(
-        self,
-        session: IngestResult | Identifier,
-        *,
-        trust: Trust | None = None,
-        thread_id: str | None = None,
-        since: int | None = None,
-    ) -> Disclosure:
-        """What a session may see (the disclosure policy's answer), without reading
-        the history: for any read made on a session's behalf. ``session`` as for
-        :meth:`history_for`."""
-        op = partial(
-            _identity.disclosure,
-            self.config,
-            *_session(session),
-            trust=trust,
-            thread_id=thread_id,
-            since=since,
-        )
-        return await run_async(self.store, op, 0)
-
-    # -- handoff and control (issue 5)
-
-    async def request_handoff(
-        self,
-        thread_id: str,
-        *,
-        to: Party | str,
-        reason: str = "",
-        by: Party | str | None = None,
-        fencing_token: int | None = None,
-        handoff_id: str | None = None,
-    ) -> HandoffResult:
-        """Ask for ``to`` (a queue, an agent or a bot) to take the thread over. At most one
-        handoff is pending per thread; the same ``handoff_id`` again is a repeat."""
-        op = partial(
-            _handoff.request,
-            self.config,
-            thread_id,
-            Party.parse(to),
-            reason,
-            _party(by),
-            fencing_token,
-            handoff_id,
-        )
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def offer_handoff(
-        self, handoff_id: str, *, to: Party | str, ttl: timedelta = DEFAULT_OFFER_TTL
-    ) -> HandoffResult:
-        """Offer a pending handoff to one party until ``ttl`` from now."""
-        op = partial(_handoff.offer, self.config, handoff_id, Party.parse(to), ttl)
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def accept_handoff(self, handoff_id: str, *, by: Party | str) -> HandoffResult:
-        """Take control: returns the new fencing token and the snapshot handed over (also
-        stored with the handoff). Of two parties accepting at once, one wins; the other
-        gets HandoffTaken."""
-        op = partial(_handoff.accept, self.config, handoff_id, Party.parse(by))
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def decline_handoff(
-        self, handoff_id: str, *, by: Party | str, reason: str = ""
-    ) -> HandoffResult:
-        """Decline an offer; the handoff stays pending, to be offered again."""
-        op = partial(_handoff.decline, self.config, handoff_id, Party.parse(by), reason)
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def release_control(
-        self,
-        thread_id: str,
-        *,
-        by: Party | str,
-        fencing_token: int,
-        reason: str = "",
-        handoff_id: str | None = None,
-    ) -> HandoffResult:
-        """The controller gives control up (the fencing token moves on)."""
-        op = partial(
-            _handoff.release,
-            self.config,
-            thread_id,
-            Party.parse(by),
-            fencing_token,
-            reason,
-            handoff_id,
-        )
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def transfer_control(
-        self,
-        thread_id: str,
-        *,
-        to: Party | str,
-        fencing_token: int,
-        by: Party | str | None = None,
-        reason: str = "",
-        handoff_id: str | None = None,
-    ) -> HandoffResult:
-        """Hand control straight to ``to``; ``fencing_token`` must be the current one (0 on
-        a thread nobody controlled yet)."""
-        op = partial(
-            _handoff.transfer,
-            self.config,
-            thread_id,
-            Party.parse(to),
-            _party(by),
-            fencing_token,
-            reason,
-            handoff_id,
-        )
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def expire_handoffs(self, *, now: datetime | None = None) -> list[HandoffResult]:
-        """Expire every offer due at ``now`` (default: the clock). Nothing runs in the
-        background: call this from your scheduler."""
-        when = now or self.config.clock.now()
-        due = await run_async(
-            self.store, partial(_handoff.due_offers, when), self.config.max_retries
-        )
-        out: list[HandoffResult] = []
-        for handoff_id in due:
-            op = partial(_handoff.expire_offer, self.config, handoff_id, when)
-            result = await run_async(self.store, op, self.config.max_retries)
-            if result is not None:
-                out.append(result)
-        return out
-
-    async def handoff(self, handoff_id: str) -> HandoffRecord:
-        """A handoff's record as it stands."""
-        return await run_async(self.store, partial(_handoff.get_handoff, handoff_id), 0)
-
-    async def handed_over_snapshot(self, thread_id: str, handoff_id: str) -> Snapshot:
-        """The snapshot stored with a handoff: exactly what its receiver was given."""
-        op = partial(_snapshots.handed_over, thread_id, handoff_id)
-        return await run_async(self.store, op, 0)
-
-    async def set_attribute(
-        self,
-        thread_id: str,
-        name: str,
-        value: object,
-        *,
-        by: Party | str | None = None,
-        fencing_token: int | None = None,
-    ) -> int:
-        """Set an attribute on the thread (last write wins); returns its sequence number."""
-        op = partial(
-            _handoff.set_attribute,
-            self.config,
-            thread_id,
-            name,
-            value,
-            _party(by),
-            fencing_token,
-        )
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def record_intent(
-        self,
-        thread_id: str,
-        name: str,
-        *,
-        confidence: float = 1.0,
-        by: Party | str | None = None,
-        fencing_token: int | None = None,
-    ) -> int:
-        """Record a detected intent (``"fallback"`` counts a bot failure); returns its
-        sequence number."""
-        op = partial(
-            _handoff.record_intent,
-            self.config,
-            thread_id,
-            name,
-            confidence,
-            _party(by),
-            fencing_token,
-        )
-        return await run_async(self.store, op, self.config.max_retries)
-
-    # -- context snapshots (issue 5)
-
-    async def snapshot(
-        self,
-        thread_id: str,
-        *,
-        audience: str = "agent",
-        at_seq: int | None = None,
-        max_messages: int = 20,
-        max_chars: int | None = None,
-        session: IngestResult | None = None,
-    ) -> Snapshot:
-        """The context snapshot of a thread for ``audience`` (at ``at_seq``, default: now),
-        with at most ``max_messages`` recent messages totalling ``max_chars``.
-
-        A ``"customer"`` snapshot is read on a session's behalf: pass ``session`` (the
-        IngestResult of the session's message). Under the disclosure policy a session
-        that arrived with only a claim sees its own messages, nothing earlier."""
-        op = partial(
-            _snapshots.snapshot,
-            self.config,
-            thread_id,
-            audience,
-            at_seq,
-            max_messages,
-            max_chars,
-            session,
-        )
-        return await run_async(self.store, op, self.config.max_retries)
-
-    # -- continuation tokens (issue 5)
-
-    async def issue_continuation(
-        self,
-        thread_id: str,
-        *,
-        ttl: timedelta = DEFAULT_TOKEN_TTL,
-        by: Party | str | None = None,
-    ) -> ContinuationToken:
-        """A single-use token for the thread: ``code`` to read out, ``signed`` for links."""
-        op = partial(_tokens.issue, self.config, thread_id, ttl, _party(by))
-        return await run_async(self.store, op, self.config.max_retries)
-
-    async def redeem_continuation(
-        self, token: str, *, sender: SenderIdentifier, channel: str
-    ) -> Redemption:
-        """Redeem a code or signed token arriving on ``channel`` with ``sender``: links the
-        identifier to the customer (evidence "token") and continues the thread."""
-        op = partial(_tokens.redeem, self.config, token, sender, channel)
-        return await run_async(self.store, op, self.config.max_retries)
 
 
 def _ingest_op(config: Config) -> Callable[[Config, Inbound], Op[IngestResult]]:
@@ -1519,7 +942,7 @@ def _as_async(store: AsyncStore | AsyncKVStore | Store | KVStore | str) -> Async
     # Store and AsyncStore name the same methods, so isinstance cannot tell them apart:
     # a store whose commit is a coroutine function is already asynchronous.
     if isinstance(store, KVStore) and not inspect.iscoroutinefunction(store.commit):
-        return ThreadedAsyncStore(_open(store))
+        return threaded(_open(store))
     if isinstance(store, AsyncKVStore) and not isinstance(store, AsyncStore):
         from convthread.stores._kv import with_heads_async
 
@@ -1622,5 +1045,7 @@ def _guard_public_methods(cls: type) -> None:
             setattr(cls, name, _guard(fn, f"{cls.__name__}.{name}"))
 
 
+build_service(Conversations, asynchronous=False)
+build_service(AsyncConversations, asynchronous=True)
 _guard_public_methods(Conversations)
 _guard_public_methods(AsyncConversations)

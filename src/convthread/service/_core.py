@@ -101,26 +101,26 @@ class IdentRef(msgspec.Struct, frozen=True, array_like=True, gc=False):
     customer_id: str
 
 
-_msgref = msgspec.msgpack.Decoder(MsgRef)
-_identref = msgspec.msgpack.Decoder(IdentRef)
-_thread_state = msgspec.msgpack.Decoder(ThreadState)
-_customer_state = msgspec.msgpack.Decoder(CustomerState)
+_msgref = codec.decoder(MsgRef)
+_identref = codec.decoder(IdentRef)
+_thread_state = codec.decoder(ThreadState)
+_customer_state = codec.decoder(CustomerState)
 
 
 def decode_msgref(data: bytes) -> MsgRef:
-    return _msgref.decode(data)
+    return _msgref(data)
 
 
 def decode_identref(data: bytes) -> IdentRef:
-    return _identref.decode(data)
+    return _identref(data)
 
 
 def decode_thread_state(data: bytes) -> ThreadState:
-    return _thread_state.decode(data)
+    return _thread_state(data)
 
 
 def decode_customer_state(data: bytes) -> CustomerState:
-    return _customer_state.decode(data)
+    return _customer_state(data)
 
 
 class Hints:

@@ -32,16 +32,19 @@ drivers keep these promises:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from contextvars import ContextVar
 from typing import Any, Final, TypeVar
 
-from convthread.errors import ConflictError, Contention
+from convthread.errors import ConflictError, Contention, StoreError
 from convthread.ports import (
     AsyncStore,
     AsyncStreamHold,
@@ -239,6 +242,42 @@ async def _once_async(store: AsyncStore, factory: Callable[[], Op[T]]) -> T | _C
         return stop.value  # type: ignore[no-any-return]
 
 
+def run_once_sync(store: Store, op: Op[T]) -> T:
+    """Run ``op`` once, without retries: what :func:`run_sync` does with no retry budget,
+    minus the queue and hold bookkeeping a writer needs (a read costs a few µs; this
+    keeps the driver's share of it small). A conflicting commit raises Contention."""
+    try:
+        name, args = next(op)
+        while True:
+            try:
+                result = getattr(store, name)(*args)
+            except ConflictError as exc:
+                if name != "commit":
+                    raise
+                op.close()
+                raise _spent(exc, 1) from exc
+            name, args = op.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def run_once_async(store: AsyncStore, op: Op[T]) -> T:
+    """The asyncio twin of :func:`run_once_sync`."""
+    try:
+        name, args = next(op)
+        while True:
+            try:
+                result = await getattr(store, name)(*args)
+            except ConflictError as exc:
+                if name != "commit":
+                    raise
+                op.close()
+                raise _spent(exc, 1) from exc
+            name, args = op.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
 def run_sync(store: Store, factory: Callable[[], Op[T]], max_retries: int) -> T:
     gate = _sync_gate(store) if max_retries > 0 else None
     if gate is not None and gate.mine():
@@ -360,6 +399,15 @@ class InlineAsyncStore:
         self.sync.close()
 
 
+# The thread a task's calls to one ThreadedAsyncStore are pinned to while it holds
+# streams there: (store, that thread's executor). A context variable, so it is the
+# holding task's alone (a task started inside the hold inherits it, and runs on the
+# same thread, one call at a time).
+_pinned: ContextVar[tuple[object, ThreadPoolExecutor] | None] = ContextVar(
+    "convthread_pinned", default=None
+)
+
+
 class ThreadedAsyncStore:
     """An AsyncStore over a blocking sync store (SQLite, PostgreSQL): every call runs in a
     worker thread, so the event loop never blocks on I/O."""
@@ -370,7 +418,9 @@ class ThreadedAsyncStore:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        pinned = _pinned.get()
+        executor = pinned[1] if pinned is not None and pinned[0] is self else self._executor
+        return await loop.run_in_executor(executor, fn, *args)
 
     async def read(self, stream: str, after: int = 0, limit: int | None = None) -> list[Recorded]:
         return await self._call(self.sync.read, stream, after, limit)
@@ -414,3 +464,121 @@ class ThreadedAsyncStore:
     async def close(self) -> None:
         await self._call(self.sync.close)
         self._executor.shutdown(wait=True)
+        self._close_holds()
+
+    def _close_holds(self) -> None:
+        """Overridden where holds keep threads of their own."""
+
+
+class _ThreadHold:
+    """One hold of a blocking store, entered and left on the one thread that runs every
+    call of the holding attempt (SQLite's hold is a transaction on that thread's
+    connection). Both run as jobs of that thread, in order: a leave submitted while the
+    enter (or any call) is still running runs after it, so a hold whose waiter was
+    cancelled is still released, and one never entered is not left."""
+
+    __slots__ = ("_cm", "_store", "_streams")
+
+    def __init__(self, store: Any, streams: list[str]) -> None:
+        self._store = store
+        self._streams = streams
+        self._cm: AbstractContextManager[None] | None = None
+
+    def enter(self) -> None:
+        cm = self._store.hold(self._streams)
+        cm.__enter__()
+        self._cm = cm
+
+    def leave(self, exc: BaseException | None) -> None:
+        cm, self._cm = self._cm, None
+        if cm is None:
+            return
+        if exc is None:
+            cm.__exit__(None, None, None)
+            return
+        try:
+            cm.__exit__(type(exc), exc, exc.__traceback__)
+        except BaseException as err:
+            if err is not exc:
+                raise
+
+
+class HoldingThreadedAsyncStore(ThreadedAsyncStore):
+    """A :class:`ThreadedAsyncStore` over a store that can hold streams
+    (:class:`~convthread.ports.StreamHold`), offering the asyncio form.
+
+    A blocking store's hold belongs to the thread that entered it (SQLite: a
+    transaction on that thread's connection), and the worker threads cannot share it.
+    So a hold takes a thread of its own, one at a time, and every call the holding task
+    makes to this store until the hold ends runs on it. Such threads are kept for the
+    next hold (there is at most one per concurrent hold: a hold is a queued writer's,
+    so in practice one per event loop); calls outside a hold are unchanged."""
+
+    def __init__(self, store: Store, *, workers: int = 4) -> None:
+        super().__init__(store, workers=workers)
+        self._spare: list[ThreadPoolExecutor] = []
+        self._spare_lock = threading.Lock()
+        self._closed = False
+
+    def hold(self, streams: Sequence[str]) -> AbstractAsyncContextManager[None]:
+        """Hold ``streams`` as the wrapped store's ``hold`` does, for the calling task
+        (:class:`~convthread.ports.AsyncStreamHold`)."""
+        return self._holding(list(streams)) if streams else contextlib.nullcontext()
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, streams: list[str]) -> AsyncIterator[None]:
+        pinned = _pinned.get()
+        if pinned is not None and pinned[0] is self:
+            thread, own = pinned[1], False  # nested in this task's hold: its thread
+        else:
+            thread, own = self._take_thread(), True
+        hold = _ThreadHold(self.sync, streams)
+        token = _pinned.set((self, thread))
+        failure: BaseException | None = None
+        try:
+            # Cancelling this wait cannot stop an enter already running on the thread;
+            # the leave below, queued behind it, then releases what it took.
+            await asyncio.wrap_future(thread.submit(hold.enter))
+            yield
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            _pinned.reset(token)
+            leaving = thread.submit(hold.leave, failure)
+            if own:
+                leaving.add_done_callback(lambda done: self._give_back(thread, done))
+            # Shielded: a cancellation arriving now stops the wait, not the release.
+            await asyncio.shield(asyncio.wrap_future(leaving))
+
+    def _take_thread(self) -> ThreadPoolExecutor:
+        with self._spare_lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            if self._spare:
+                return self._spare.pop()
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="convthread-hold")
+
+    def _give_back(self, thread: ThreadPoolExecutor, left: Future[None]) -> None:
+        """Keep the thread for the next hold, unless leaving failed (its connection
+        may still be in the hold's transaction) or the store closed."""
+        with self._spare_lock:
+            if not self._closed and not left.cancelled() and left.exception() is None:
+                self._spare.append(thread)
+                return
+        thread.shutdown(wait=False)
+
+    def _close_holds(self) -> None:
+        with self._spare_lock:
+            self._closed = True
+            spare, self._spare = self._spare, []
+        for thread in spare:
+            thread.shutdown(wait=True)
+
+
+def threaded(store: Store) -> ThreadedAsyncStore:
+    """The asyncio form of a blocking store: calls in worker threads, and holds where
+    the store can hold."""
+    if isinstance(store, StreamHold):
+        return HoldingThreadedAsyncStore(store)
+    return ThreadedAsyncStore(store)

@@ -37,6 +37,7 @@ duplicate (its ``msg`` key is gone) and is stored as a new message of a new cust
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -65,10 +66,11 @@ from convthread.domain.events import (
 )
 from convthread.domain.model import Identifier
 from convthread.domain.thread import CustomerState, evolve_customer, fold
-from convthread.errors import NotFound
+from convthread.domain.updates import Unsupported
+from convthread.errors import ConvthreadError, NotFound
 from convthread.ports import ANY, Append, Batch, Delete, HeadWrite, Put, Rewrite
 from convthread.service import _core as core
-from convthread.service import _handoff, _identity
+from convthread.service import _handoff, _identity, _threads, _tokens
 from convthread.service._core import (
     NS_CUSTOMER,
     NS_EARLY,
@@ -89,6 +91,7 @@ from convthread.service._core import (
     Config,
     Op,
 )
+from convthread.service._identity import _records
 
 __all__ = ["ErasureReport", "erase_customer"]
 
@@ -296,7 +299,7 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
     for ns in (NS_VERIFY, NS_TOKEN, NS_SUGGEST):
         named_entries = yield from _scan_entries(ns)
         for key, value in named_entries:
-            if _names(value, members, ident_keys):
+            if _names(_RECORDS[ns](value), members, ident_keys):
                 deletes.append(Delete(ns, key, ANY))
     pair_entries = yield from _scan_entries(NS_SUGGEST_PAIR)
     for key, value in pair_entries:
@@ -377,24 +380,38 @@ def _message_keys(event: ThreadEvent, channel_of: dict[int, str]) -> list[Delete
     return out
 
 
-def _unsupported_key(value: bytes) -> str:
-    """``{channel}|{provider message id}`` of an encoded Unsupported entry ("" if none)."""
+#: How to read the records of the namespaces erasure looks into, as plain values (the
+#: field names of the record, whichever layout it was stored in).
+_RECORDS: Final[dict[str, Callable[[bytes], Any]]] = {
+    NS_VERIFY: lambda value: _plain(_records._verification, value),
+    NS_TOKEN: lambda value: _plain(_tokens._record, value),
+    NS_SUGGEST: lambda value: _plain(_records._suggestion, value),
+}
+
+
+def _plain(decode: Callable[[bytes], Any], value: bytes) -> Any:
     try:
-        obj = msgspec.msgpack.decode(value)
-    except msgspec.DecodeError:
-        return ""
+        return codec.to_builtins(decode(value))
+    except (msgspec.DecodeError, ConvthreadError):
+        return None
+
+
+_bare_unsupported: Final = codec.decoder(Unsupported)
+
+
+def _unsupported_key(value: bytes) -> str:
+    """``{channel}|{provider message id}`` of an encoded Unsupported entry (the entry the
+    service keeps, or a bare report; "" if none)."""
+    entry = _plain(_threads._unsupported_decoder, value)
+    obj = entry.get("report") if isinstance(entry, dict) else _plain(_bare_unsupported, value)
     if isinstance(obj, dict) and obj.get("provider_message_id"):
         return f"{obj.get('channel', '')}|{obj['provider_message_id']}"
     return ""
 
 
-def _names(value: bytes, members: set[str], ident_keys: set[str]) -> bool:
-    """Whether an encoded record names one of ``members`` (as ``customer_id``, ``other``)
-    or carries one of the identifiers (``identifier``)."""
-    try:
-        obj = msgspec.msgpack.decode(value)
-    except msgspec.DecodeError:
-        return False
+def _names(obj: Any, members: set[str], ident_keys: set[str]) -> bool:
+    """Whether a record (as plain values) names one of ``members`` (as ``customer_id``,
+    ``other``) or carries one of the identifiers (``identifier``)."""
     if not isinstance(obj, dict):
         return False
     if obj.get("customer_id") in members or obj.get("other") in members:

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-import msgspec
-
 from convthread import codec
 from convthread._heads import head_of, state_of
 from convthread.domain.events import AttributeSet, IntentDetected, MessageReceived, ThreadEvent
@@ -77,13 +75,13 @@ __all__ = [
     "transfer",
 ]
 
-_record_decoder: Final = msgspec.msgpack.Decoder(HandoffRecord)
+_record_decoder: Final = codec.decoder(HandoffRecord)
 _STAFF: Final = frozenset({PartyKind.BOT, PartyKind.QUEUE, PartyKind.AGENT})
 MAX_ATTRIBUTE_NAME: Final = 128
 
 
 def decode_record(data: bytes) -> HandoffRecord:
-    return _record_decoder.decode(data)
+    return _record_decoder(data)
 
 
 def receiver_audience(party: Party) -> str:

@@ -47,16 +47,16 @@ class EarlyStatuses(msgspec.Struct, frozen=True, array_like=True):
     statuses: tuple[EarlyStatus, ...] = ()
 
 
-_mark_decoder = msgspec.msgpack.Decoder(MessageMark)
-_early_decoder = msgspec.msgpack.Decoder(EarlyStatuses)
+_mark_decoder = codec.decoder(MessageMark)
+_early_decoder = codec.decoder(EarlyStatuses)
 
 
 def decode_mark(data: bytes) -> MessageMark:
-    return _mark_decoder.decode(data)
+    return _mark_decoder(data)
 
 
 def decode_early(data: bytes) -> EarlyStatuses:
-    return _early_decoder.decode(data)
+    return _early_decoder(data)
 
 
 def hold(early: EarlyStatuses, report: EarlyStatus) -> EarlyStatuses | None:

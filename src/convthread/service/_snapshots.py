@@ -53,19 +53,23 @@ __all__ = [
 #: Events folded after a checkpoint before a new checkpoint is written.
 CHECKPOINT_EVERY: Final = 64
 
-_state_decoder: Final = msgspec.msgpack.Decoder(SnapshotState)
+_state_decoder: Final = codec.decoder(SnapshotState)
 _snapshot_json: Final = msgspec.json.Decoder(Snapshot)
 
 
-class _SeqOnly(msgspec.Struct):
+class _SeqOnly(msgspec.Struct, array_like=True):
+    """The first fields of an encoded SnapshotState, in its order, up to its ``seq``."""
+
+    thread_id: str
+    customer_id: str
     seq: int
 
 
-_seq_only: Final = msgspec.msgpack.Decoder(_SeqOnly)  # reads a checkpoint's seq, skips the rest
+_seq_only: Final = codec.decoder(_SeqOnly)  # reads a checkpoint's seq, skips the rest
 
 
 def decode_snapshot_state(data: bytes) -> SnapshotState:
-    return _state_decoder.decode(data)
+    return _state_decoder(data)
 
 
 def checkpoint_key(thread_id: str) -> str:
@@ -236,7 +240,7 @@ def maintain_checkpoint(writes: object, thread_id: str) -> Op[None]:
     if last < CHECKPOINT_EVERY:
         return
     probe = yield from core.get(NS_HSNAP, checkpoint_key(thread_id))
-    after = 0 if probe is None else _seq_only.decode(probe.value).seq
+    after = 0 if probe is None else _seq_only(probe.value).seq
     if last - after < CHECKPOINT_EVERY or after > append.expected:
         return
     base, item = yield from load_checkpoint(thread_id)

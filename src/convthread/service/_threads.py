@@ -22,7 +22,6 @@ documented in :mod:`._core`.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -178,9 +177,12 @@ class MessageLocation(msgspec.Struct, frozen=True, kw_only=True):
     customer_id: str
 
 
-class _Unsupported(msgspec.Struct, frozen=True, kw_only=True):
+class _Unsupported(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     recorded_at: datetime
     report: Unsupported
+
+
+_unsupported_decoder: Final = codec.decoder(_Unsupported)
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -443,7 +445,7 @@ def _apply_change(
             by = original.sender
     target = f"{ref.thread_id}#{ref.seq}"
     if isinstance(report, EditReport):
-        fp = hashlib.blake2b(codec.encode(report.content), digest_size=16).hexdigest()
+        fp = codec.fingerprint_content(report.content)
         update: Any = edit_update(mark, ref.seq, report.content, fp, now, by)
         why = "already deleted, or the edit repeats the latest one"
         done = f"message {target} edited"
@@ -571,8 +573,7 @@ def unsupported(
 ) -> Op[tuple[list[tuple[datetime, Unsupported]], str | None]]:
     after = _decode_cursor(cursor, "unsupported") if cursor else ""
     page = yield from core.scan(NS_UNSUPPORTED, "", after, limit)
-    dec = msgspec.msgpack.Decoder(_Unsupported)
-    items = [dec.decode(item.value) for _key, item in page]
+    items = [_unsupported_decoder(item.value) for _key, item in page]
     nxt = _encode_cursor("unsupported", page[-1][0]) if len(page) == limit else None
     return [(u.recorded_at, u.report) for u in items], nxt
 

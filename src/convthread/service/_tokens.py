@@ -21,6 +21,7 @@ from typing import Final
 
 import msgspec
 
+from convthread import codec
 from convthread.domain.events import (
     ContinuationIssued,
     ContinuationRedeemed,
@@ -70,7 +71,7 @@ FAILURE_WINDOW: Final = timedelta(minutes=15)
 MAX_TTL: Final = timedelta(days=7)
 
 
-class TokenRecord(msgspec.Struct, frozen=True, kw_only=True):
+class TokenRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     thread_id: str
     customer_id: str
     issued_at: datetime
@@ -86,8 +87,8 @@ class TokenFailures(msgspec.Struct, frozen=True, array_like=True):
     since: datetime
 
 
-_record: Final = msgspec.msgpack.Decoder(TokenRecord)
-_failures: Final = msgspec.msgpack.Decoder(TokenFailures)
+_record: Final = codec.decoder(TokenRecord)
+_failures: Final = codec.decoder(TokenFailures)
 
 
 def _ring(config: Config) -> KeyRing:
@@ -155,7 +156,7 @@ def _fail(
 def _token_id_of_code(ring: KeyRing, text: str, presenter: str, now: datetime) -> Op[str]:
     code = normalize_code(text)  # a mistyped code does not count as a guess
     item = yield from core.get(NS_TOKFAIL, presenter)
-    failures = _failures.decode(item.value) if item is not None else None
+    failures = _failures(item.value) if item is not None else None
     if failures is not None and now - failures.since > FAILURE_WINDOW:
         pass  # the window is over: start afresh on the next failure
     elif failures is not None and failures.count >= MAX_FAILURES:
@@ -197,7 +198,7 @@ def redeem(config: Config, token: str, sender: SenderIdentifier, channel: str) -
     item = yield from core.get(NS_TOKEN, token_id)
     if item is None:
         raise TokenError("unknown token")
-    record = _record.decode(item.value)
+    record = _record(item.value)
     if via_code:
         code = normalize_code(token)
         if not hmac.compare_digest(record.code_mac, code_lookup_key(ring, record.kid, code)):

@@ -44,19 +44,19 @@ def erasure_deletes(customer_ids: set[str], identifier_keys: set[str]) -> Op[lis
 
 
 def _suggestion_hit(data: bytes, customers: set[str], keys: set[str]) -> str | None:
-    ref = _suggestion.decode(data)
+    ref = _suggestion(data)
     if ref.customer_id in customers or ref.other in customers or ref.identifier.key in keys:
         return _pair_key(ref.customer_id, ref.other)
     return None
 
 
 def _verification_hit(data: bytes, customers: set[str], keys: set[str]) -> str | None:
-    record = _verification.decode(data)
+    record = _verification(data)
     if record.identifier.key in keys or record.customer_id in customers:
         return ""
     return None
 
 
 def _merge_hit(data: bytes, customers: set[str], keys: set[str]) -> str | None:
-    ref = _mergeref.decode(data)
+    ref = _mergeref(data)
     return "" if ref.survivor in customers or ref.absorbed in customers else None

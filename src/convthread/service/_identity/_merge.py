@@ -104,7 +104,7 @@ def merge(
             sid = pair.value.decode()
             found = yield from core.get(NS_SUGGEST, sid)
             if found is not None:
-                pending = _suggestion.decode(found.value)
+                pending = _suggestion(found.value)
                 if pending.status == "pending":
                     suggestion = (sid, pending, found.version)
     if suggestion is not None:

@@ -18,6 +18,7 @@ from datetime import datetime
 
 import msgspec
 
+from convthread import codec
 from convthread.domain.events import Decision
 from convthread.domain.model import Identifier, Trust
 from convthread.domain.thread import CustomerState
@@ -37,7 +38,7 @@ class MergeRef(msgspec.Struct, frozen=True, array_like=True):
     undone: bool = False
 
 
-class SuggestionRef(msgspec.Struct, frozen=True, kw_only=True):
+class SuggestionRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True):
     """NS_SUGGEST value: a recorded merge suggestion and its status."""
 
     customer_id: str
@@ -49,7 +50,9 @@ class SuggestionRef(msgspec.Struct, frozen=True, kw_only=True):
     by: str = ""
 
 
-class VerificationRecord(msgspec.Struct, frozen=True, kw_only=True):
+class VerificationRecord(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, array_like=True
+):
     """NS_VERIFY value: a started verification. The code is kept only as an HMAC."""
 
     identifier: Identifier
@@ -63,13 +66,13 @@ class VerificationRecord(msgspec.Struct, frozen=True, kw_only=True):
     by: str = ""
 
 
-_mergeref = msgspec.msgpack.Decoder(MergeRef)
+_mergeref = codec.decoder(MergeRef)
 
 
-_suggestion = msgspec.msgpack.Decoder(SuggestionRef)
+_suggestion = codec.decoder(SuggestionRef)
 
 
-_verification = msgspec.msgpack.Decoder(VerificationRecord)
+_verification = codec.decoder(VerificationRecord)
 
 
 def _pair_key(a: str, b: str) -> str:

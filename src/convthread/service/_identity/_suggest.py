@@ -56,7 +56,7 @@ def suggestions(
     while True:
         page = yield from core.scan(NS_SUGGEST, "", after, 1000)
         for sid, it in page:
-            ref = _suggestion.decode(it.value)
+            ref = _suggestion(it.value)
             if status is not None and ref.status != status:
                 continue
             if customer_id is not None and customer_id not in (ref.customer_id, ref.other):
@@ -86,7 +86,7 @@ def _load_suggestion(suggestion_id: str) -> Op[tuple[SuggestionRef, int]]:
     item = yield from core.get(NS_SUGGEST, suggestion_id)
     if item is None:
         raise NotFound("merge suggestion", suggestion_id)
-    ref = _suggestion.decode(item.value)
+    ref = _suggestion(item.value)
     if ref.status != "pending":
         raise InvalidTransition(f"merge suggestion {suggestion_id!r} is already {ref.status}")
     return ref, item.version

@@ -50,7 +50,7 @@ def unmerge(config: Config, merge_id: str, *, by: str = "", reason: str = "") ->
     item = yield from core.get(NS_MERGE, merge_id)
     if item is None:
         raise NotFound("merge", merge_id)
-    ref = _mergeref.decode(item.value)
+    ref = _mergeref(item.value)
     if ref.undone:
         raise InvalidTransition(f"merge {merge_id!r} was already undone")
     s_state, s_ver = yield from core.load_customer(ref.survivor)

@@ -134,7 +134,7 @@ def confirm_verification(
     item = yield from core.get(NS_VERIFY, verification_id)
     if item is None:
         raise NotFound("verification", verification_id)
-    record = _verification.decode(item.value)
+    record = _verification(item.value)
     now = config.clock.now()
     w = _Writes()
     if now >= record.expires_at:
