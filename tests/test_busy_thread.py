@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ from typing import Any
 import pytest
 
 import convthread as ct
+from convthread.errors import ConflictError, StoreUnavailable
 from convthread.ports import Store, StreamHold
-from convthread.stores import MemoryStore, open_store
+from convthread.stores import MemoryStore, SQLiteStore, open_store
 from tests._thread_util import T0, check_store_invariants, msg
 from tests.conftest import POSTGRES_URL, require_postgres
 
@@ -108,12 +110,23 @@ PROCESSES, PER_PROCESS = 4, 50
 def test_processes_writing_one_thread_at_once_store_each_once(shared_url: str) -> None:
     """Four processes, 50 messages each from the same customer, with the sync API and
     its default retry budget: every one stored once in one thread, none raises."""
-    url = shared_url
+    check_processes(shared_url)
+
+
+def test_asyncio_processes_writing_one_thread_at_once_over_sqlite_store_each_once(
+    tmp_path: Path,
+) -> None:
+    """The same with four asyncio processes over one SQLite file, each gathering its 50
+    at once: their retries hold the file on a thread of their own."""
+    check_processes(next(store_url_of("sqlite", tmp_path)), "async")
+
+
+def check_processes(url: str, *mode: str) -> None:
     with open_store(url):
         pass  # create (migrate) it once, before the workers race to
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests._busy_workers", url, f"p{n}", str(PER_PROCESS)],
+            [sys.executable, "-m", "tests._busy_workers", url, f"p{n}", str(PER_PROCESS), *mode],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -155,8 +168,6 @@ def test_a_hold_keeps_other_holders_out_until_it_ends(kind: str, tmp_path: Path)
     """What the retries of a busy thread queue on: a second holder of the stream (another
     connection, as another process would be) gets in only after the first has left, and
     then reads what the first committed."""
-    import threading
-
     from convthread.ports import Append, Batch
 
     url = next(store_url_of(kind, tmp_path))
@@ -226,3 +237,189 @@ def test_a_retry_holds_the_thread_only_after_losing_from_the_queue() -> None:
     r = convs.ingest(msg("m2"))
     assert store.holds == [[tid], [tid]]
     assert [e.seq for e in convs.events(tid)] == list(range(1, r.seq + 1))
+
+
+class RivalledSQLite(SQLiteStore):
+    """A SQLite store whose next ``rivals`` commits outside a hold each meet a rival
+    writer in the thread first (on a connection of its own, as another process would
+    be), and which records its holds and, for each commit, its thread and whether it
+    ran inside that thread's hold (an open transaction)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.rival = SQLiteStore(path)
+        self.rivals = 0
+        self.thread_id = ""
+        self.holds: list[tuple[list[str], int]] = []
+        self.commits: list[tuple[int, bool]] = []
+
+    def hold(self, streams: Any) -> Any:
+        self.holds.append((list(streams), threading.get_ident()))
+        return super().hold(streams)
+
+    def commit(self, batch: Any) -> None:
+        held = self._conn().in_transaction
+        self.commits.append((threading.get_ident(), held))
+        if self.rivals and not held:
+            self.rivals -= 1
+            ct.Conversations(self.rival, clock=ct.ManualClock(T0)).send(
+                self.thread_id, "rival", sender="agent:rival"
+            )
+        super().commit(batch)
+
+    def close(self) -> None:
+        self.rival.close()
+        super().close()
+
+
+def test_async_over_sqlite_holds_after_losing_from_the_queue(tmp_path: Path) -> None:
+    """AsyncConversations over SQLite: a retry that lost from its process's queue holds
+    the thread, and every store call of that attempt runs on the hold's one thread, so
+    its commit is the hold's transaction. Every write lands once."""
+    store = RivalledSQLite(tmp_path / "rivals.db")
+
+    async def main() -> None:
+        async with ct.AsyncConversations(store, clock=ct.ManualClock(T0)) as convs:
+            first = await convs.ingest(msg("m0"))
+            store.thread_id = first.thread_id
+            store.rivals = 1  # one conflict: the retry, now queued, is not held
+            await convs.ingest(msg("m1"))
+            assert store.holds == []
+            store.commits.clear()
+            store.rivals = 2  # the queued retry lost too: the next attempt holds
+            await convs.ingest(msg("m2"))
+
+    asyncio.run(main())
+    tid = store.thread_id
+    ((streams, thread),) = store.holds
+    assert streams == [tid]
+    # two lost commits outside the hold, then the one inside it, on the hold's thread
+    assert [held for _t, held in store.commits] == [False, False, True]
+    assert store.commits[-1][0] == thread
+    with SQLiteStore(tmp_path / "rivals.db") as check:
+        convs = ct.Conversations(check, clock=ct.ManualClock(T0))
+        events = convs.events(tid)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        texts = [
+            getattr(e.event.content, "text", None) for e in events if hasattr(e.event, "content")
+        ]
+        assert sorted(t for t in texts if t is not None) == sorted(
+            [msg("m0").content.text, msg("m1").content.text, msg("m2").content.text] + ["rival"] * 3
+        )
+        check_store_invariants(check)
+
+
+def test_a_cancelled_async_hold_over_sqlite_releases_the_write_lock(tmp_path: Path) -> None:
+    """A task cancelled inside its hold, or while still waiting to enter it, leaves the
+    file's write lock free: the hold's thread releases it once what it is running ends."""
+    from convthread.ports import Append, Batch
+    from convthread.service._drivers import HoldingThreadedAsyncStore
+
+    path = tmp_path / "cancel.db"
+    astore = HoldingThreadedAsyncStore(SQLiteStore(path))
+    other = SQLiteStore(path, timeout=0.05)
+    patient = SQLiteStore(path, timeout=10)
+    writes = iter(range(1, 100))
+
+    def write(store: SQLiteStore) -> None:
+        n = next(writes)
+        store.commit(Batch(appends=(Append(f"s{n}", 0, (b"e",)),)))
+
+    async def holder(inside: asyncio.Event) -> None:
+        async with astore.hold(["th_x"]):
+            await astore.version("th_x")
+            inside.set()
+            await asyncio.sleep(60)
+
+    async def main() -> None:
+        # cancelled inside the hold
+        inside = asyncio.Event()
+        task = asyncio.create_task(holder(inside))
+        await inside.wait()
+        with pytest.raises(StoreUnavailable):
+            write(other)  # the hold has the write lock
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        write(other)  # released at once
+
+        # cancelled while its enter waits for the write lock another connection holds
+        inside = asyncio.Event()
+        with patient.hold(["th_x"]):
+            task = asyncio.create_task(holder(inside))
+            await asyncio.sleep(0.1)  # its enter is now waiting on the hold's thread
+            task.cancel()
+            await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await task  # the enter got the lock after this hold ended; the leave freed it
+        assert not inside.is_set()
+        write(patient)
+        write(other)
+        await astore.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        other.close()
+        patient.close()
+
+
+def test_postgres_a_commit_to_a_held_stream_waits_for_the_hold() -> None:
+    """A first attempt (no hold of its own) that commits to a held stream waits until the
+    hold ends and then conflicts: the holder, which read after it, cannot lose to it."""
+    require_postgres()
+    from convthread.ports import Append, Batch
+    from convthread.stores.postgres import PostgresStore
+
+    schema = f"busy_{os.getpid()}_{random.randrange(10**6)}"
+    with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        try:
+            store.commit(Batch(appends=(Append("th_x", 0, (b"e1",)),)))
+            done = threading.Event()
+            outcome: list[BaseException | None] = []
+
+            def rival() -> None:  # on another thread: another connection, outside the hold
+                try:
+                    store.commit(Batch(appends=(Append("th_x", 1, (b"rival",)),)))
+                    outcome.append(None)
+                except BaseException as exc:
+                    outcome.append(exc)
+                done.set()
+
+            other = threading.Thread(target=rival)
+            with store.hold(["th_x"]):
+                assert store.version("th_x") == 1
+                other.start()
+                assert not done.wait(0.3)  # still waiting for this hold
+                store.commit(Batch(appends=(Append("th_x", 1, (b"holder",)),)))
+            other.join(10)
+            assert len(outcome) == 1 and isinstance(outcome[0], ConflictError), outcome
+            assert [r.data for r in store.read("th_x")] == [b"e1", b"holder"]
+        finally:
+            store.drop_schema()
+
+
+def test_postgres_a_holders_commit_that_times_out_waiting_leaves_the_store_usable() -> None:
+    """A holder's commit to another held stream waits up to the store's timeout, then
+    raises StoreUnavailable, writes nothing, and the store goes on working."""
+    require_postgres()
+    from convthread.ports import Append, Batch
+    from convthread.stores.postgres import PostgresStore
+
+    schema = f"busy_{os.getpid()}_{random.randrange(10**6)}"
+    with (
+        PostgresStore(POSTGRES_URL, schema=schema) as first,
+        PostgresStore(POSTGRES_URL, schema=schema, timeout=0.2, max_size=2) as second,
+    ):
+        try:
+            first.commit(Batch(appends=(Append("th_x", 0, (b"x1",)), Append("th_y", 0, (b"y1",)))))
+            both = Batch(appends=(Append("th_x", 1, (b"x2",)), Append("th_y", 1, (b"y2",))))
+            with first.hold(["th_x"]):
+                for _ in range(3):
+                    with second.hold(["th_y"]), pytest.raises(StoreUnavailable):
+                        second.commit(both)
+            second.commit(both)
+            assert [r.data for r in second.read("th_x")] == [b"x1", b"x2"]
+            assert [r.data for r in second.read("th_y")] == [b"y1", b"y2"]
+        finally:
+            first.drop_schema()

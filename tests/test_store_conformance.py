@@ -251,9 +251,10 @@ def test_postgres_commit_is_one_round_trip(
     pg_fresh_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A commit is one statement sent on its own (its own implicit transaction: one round
-    trip), with no BEGIN or COMMIT; a batch that needs a refusal after it goes in one
-    pipeline (one Sync). Failed checks leave nothing behind and the pooled connection
-    usable, its prepared statements included."""
+    trip), with no BEGIN or COMMIT; a batch that needs a refusal after it, or that
+    appends to existing streams (it first waits for their holds), goes in one pipeline
+    (one Sync). Failed checks leave nothing behind and the pooled connection usable, its
+    prepared statements included."""
     import psycopg
 
     from convthread.stores.postgres import PostgresStore
@@ -282,7 +283,10 @@ def test_postgres_commit_is_one_round_trip(
             )
             calls.clear()
             store.commit(batch)
-            assert calls == ["alone: WITH"], calls  # one statement, no pipeline needed
+            if i == 0:  # one statement, no pipeline needed
+                assert calls == ["alone: WITH"], calls
+            else:  # the wait for holds of "s", then the batch
+                assert calls == ["pipeline", "in pipeline: SELECT", "in pipeline: WITH"], calls
             # Two statements (check versions, refuse a double append): the second one
             # runs, or the first fails and it is skipped. A statement psycopg prepared
             # and a pipeline then skipped would fail on every later use ("prepared

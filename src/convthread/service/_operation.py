@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 from convthread.ports import AsyncStore, Store
 from convthread.service._core import Op
-from convthread.service._drivers import run_async, run_sync
+from convthread.service._drivers import run_async, run_once_async, run_once_sync, run_sync
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -115,7 +115,7 @@ class Operation(_Defined[P, T]):
             return method
 
         def read(service: Any, *args: Any, **kwargs: Any) -> Any:
-            return run_sync(service.store, partial(fn, service, *args, **kwargs), 0)
+            return run_once_sync(service.store, fn(service, *args, **kwargs))
 
         return read
 
@@ -130,7 +130,7 @@ class Operation(_Defined[P, T]):
             return method
 
         async def read(service: Any, *args: Any, **kwargs: Any) -> Any:
-            return await run_async(service.store, partial(fn, service, *args, **kwargs), 0)
+            return await run_once_async(service.store, fn(service, *args, **kwargs))
 
         return read
 

@@ -92,6 +92,7 @@ import re
 import struct
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain, repeat
@@ -761,6 +762,8 @@ def _position_lock(q: str) -> str:
 class _Step:
     sql: str
     params: tuple[Any, ...]
+    #: takes locks and is followed by the batch (see _waits): its failure skips the batch
+    waits: bool = False
 
 
 def _plan(sql: _Sql, batch: Batch) -> list[_Step]:
@@ -867,7 +870,7 @@ def _plan(sql: _Sql, batch: Batch) -> list[_Step]:
         head_updates=bool(head_updates),
         head_inserts=bool(head_inserts),
     )
-    return [_Step(sql.batch(shape), tuple(params))]
+    return [*_waits(sql, batch), _Step(sql.batch(shape), tuple(params))]
 
 
 # The array parameters of each part of a batch statement, in order (see _batch_sql).
@@ -1021,6 +1024,8 @@ def _translate(exc: BaseException, what: str) -> BaseException:
             return StoreError(exc.diag.message_primary or str(exc))
         if state in _CONFLICT_STATES:
             return ConflictError(f"concurrent write detected during {what}: {exc}")
+        if state == "55P03":  # lock_not_available: lock_timeout (inside a hold)
+            return StoreUnavailable(f"PostgreSQL {what}: a busy thread stayed held too long: {exc}")
         if isinstance(exc, psycopg.OperationalError) or (
             isinstance(state, str) and state.startswith(("08", "57P"))
         ):
@@ -1141,13 +1146,33 @@ def _lock_id(schema: str) -> str:
 # of several streams cannot deadlock) and released when the attempt ends. Retries of one
 # thread then queue in the database, in arrival order, and each reads the state its
 # predecessor committed; other threads' locks are other keys, so they run in parallel.
-# Only a retry takes one (the service's drivers decide), so the uncontended path keeps
-# its one round trip per commit, and a first attempt that races a holder can only
-# conflict and join the queue. The compare-and-set still guards every commit: a hold
-# makes conflicts rare, never correctness depend on it.
+# Only a retry takes one (the service's drivers decide). The compare-and-set still
+# guards every commit: a hold makes conflicts rare, never correctness depend on it.
+#
+# A holder must not lose to a first attempt either, which takes no hold: so every commit
+# that appends to existing streams first takes each one's key in shared mode, for its
+# transaction (_waits: a statement of its own before the batch, in the same pipeline, so
+# still one round trip; and since the batch is a later statement, its snapshot is taken
+# after the wait and sees what the holder committed). Commits do not exclude each other
+# (their compare-and-set decides, as before), but a commit to a held stream waits until
+# the hold ends, and then conflicts if the holder wrote: the holder cannot lose to it. A
+# holder's own commit runs on the hold's connection (a session's own locks never block
+# it). Order and liveness: every session takes stream keys in one order, the streams'
+# names sorted (holds by name, commits by name, in array order: unnest emits in order),
+# and only then, in the batch statement, the schema's position lock (see _batch_sql),
+# after which it takes no lock until its transaction ends; so no two sessions wait for
+# each other in a cycle. The one exception is a holder whose commit appends to an
+# existing stream it does not hold (its batch changed since the conflict): that key
+# comes after the held ones, out of order. Such a cycle, like a hash collision between
+# two streams' keys, is between server sessions (the commit waits on the hold's
+# connection), so PostgreSQL's deadlock detector breaks it: one transaction fails with
+# 40P01, a ConflictError, and retries. PostgreSQL queues lock requests in arrival order
+# and a shared request waits behind a queued exclusive one, so commits cannot starve a
+# holder, nor holders a commit: each waits at most for the holds queued before it.
 #
 # The keys are the two-int4 form (schema, stream), a lock space apart from the one-key
-# form the migration lock uses. ``lock_timeout`` (the store's timeout) bounds the wait.
+# form the migration lock uses. ``lock_timeout`` (the store's timeout) bounds a holder's
+# wait.
 
 
 class _HoldSql(NamedTuple):
@@ -1169,6 +1194,36 @@ def _hold_sql(schema: str) -> _HoldSql:
     )
 
 
+def _waits(sql: _Sql, batch: Batch) -> list[_Step]:
+    """The statement that waits for holds of the existing streams ``batch`` appends to
+    (see the notes at ``_hold_sql``); none when it appends to no existing stream."""
+    streams = sorted({a.stream for a in batch.appends if a.expected > 0})
+    if not streams:
+        return []
+    return [_Step(_stream_waits_sql(sql.schema), (_Text(streams),), waits=True)]
+
+
+@functools.lru_cache(maxsize=64)
+def _stream_waits_sql(schema: str) -> str:
+    return (
+        f"SELECT pg_advisory_xact_lock_shared(hashtext('{_lock_id(schema)}'), hashtext(s)) "
+        f"FROM unnest(%s::text[]) AS s"
+    )
+
+
+# What the batch statement may raise by design; any other failure of a pipeline that
+# begins with waits may have come from the waits, so that the batch was skipped.
+_BATCH_STATES: Final = frozenset({_REFUSED_CONFLICT, _REFUSED_INVALID, "23505", "40001"})
+
+
+def _skipped_batch(steps: list[_Step], exc: psycopg.Error) -> bool:
+    """Whether the batch of a failed pipeline may have been skipped after its waits
+    failed. psycopg records a statement as prepared when it sends it, so a batch skipped
+    at the use that prepares it would fail on that connection ever after ("prepared
+    statement does not exist"): such a connection is closed (the pool replaces it)."""
+    return steps[0].waits and getattr(exc, "sqlstate", None) not in _BATCH_STATES
+
+
 def _hold_failed(exc: BaseException) -> BaseException:
     if getattr(exc, "sqlstate", None) == "55P03":  # lock_not_available: lock_timeout
         return StoreUnavailable(f"PostgreSQL: a busy thread stayed held too long: {exc}")
@@ -1185,12 +1240,13 @@ def _send_sync(conn: psycopg.Connection[Any], steps: list[_Step]) -> None:
     back as a whole if one failed (later ones are skipped). No BEGIN, COMMIT or ROLLBACK
     is sent.
 
-    A pipeline holds more than one statement only when the last one refuses the batch.
-    That matters: psycopg prepares a statement after five uses and records it as
-    prepared when it *sends* the request, so a statement that usually succeeds, skipped
-    at that use because an earlier one failed, would fail with "prepared statement does
-    not exist" on that connection from then on. A statement that always fails is never
-    prepared (psycopg forgets failed ones), and nothing follows it."""
+    A pipeline holds more than one statement when the last one refuses the batch, or
+    when the first waits for holds (see _waits). That matters: psycopg prepares a
+    statement after five uses and records it as prepared when it *sends* the request, so
+    a statement that usually succeeds, skipped at that use because an earlier one failed,
+    would fail with "prepared statement does not exist" on that connection from then on.
+    A statement that always fails is never prepared (psycopg forgets failed ones), and
+    nothing follows it; a connection whose waits failed is closed (_skipped_batch)."""
     first: psycopg.Error | None = None
     try:
         if len(steps) == 1:
@@ -1208,6 +1264,8 @@ def _send_sync(conn: psycopg.Connection[Any], steps: list[_Step]) -> None:
         first = first or exc
     if first is None:
         return
+    if not conn.closed and _skipped_batch(steps, first):
+        conn.close()
     if not conn.closed and conn.info.transaction_status != pq.TransactionStatus.IDLE:
         with contextlib.suppress(psycopg.Error):
             conn.execute("ROLLBACK")  # a safety net: the implicit transaction is gone
@@ -1230,6 +1288,8 @@ async def _send_async(conn: psycopg.AsyncConnection[Any], steps: list[_Step]) ->
         first = first or exc
     if first is None:
         return
+    if not conn.closed and _skipped_batch(steps, first):
+        await conn.close()
     if not conn.closed and conn.info.transaction_status != pq.TransactionStatus.IDLE:
         with contextlib.suppress(psycopg.Error):
             await conn.execute("ROLLBACK")  # a safety net: the implicit transaction is gone
@@ -1266,6 +1326,7 @@ class PostgresStore:
         self._timeout = timeout
         self._closed = False
         self._lock = threading.Lock()
+        self._held = threading.local()  # .conn: the connection of this thread's hold
         try:
             self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (
                 psycopg_pool.ConnectionPool(
@@ -1422,8 +1483,10 @@ class PostgresStore:
         steps = _plan(self._sql, batch)
         if not steps:
             return
+        held: psycopg.Connection[Any] | None = getattr(self._held, "conn", None)
         try:
-            with self._pool.connection() as conn:
+            # Inside this thread's hold, on its connection: the locks are that session's.
+            with contextlib.nullcontext(held) if held else self._pool.connection() as conn:
                 try:
                     _send_sync(conn, steps)
                 except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
@@ -1443,6 +1506,7 @@ class PostgresStore:
     def _holding(self, streams: list[str]) -> Iterator[None]:
         sql = _hold_sql(self.schema)
         wait = f"{max(1, int(self._timeout * 1000))}ms"
+        outer = getattr(self._held, "conn", None)
         try:
             with self._pool.connection() as conn:
                 cur = conn.execute(sql.first, (wait, streams[0]))
@@ -1451,9 +1515,12 @@ class PostgresStore:
                 try:
                     for stream in streams[1:]:
                         conn.execute(sql.take, (stream,))
+                    self._held.conn = conn  # this thread's commits run on it
                     yield
                 finally:
-                    conn.execute(sql.release, (before,))
+                    self._held.conn = outer
+                    if not conn.closed:  # (a closed one released its locks)
+                        conn.execute(sql.release, (before,))
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _hold_failed(exc) from exc
 
@@ -1508,6 +1575,11 @@ def _scan_args(
 
 
 # --------------------------------------------------------------------------- async store
+
+# The store and connection of the calling task's hold (its commits run on it).
+_held_async: ContextVar[tuple[object, psycopg.AsyncConnection[Any]] | None] = ContextVar(
+    "convthread_pg_held", default=None
+)
 
 
 class AsyncPostgresStore:
@@ -1711,8 +1783,14 @@ class AsyncPostgresStore:
         steps = _plan(self._sql, batch)
         if not steps:
             return
+        held = _held_async.get()
         try:
-            async with pool.connection() as conn:
+            # Inside this task's hold, on its connection: the locks are that session's.
+            async with (
+                contextlib.nullcontext(held[1])
+                if held is not None and held[0] is self
+                else pool.connection()
+            ) as conn:
                 try:
                     await _send_async(conn, steps)
                 except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
@@ -1737,12 +1815,17 @@ class AsyncPostgresStore:
                 cur = await conn.execute(sql.first, (wait, streams[0]))
                 row = await cur.fetchone()
                 before = row[0] if row else "0"
+                token = None
                 try:
                     for stream in streams[1:]:
                         await conn.execute(sql.take, (stream,))
+                    token = _held_async.set((self, conn))  # this task's commits run on it
                     yield
                 finally:
-                    await conn.execute(sql.release, (before,))
+                    if token is not None:
+                        _held_async.reset(token)
+                    if not conn.closed:  # (a closed one released its locks)
+                        await conn.execute(sql.release, (before,))
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _hold_failed(exc) from exc
 
