@@ -182,7 +182,7 @@ class MemoryStore:
         self._hindex: dict[tuple[str, ...], _SortedKeys] = {}  # see _entries
         self._statuses: dict[str, set[str]] = {}  # tenant -> statuses it has indexes of
         self._customers: dict[tuple[str, str], set[str]] = {}  # (tenant, customer) -> ids
-        self._entries: dict[tuple[str, str], set[tuple[tuple[str, ...], str]]] = {}
+        self._head_entries: dict[tuple[str, str], set[tuple[tuple[str, ...], str]]] = {}
         self._lock = threading.RLock()
         self._closed = False
 
@@ -293,8 +293,8 @@ class MemoryStore:
 
     def _index(self, old: ThreadHead | None, new: ThreadHead) -> None:
         slot = (new.tenant, new.thread_id)
-        before = self._entries.get(slot, set())
-        after = self._entries[slot] = _entries(new)
+        before = self._head_entries.get(slot, set())
+        after = self._head_entries[slot] = _entries(new)
         if old is None or old.customer_id != new.customer_id:
             if old is not None:
                 self._customers[(old.tenant, old.customer_id)].discard(old.thread_id)
