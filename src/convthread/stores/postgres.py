@@ -1375,13 +1375,20 @@ class PostgresStore:
         rows = self._query(f'SELECT max(version) FROM "{self.schema}".schema_version', ())
         return int(rows[0][0] or 0)
 
+    def _reading(self) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+        """The connection a read runs on: this thread's hold's, inside one (a holder
+        that needed a second connection could wait forever for a pool of holders), else
+        one from the pool."""
+        held: psycopg.Connection[Any] | None = getattr(self._held, "conn", None)
+        return contextlib.nullcontext(held) if held is not None else self._pool.connection()
+
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """Run one read statement; a connection found dead is replaced once. Results
         come in binary format (bytea values need no hex decoding)."""
         self._check_open()
         for attempt in (0, 1):
             try:
-                with self._pool.connection() as conn:
+                with self._reading() as conn:
                     return conn.execute(sql, args, binary=True).fetchall()
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                 if (
@@ -1457,7 +1464,7 @@ class PostgresStore:
         ids = _Text(dict.fromkeys(thread_ids))
         for attempt in (0, 1):
             try:
-                with self._pool.connection() as conn:
+                with self._reading() as conn:
                     with conn.pipeline():
                         c1 = conn.execute(self._sql.get_multi, _multi_args(unique), binary=True)
                         c2 = conn.execute(self._sql.get_heads, (ids, tenant), binary=True)
@@ -1674,11 +1681,20 @@ class AsyncPostgresStore:
         except psycopg.Error as exc:
             raise _translate(exc, "migration") from exc
 
+    def _reading(
+        self, pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]]
+    ) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """As :meth:`PostgresStore._reading`, for the calling task's hold."""
+        held = _held_async.get()
+        if held is not None and held[0] is self:
+            return contextlib.nullcontext(held[1])
+        return pool.connection()
+
     async def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         pool = await self._ready()
         for attempt in (0, 1):
             try:
-                async with pool.connection() as conn:
+                async with self._reading(pool) as conn:
                     cur = await conn.execute(sql, args, binary=True)
                     return await cur.fetchall()
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
@@ -1757,7 +1773,7 @@ class AsyncPostgresStore:
         ids = _Text(dict.fromkeys(thread_ids))
         for attempt in (0, 1):
             try:
-                async with pool.connection() as conn:
+                async with self._reading(pool) as conn:
                     async with conn.pipeline():
                         c1 = await conn.execute(
                             self._sql.get_multi, _multi_args(unique), binary=True
