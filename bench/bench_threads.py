@@ -146,14 +146,15 @@ def floor(messages: list[ct.Inbound]) -> float:
 
 def floor_store(messages: list[ct.Inbound]) -> float:
     """:func:`floor`, plus what the store protocol asks of every ingest (the batch that
-    ``ingest`` commits for a message continuing a live thread): the thread's cached state
-    encoded and put by compare-and-set, its activity index entry moved, the dedupe entry
-    put, all committed atomically to a ``MemoryStore``. Still no identity policy,
+    ``ingest`` commits for a message continuing a live thread): the thread's head
+    written by compare-and-set (the store moves its indexes), the dedupe entry put, all
+    committed atomically to a ``MemoryStore``. Still no identity policy,
     continuity rules, validation or fingerprint."""
+    from convthread._heads import head_of
     from convthread.domain.events import ThreadStarted
     from convthread.domain.thread import ThreadState, evolve, start_state
-    from convthread.ports import ABSENT, Append, Batch, Delete, Put
-    from convthread.service._core import NS_MSG, NS_TACTIVE, NS_THREAD, MsgRef, activity_key
+    from convthread.ports import ABSENT, Append, Batch, HeadWrite, Put
+    from convthread.service._core import NS_MSG, TENANT, MsgRef
 
     encode = codec.encode
     store = MemoryStore()
@@ -183,17 +184,11 @@ def floor_store(messages: list[ct.Inbound]) -> float:
         base = 0 if entry is None else state.version
         seq = state.version + 1
         new = evolve(state, seq, event)
-        puts = [
-            Put(NS_THREAD, tid, encode(new), version),
-            Put(NS_MSG, key, encode(MsgRef(tid, seq, cid)), ABSENT),
-            Put(NS_TACTIVE, activity_key(new), b"", ABSENT),
-        ]
-        deletes = () if entry is None else (Delete(NS_TACTIVE, activity_key(state), -1),)
         store.commit(
             Batch(
                 appends=(Append(tid, base, tuple(appends)),),
-                puts=tuple(puts),
-                deletes=deletes,
+                puts=(Put(NS_MSG, key, encode(MsgRef(tid, seq, cid)), ABSENT),),
+                heads=(HeadWrite(head_of(new, TENANT), version),),
             )
         )
         live[cid] = (new, 1 if entry is None else version + 1)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import convthread as ct
-from convthread.ports import Store
+from convthread._heads import state_of
+from convthread.domain.thread import ThreadState
+from convthread.ports import HeadQuery, Store, ThreadHead
 from convthread.service import _core as core
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -37,12 +39,20 @@ def msg(
     )
 
 
+def all_heads(store: Store, **filters: object) -> list[ThreadHead]:
+    """Every thread head of the service's tenant (matching ``filters``, HeadQuery fields)."""
+    return store.find_heads(HeadQuery(tenant=core.TENANT, limit=10**6, **filters))  # type: ignore[arg-type]
+
+
+def all_states(store: Store) -> list[ThreadState]:
+    """The state of every thread in ``store``."""
+    return [state_of(h) for h in all_heads(store)]
+
+
 def check_store_invariants(store: Store) -> None:
     """One live thread per customer and topic; NS_OPEN names exactly the live threads;
-    the query index holds each thread once, with its current status; seqs gap-free."""
-    states = [
-        core.decode_thread_state(it.value) for _k, it in store.scan(core.NS_THREAD, limit=10**6)
-    ]
+    the status index holds each thread once, with its current status; seqs gap-free."""
+    states = all_states(store)
     pointers = {k: it.value.decode() for k, it in store.scan(core.NS_OPEN, limit=10**6)}
     live: dict[str, str] = {}
     for s in states:
@@ -53,5 +63,9 @@ def check_store_invariants(store: Store) -> None:
         assert store.version(s.id) == s.version, f"{s.id}: cached state behind its stream"
         assert [r.seq for r in store.read(s.id)] == list(range(1, s.version + 1))
     assert pointers == live, f"open pointers {pointers} != live threads {live}"
-    active = [k for k, _ in store.scan(core.NS_TACTIVE, limit=10**6)]
-    assert sorted(active) == sorted(core.activity_key(s) for s in states)
+    by_status = sorted(
+        (h.status, h.thread_id)
+        for status in ct.ThreadStatus
+        for h in all_heads(store, statuses=(status.value,))
+    )
+    assert by_status == sorted((s.status.value, s.id) for s in states)

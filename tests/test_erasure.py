@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import convthread as ct
+from convthread._heads import head_of, state_of
 from convthread.errors import NotFound
-from convthread.ports import Store
+from convthread.ports import HeadWrite, Store
 from convthread.service._core import (
-    NS_CTHREADS,
     NS_CUSTOMER,
     NS_HSNAP,
     NS_IDEM,
@@ -22,18 +22,19 @@ from convthread.service._core import (
     NS_MARK,
     NS_MSG,
     NS_OPEN,
-    NS_THREAD,
+    TENANT,
 )
 from convthread.service._erasure import erased_thread_event
 from convthread.stores import MemoryStore, SQLiteStore
 
+from ._thread_util import all_heads
 from .conftest import POSTGRES_URL, require_postgres
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 MARK = "zq7marker"  # appears in the text, the e-mail address, the Message-ID
 PHONE = "+447911123461"  # the phone marker (E.164, as stored)
 OTHER_PHONE = "+447911123999"
-ALL_NS = (NS_MSG, NS_IDEM, NS_IDENT, NS_CUSTOMER, NS_THREAD, NS_OPEN, NS_LATEST, NS_CTHREADS)
+ALL_NS = (NS_MSG, NS_IDEM, NS_IDENT, NS_CUSTOMER, NS_OPEN, NS_LATEST)
 
 
 def sms(pid: str, text: str, phone: str = PHONE, minutes: int = 0) -> ct.Inbound:
@@ -83,7 +84,10 @@ def personal_strings(store: Store) -> list[str]:
     for ns in (*ALL_NS, NS_MARK, NS_HSNAP):
         for key, item in store.scan(ns, limit=100_000):
             out.append(f"{ns}/{key}={item.value!r}")
-    streams = {key.split("|", 1)[1] for key, _ in store.scan(NS_CTHREADS, limit=100_000)}
+    heads = all_heads(store)
+    out.extend(repr(h) for h in heads)  # the columns, and the state bytes as they are
+    out.extend(repr(state_of(h)) for h in heads)
+    streams = {h.thread_id for h in heads}
     streams |= {key for key, _ in store.scan(NS_CUSTOMER, limit=100_000)}
     for stream in streams:
         out.extend(repr(rec.data) for rec in store.read(stream))
@@ -219,7 +223,7 @@ def _merge_by_hand(store: Store, survivor: str, absorbed: str, thread: str) -> N
     from convthread import codec
     from convthread.domain.thread import evolve_customer
     from convthread.ports import Append, Batch, Put
-    from convthread.service._core import IdentRef, decode_customer_state, decode_thread_state
+    from convthread.service._core import IdentRef, decode_customer_state
 
     s_item = store.get(NS_CUSTOMER, survivor)
     a_item = store.get(NS_CUSTOMER, absorbed)
@@ -235,9 +239,8 @@ def _merge_by_hand(store: Store, survivor: str, absorbed: str, thread: str) -> N
         identifiers=moved,
         threads=(thread,),
     )
-    t_item = store.get(NS_THREAD, thread)
-    assert t_item is not None
-    t_state = decode_thread_state(t_item.value)
+    t_head = store.get_heads(TENANT, [thread])[thread]
+    t_state = state_of(t_head)
     reassigned = ct.ThreadReassigned(at=T0, customer_id=survivor, previous_customer_id=absorbed)
     from convthread.domain.thread import evolve
 
@@ -254,9 +257,9 @@ def _merge_by_hand(store: Store, survivor: str, absorbed: str, thread: str) -> N
             puts=(
                 Put(NS_CUSTOMER, survivor, codec.encode(s_new), s_item.version),
                 Put(NS_CUSTOMER, absorbed, codec.encode(a_new), a_item.version),
-                Put(NS_THREAD, thread, codec.encode(new_t), t_item.version),
                 *(Put(NS_IDENT, i.key, codec.encode(IdentRef(survivor))) for i, _t in moved),
             ),
+            heads=(HeadWrite(head_of(new_t, TENANT), t_head.version),),
         )
     )
 

@@ -24,19 +24,18 @@ import pytest
 
 import convthread as ct
 from convthread import codec
+from convthread._heads import state_of
 from convthread.errors import StoreUnavailable
 from convthread.ports import Store
 from convthread.service._core import (
-    NS_CTHREADS,
     NS_CUSTOMER,
     NS_MSG,
-    NS_THREAD,
     decode_msgref,
-    decode_thread_state,
 )
 from convthread.stores import SQLiteStore, open_store
 
 from ._fault_workers import message
+from ._thread_util import all_heads
 from .conftest import POSTGRES_URL, require_postgres
 
 pytestmark = pytest.mark.slow
@@ -70,15 +69,14 @@ def check_store(store: Store, acked: dict[str, tuple[str, int]], expected_pids: 
     msg_entries = store.scan(NS_MSG, limit=10**7)
     stored_pids = {key.split("|", 1)[1] for key, _ in msg_entries}
     assert stored_pids == expected_pids
-    thread_ids = {key.split("|", 1)[1] for key, _ in store.scan(NS_CTHREADS, limit=10**7)}
+    heads = {h.thread_id: h for h in all_heads(store)}
+    thread_ids = set(heads)
     received: Counter[str] = Counter()
     live_per_customer: Counter[str] = Counter()
     for tid in thread_ids:
         records = store.read(tid)
         assert [r.seq for r in records] == list(range(1, len(records) + 1)), tid
-        item = store.get(NS_THREAD, tid)
-        assert item is not None
-        state = decode_thread_state(item.value)
+        state = state_of(heads[tid])
         assert state.version == len(records)
         if state.is_open:
             live_per_customer[state.customer_id] += 1
@@ -190,8 +188,8 @@ def test_sqlite_writer_killed_at_random_moments(tmp_path: Path) -> None:
         for pid, (thread, seq) in acked.items():
             ev = codec.decode_event(store.read(thread, seq - 1, 1)[0].data)
             assert isinstance(ev, ct.MessageReceived) and ev.provider_message_id == pid
-        for key, _ in store.scan(NS_CTHREADS, limit=10**6):
-            tid = key.split("|", 1)[1]
+        for head in all_heads(store):
+            tid = head.thread_id
             records = store.read(tid)
             assert [r.seq for r in records] == list(range(1, len(records) + 1))
 

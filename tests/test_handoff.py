@@ -27,7 +27,7 @@ from convthread.errors import (
     ValidationError,
 )
 from convthread.service import _core as core
-from tests._thread_util import msg
+from tests._thread_util import all_heads, msg
 
 
 @pytest.fixture
@@ -42,14 +42,14 @@ def _thread(convs: ct.Conversations) -> str:
 def _snapshot_of_store(store) -> tuple:
     """Everything a store holds, to prove a refused write stored nothing."""
     streams = {}
-    for _k, it in store.scan(core.NS_THREAD, limit=10**6):
-        state = core.decode_thread_state(it.value)
-        streams[state.id] = [r.data for r in store.read(state.id)]
+    heads = all_heads(store)
+    for head in heads:
+        streams[head.thread_id] = [r.data for r in store.read(head.thread_id)]
     index = {
         ns: [(k, it.value, it.version) for k, it in store.scan(ns, limit=10**6)]
-        for ns in (core.NS_THREAD, core.NS_HANDOFF, core.NS_OFFERS, core.NS_HSNAP)
+        for ns in (core.NS_HANDOFF, core.NS_OFFERS, core.NS_HSNAP)
     }
-    return streams, index
+    return streams, index, heads
 
 
 def test_bot_to_queue_to_agent_moves_control_and_fences_the_bot(convs, clock) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import convthread as ct
-from convthread.ports import Item
+from convthread.ports import Item, ThreadHead
 from convthread.service._core import NS_HSNAP
 from convthread.service._snapshots import CHECKPOINT_EVERY, checkpoint_key
 
@@ -19,15 +19,18 @@ from .test_prefetch import T0, CountingStore, MultiGetStore, msg
 
 
 class KeyLog(MultiGetStore):
-    """The counting memory store with ``get_multi``, keeping the keys of each call."""
+    """The counting memory store with ``get_multi_heads``, keeping the index keys of
+    each call."""
 
     def __init__(self) -> None:
         super().__init__()
         self.asked: list[list[tuple[str, str]]] = []
 
-    def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+    def get_multi_heads(
+        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
         self.asked.append(list(keys))
-        return super().get_multi(keys)
+        return super().get_multi_heads(keys, tenant, thread_ids)
 
 
 def stores() -> tuple[ct.Conversations, ct.Conversations, KeyLog]:

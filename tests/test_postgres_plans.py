@@ -118,3 +118,32 @@ def test_get_many_answers_through_the_same_lookups(store: object) -> None:
     as a scan of the whole namespace)."""
     got = store.get_many("msg", ["sms|m1", "sms|m2", "sms|missing"])  # type: ignore[attr-defined]
     assert sorted(got) == ["sms|m1", "sms|m2"]
+
+
+def test_head_reads_use_the_head_indexes(store: object) -> None:
+    """get_heads looks each id up by primary key; the thread queries use an index of
+    thread_heads (no sequential scan), whatever the table's size at planning time. (A
+    channel filter may use the GIN index on channels; the planner picks it only when it
+    expects the channel to be selective, which it cannot know of a new table.)"""
+    from convthread.ports import HeadQuery
+
+    sql_of = store._sql  # type: ignore[attr-defined]
+    plan = generic_plan(store, sql_of.get_heads, "ARRAY['th_1']::text[], ''")
+    assert "Seq Scan" not in plan and "thread_heads_pkey" in plan, plan
+    for query, index in [
+        (HeadQuery(statuses=("open",), limit=10), "thread_heads_activity"),
+        (HeadQuery(customer_id="cu_1", limit=10), "thread_heads_customer"),
+        (HeadQuery(controller="agent:ann", limit=10), "thread_heads_controller"),
+    ]:
+        sql, args = sql_of.find_heads(query)
+        literals = ", ".join(_literal(a) for a in args)
+        plan = generic_plan(store, sql, literals)
+        assert "Seq Scan" not in plan and index in plan, (query, plan)
+
+
+def _literal(value: object) -> str:
+    if isinstance(value, list):
+        return "ARRAY[" + ", ".join(_literal(v) for v in value) + "]::text[]"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"

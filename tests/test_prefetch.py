@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 
 import convthread as ct
-from convthread.ports import Batch, Item, MultiGet
+from convthread.ports import Batch, Item, MultiGet, ThreadHead
 from convthread.stores import MemoryStore
 from convthread.testing import strategies as cts
 
@@ -48,16 +48,26 @@ class CountingStore(MemoryStore):
 
 
 class MultiGetStore(CountingStore):
-    """... that also offers ``get_multi``."""
+    """... that also offers ``get_multi`` and ``get_multi_heads`` (a call of either is
+    one round trip, counted as ``get_multi``)."""
 
     def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
         self.calls["get_multi"] += 1
+        return self._entries(keys)
+
+    def _entries(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
         out: dict[tuple[str, str], Item] = {}
         for ns, key in keys:
             item = MemoryStore.get(self, ns, key)
             if item is not None:
                 out[(ns, key)] = item
         return out
+
+    def get_multi_heads(
+        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
+        self.calls["get_multi"] += 1
+        return self._entries(keys), MemoryStore.get_heads(self, tenant, thread_ids)
 
 
 def pair() -> tuple[ct.Conversations, ct.Conversations]:

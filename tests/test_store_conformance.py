@@ -9,6 +9,7 @@ import itertools
 import os
 import re
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from convthread.errors import ConflictError, StoreError
-from convthread.ports import ABSENT, Append, Batch, Item, MultiGet, Put, Store
+from convthread.ports import ABSENT, Append, Batch, HeadQuery, Item, MultiGet, Put, Store
 from convthread.stores import MemoryStore, SQLiteStore
+from convthread.stores._kv import with_heads
 from convthread.testing.store_conformance import StoreConformance
 
 from .conftest import POSTGRES_URL, require_postgres
@@ -112,6 +114,85 @@ class TestPostgresStore(StoreConformance):
                     again.drop_schema()
         finally:
             store.close()
+
+
+# -- the key-value adapter: heads kept in the generic index of each store
+
+
+class TestKVHeadsOverMemory(StoreConformance):
+    """The adapter a store without head methods runs behind, over the reference."""
+
+    def make_store(self) -> Store:
+        return with_heads(MemoryStore())
+
+
+class TestKVHeadsOverSQLite(StoreConformance):
+    multi_get = True
+
+    def make_store(self) -> Store:
+        return with_heads(SQLiteStore(self.tmp_path / f"kv-{next(_counter)}.db"))
+
+
+class TestKVHeadsOverPostgres(StoreConformance):
+    multi_get = True
+    machine_settings = TestPostgresStore.machine_settings
+
+    @pytest.fixture(autouse=True)
+    def _needs_postgres(self) -> None:
+        require_postgres()
+
+    def make_store(self) -> Store:
+        from convthread.stores.postgres import PostgresStore
+
+        schema = f"kvkit_{os.getpid()}_{next(_counter)}"
+        return with_heads(PostgresStore(POSTGRES_URL, schema=schema, max_size=10))
+
+    def discard_store(self, store: Store) -> None:
+        from convthread.stores.postgres import PostgresStore
+
+        inner = store.inner  # type: ignore[attr-defined]
+        assert isinstance(inner, PostgresStore)
+        try:
+            if not inner._closed:
+                inner.drop_schema()
+            else:
+                with PostgresStore(POSTGRES_URL, schema=inner.schema) as again:
+                    again.drop_schema()
+        finally:
+            inner.close()
+
+
+def test_a_store_without_heads_runs_behind_the_adapter() -> None:
+    """A store of the 0.1 protocol (no head methods) is wrapped by the service, and its
+    threads are kept in the index namespaces that protocol's releases used."""
+    import convthread as ct
+    from convthread.stores._kv import KVHeads
+
+    class OldStore:
+        def __init__(self) -> None:
+            self.mem = MemoryStore()
+
+        def __getattr__(self, name: str) -> object:
+            if name in ("get_heads", "find_heads", "get_multi", "get_multi_heads"):
+                raise AttributeError(name)
+            return getattr(self.mem, name)
+
+    old = OldStore()
+    convs = ct.Conversations(old, ids=ct.SequentialIds())  # type: ignore[arg-type]
+    assert isinstance(convs.store, KVHeads)
+    r = convs.ingest(
+        ct.Inbound(
+            channel="sms",
+            provider_message_id="m1",
+            sender=(ct.SenderIdentifier(ct.phone("+14155550100"), ct.Trust.ASSERTED),),
+            content=ct.Content(text="hi"),
+            sent_at=datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc),
+        )
+    )
+    assert [t.id for t in convs.threads().items] == [r.thread_id]
+    assert [k for k, _ in old.mem.scan("thread")] == [r.thread_id]
+    assert [k for k, _ in old.mem.scan("cthreads")] == [f"{r.customer_id}|{r.thread_id}"]
+    assert old.mem.find_heads(HeadQuery()) == []  # nothing in the native heads
 
 
 # -- PostgreSQL: schema migration and the server-side checks of a commit

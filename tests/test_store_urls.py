@@ -164,7 +164,7 @@ def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with SQLiteStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         assert [(r.seq, r.data) for r in store.read("s")] == [(1, b"\x01"), (2, b"\x02")]
         assert store.get("ns", "k") == Item(b"\xff", 3)
         with pytest.raises(ConflictError):

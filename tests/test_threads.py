@@ -441,10 +441,11 @@ def test_queries_with_cursor_pagination(convs: ct.Conversations, clock) -> None:
     opened = convs.threads(status="open", limit=50)
     assert [t.id for t in opened.items] == [tids[i] for i in (6, 5, 4, 3, 2)]
     assert [t.id for t in convs.threads(status=S.PENDING).items] == [tids[1]]
+    # every query is ordered by last activity, oldest first
     wa = convs.threads(channel="whatsapp", limit=1)
-    assert [t.id for t in wa.items] == [tids[1]]
+    assert [t.id for t in wa.items] == [tids[4]]
     wa2 = convs.threads(channel="whatsapp", limit=1, cursor=wa.next_cursor)
-    assert [t.id for t in wa2.items] == [tids[4]]
+    assert [t.id for t in wa2.items] == [tids[1]]
     assert convs.threads(channel="whatsapp", limit=1, cursor=wa2.next_cursor).items == ()
     ranged = convs.threads(
         active_after=T0 + timedelta(minutes=20), active_before=T0 + timedelta(minutes=40)
@@ -466,8 +467,7 @@ def test_query_by_controller(convs: ct.Conversations) -> None:
     convs.ingest(msg("m2", customer=2))
     # Give thread a a controller the way the handoff operations do: a new cached state.
     state = convs.thread_state(a)
-    item = convs.store.get(core.NS_THREAD, a)
-    assert item is not None
+    head = convs.store.get_heads(core.TENANT, [a])[a]
     w = _Writes()
     w.thread(
         state,
@@ -477,7 +477,7 @@ def test_query_by_controller(convs: ct.Conversations) -> None:
                 "controller": ct.Party.parse("agent:ann"),
             }
         ),
-        item.version,
+        head.version,
     )
     convs.store.commit(w.batch())
     page = convs.threads(controller="agent:ann")

@@ -1,9 +1,15 @@
 """Ports: what the service needs from the outside world.
 
-* :class:`Store` / :class:`AsyncStore`: streams of encoded events plus a keyed index with
-  compare-and-set, committed together atomically. The store knows nothing about threads
-  or customers: all domain logic lives in one place, so a new backend is small and the
-  conformance kit (:mod:`convthread.testing`) can prove it behaves like the reference.
+* :class:`Store` / :class:`AsyncStore`: streams of encoded events, the heads of threads
+  (one typed row per thread: :class:`ThreadHead`) and a keyed index with
+  compare-and-set, committed together atomically. The store knows the library's nouns
+  (streams, thread heads) but none of its rules: all domain logic lives in one place, so
+  a new backend is small and the conformance kit (:mod:`convthread.testing`) can prove
+  it behaves like the reference.
+* :class:`KVStore` / :class:`AsyncKVStore`: the same without the heads (the protocol of
+  releases up to 0.1). A store that offers only these keeps working: the service runs
+  it behind an adapter (``convthread.stores._kv``) that keeps the heads in index
+  entries of its own.
 * :class:`Clock` and :class:`IdSource`: injected, so tests are deterministic.
 
 Store semantics, which every backend must keep:
@@ -11,10 +17,14 @@ Store semantics, which every backend must keep:
 1. ``commit(batch)`` is atomic. Every append names the stream's expected version (the
    sequence number of its last event, 0 for a new stream); every put or delete names the
    expected version of the key (:data:`ABSENT` for "must not exist", :data:`ANY` for
-   "whatever it is"). If any expectation fails, nothing is written and
-   :class:`~convthread.errors.ConflictError` is raised.
+   "whatever it is"); every head write names the expected version of the head
+   (:data:`ABSENT`: insert a new head; a version: replace that version). If any
+   expectation fails, nothing is written and :class:`~convthread.errors.ConflictError`
+   is raised.
 2. Sequence numbers of a stream are 1, 2, 3, ... with no gaps.
-3. A key's version starts at 1 and grows by one with each put.
+3. A key's version starts at 1 and grows by one with each put. So does a head's: its
+   ``version`` counts the writes of the head, which is not its thread's ``last_seq``
+   (some writes change a head without appending, e.g. a merge moving the thread).
 4. Acknowledged commits survive a process crash (durability is per backend; see its docs).
 5. ``rewrite`` (erasure) replaces an event's bytes in place, keeping its sequence number;
    ``scrub()`` then makes sure replaced or deleted bytes are gone from storage.
@@ -25,6 +35,12 @@ Store semantics, which every backend must keep:
    A rewrite keeps the position. A store that cannot keep this promise reports 0 (its
    events then have no global order); the conformance kit's ``positions`` capability
    checks a store that reports them.
+7. Heads are per tenant: ``(tenant, thread_id)`` names one; a read or query names its
+   tenant and sees no other. ``get_heads`` returns those that exist among the ids;
+   ``find_heads(query)`` returns the heads matching every filter of a :class:`HeadQuery`,
+   ordered by ``(last_activity, thread_id)`` (oldest first, or newest first), starting
+   strictly after the query's cursor, at most ``limit``. A head's ``state`` is bytes of
+   the service's: stored and returned as they are, never read by the store.
 
 Clarifications (the conformance kit checks each):
 
@@ -33,19 +49,24 @@ Clarifications (the conformance kit checks each):
   apply (a key both put and deleted ends up absent). Two different version expectations
   on one key cannot both hold: ConflictError.
 * An append with no events still checks its expected version (a guard); a stream may
-  appear in a batch's appends at most once (else StoreError, nothing written).
+  appear in a batch's appends at most once, and a thread in its head writes at most
+  once (else StoreError, nothing written). A head write expecting :data:`ANY` is refused
+  the same way: a head is always compare-and-set.
 * A rewrite must name an event that existed before the batch (else StoreError, nothing
   written). After a delete, a key's version starts again at 1.
 * Keys are any text (provider ids come from outside); values and events are any bytes.
-  ``scan`` orders by code point; ``after=""`` means from the start.
+  ``scan`` orders by code point; ``after=""`` means from the start. Thread ids order by
+  code point too. Times are timezone-aware UTC, kept to the microsecond.
 * A closed store raises StoreError; driver errors are translated into ConflictError
   (another writer won), StoreUnavailable (connection lost) or StoreError.
 
 Optional capability: a store whose reads cost a round trip (a database server, a file)
 may also offer ``get_multi(keys)`` (:class:`MultiGet` / :class:`AsyncMultiGet`): the
-entries of several namespaces in one call. The service then fetches what an ingest will
-read in a few calls instead of one per namespace and step. A store without it works
-unchanged; the conformance kit checks it where a store declares it.
+entries of several namespaces in one call, and ``get_multi_heads(keys, tenant,
+thread_ids)`` (:class:`MultiGetHeads` / :class:`AsyncMultiGetHeads`): those entries and
+some heads in one round trip. The service then fetches what an ingest will read in a
+few calls instead of one per namespace and step. A store without them works unchanged;
+the conformance kit checks them where a store offers them.
 
 Optional capability: a store shared by several processes may offer ``hold(streams)``
 (:class:`StreamHold` / :class:`AsyncStreamHold`): a context in which this writer reads
@@ -73,18 +94,25 @@ from convthread.domain.model import ensure_utc
 __all__ = [
     "ABSENT",
     "ANY",
+    "DEFAULT_TENANT",
     "Append",
+    "AsyncKVStore",
     "AsyncMultiGet",
+    "AsyncMultiGetHeads",
     "AsyncStore",
     "AsyncStreamHold",
     "Batch",
     "Clock",
     "Delete",
+    "HeadQuery",
+    "HeadWrite",
     "IdSource",
     "Item",
+    "KVStore",
     "KeyWrite",
     "ManualClock",
     "MultiGet",
+    "MultiGetHeads",
     "Put",
     "RandomIds",
     "Recorded",
@@ -93,12 +121,15 @@ __all__ = [
     "Store",
     "StreamHold",
     "SystemClock",
+    "ThreadHead",
 ]
 
 #: Expected version meaning "the key must not exist".
 ABSENT: Final = 0
 #: Expected version meaning "no expectation" (unconditional write).
 ANY: Final = -1
+#: The tenant of a service that names none (the tenant column's default in the SQL stores).
+DEFAULT_TENANT: Final = ""
 
 
 class Recorded(msgspec.Struct, frozen=True, gc=False):
@@ -171,6 +202,94 @@ class Rewrite(msgspec.Struct, frozen=True):
     data: bytes
 
 
+class ThreadHead(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A thread as a typed row: what queries filter and order by, plus the rest of its
+    state as the service's bytes.
+
+    ``last_activity`` is the channel time of the thread's latest message (its creation
+    time before it has one); ``channels`` are the channels it has used, first first;
+    ``controller`` is the party in control (``"kind:id"``) or None; ``state`` is opaque
+    to the store. ``version`` is the head's compare-and-set version: filled in by the
+    store on reads, ignored in a :class:`HeadWrite` (which names the version it expects).
+    """
+
+    thread_id: str
+    tenant: str
+    customer_id: str
+    status: str
+    last_seq: int
+    last_activity: datetime
+    last_channel: str
+    topic: str | None
+    channels: tuple[str, ...]
+    snoozed_until: datetime | None
+    controller: str | None
+    created_at: datetime
+    state: bytes
+    version: int = 0
+
+
+class HeadWrite(msgspec.Struct, frozen=True):
+    """Insert ``head`` (``expected`` :data:`ABSENT`: no head of that tenant and thread may
+    exist) or replace it (``expected`` the version it must have); its version becomes 1,
+    or ``expected + 1``."""
+
+    head: ThreadHead
+    expected: int
+
+
+class HeadQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Which heads :meth:`Store.find_heads` returns: those of ``tenant`` matching every
+    filter given, ordered by ``(last_activity, thread_id)``, oldest first (newest first
+    with ``newest_first``), strictly after ``after`` (the ``(last_activity, thread_id)``
+    of the last head of the previous page), at most ``limit``.
+
+    Filters: ``customer_id``; ``statuses`` (any of them; empty: every status);
+    ``channel`` (among the head's ``channels``); ``controller``; ``snoozed_before``
+    (``snoozed_until`` is set and earlier); ``active_from`` / ``active_until``
+    (``last_activity`` within, both inclusive).
+    """
+
+    tenant: str = DEFAULT_TENANT
+    customer_id: str | None = None
+    statuses: tuple[str, ...] = ()
+    channel: str | None = None
+    controller: str | None = None
+    snoozed_before: datetime | None = None
+    active_from: datetime | None = None
+    active_until: datetime | None = None
+    newest_first: bool = False
+    after: tuple[datetime, str] | None = None
+    limit: int = 100
+
+    def matches(self, head: ThreadHead) -> bool:
+        """Whether ``head`` passes every filter (not the cursor): the reference rule."""
+        if head.tenant != self.tenant:
+            return False
+        if self.customer_id is not None and head.customer_id != self.customer_id:
+            return False
+        if self.statuses and head.status not in self.statuses:
+            return False
+        if self.channel is not None and self.channel not in head.channels:
+            return False
+        if self.controller is not None and head.controller != self.controller:
+            return False
+        if self.snoozed_before is not None and (
+            head.snoozed_until is None or head.snoozed_until >= self.snoozed_before
+        ):
+            return False
+        if self.active_from is not None and head.last_activity < self.active_from:
+            return False
+        return not (self.active_until is not None and head.last_activity > self.active_until)
+
+    def beyond(self, head: ThreadHead) -> bool:
+        """Whether ``head`` comes after the cursor in the query's order."""
+        if self.after is None:
+            return True
+        key = (head.last_activity, head.thread_id)
+        return key < self.after if self.newest_first else key > self.after
+
+
 class Batch(msgspec.Struct, frozen=True):
     """Everything one operation writes, committed atomically or not at all."""
 
@@ -178,16 +297,18 @@ class Batch(msgspec.Struct, frozen=True):
     puts: tuple[Put, ...] = ()
     deletes: tuple[Delete, ...] = ()
     rewrites: tuple[Rewrite, ...] = ()
+    heads: tuple[HeadWrite, ...] = ()
 
     @property
     def is_empty(self) -> bool:
-        return not (self.appends or self.puts or self.deletes or self.rewrites)
+        return not (self.appends or self.puts or self.deletes or self.rewrites or self.heads)
 
 
 @runtime_checkable
-class Store(Protocol):
-    """The synchronous store protocol. Implementations must be safe to share between
-    threads of one process; several processes may share one backend where it allows."""
+class KVStore(Protocol):
+    """The synchronous store protocol without heads (releases up to 0.1; see the module
+    notes). Implementations must be safe to share between threads of one process;
+    several processes may share one backend where it allows."""
 
     def read(self, stream: str, after: int = 0, limit: int | None = None) -> list[Recorded]:
         """Events of ``stream`` with sequence number > ``after``, in order (at most ``limit``)."""
@@ -227,8 +348,21 @@ class Store(Protocol):
 
 
 @runtime_checkable
-class AsyncStore(Protocol):
-    """The asyncio form of :class:`Store`: the same methods, as coroutines."""
+class Store(KVStore, Protocol):
+    """The synchronous store protocol: :class:`KVStore` plus the heads of threads."""
+
+    def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]:
+        """The heads of ``tenant`` that exist among ``thread_ids``, by thread id."""
+        ...
+
+    def find_heads(self, query: HeadQuery) -> list[ThreadHead]:
+        """The heads ``query`` selects, in its order (see :class:`HeadQuery`)."""
+        ...
+
+
+@runtime_checkable
+class AsyncKVStore(Protocol):
+    """The asyncio form of :class:`KVStore`: the same methods, as coroutines."""
 
     async def read(
         self, stream: str, after: int = 0, limit: int | None = None
@@ -252,6 +386,15 @@ class AsyncStore(Protocol):
 
 
 @runtime_checkable
+class AsyncStore(AsyncKVStore, Protocol):
+    """The asyncio form of :class:`Store`: the same methods, as coroutines."""
+
+    async def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]: ...
+
+    async def find_heads(self, query: HeadQuery) -> list[ThreadHead]: ...
+
+
+@runtime_checkable
 class MultiGet(Protocol):
     """Optional: reads of several namespaces in one call (see the module notes)."""
 
@@ -269,6 +412,17 @@ class AsyncMultiGet(Protocol):
 
 
 @runtime_checkable
+class MultiGetHeads(Protocol):
+    """Optional: index entries and heads in one round trip (see the module notes)."""
+
+    def get_multi_heads(
+        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
+        """``(get_multi(keys), get_heads(tenant, thread_ids))``, read in one call."""
+        ...
+
+
+@runtime_checkable
 class StreamHold(Protocol):
     """Optional: serialize the writers of some streams (see the module notes)."""
 
@@ -279,6 +433,15 @@ class StreamHold(Protocol):
         :class:`~convthread.errors.StoreUnavailable`). Commits made inside are checked
         as always; leaving releases the streams, whether or not a commit was made."""
         ...
+
+
+@runtime_checkable
+class AsyncMultiGetHeads(Protocol):
+    """The asyncio form of :class:`MultiGetHeads`."""
+
+    async def get_multi_heads(
+        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]: ...
 
 
 @runtime_checkable

@@ -43,11 +43,13 @@ from convthread.domain.tokens import KeyRing
 from convthread.domain.updates import ChannelResult, Unsupported
 from convthread.errors import ValidationError
 from convthread.ports import (
-    AsyncMultiGet,
+    AsyncKVStore,
+    AsyncMultiGetHeads,
     AsyncStore,
     Clock,
     IdSource,
-    MultiGet,
+    KVStore,
+    MultiGetHeads,
     RandomIds,
     Store,
     SystemClock,
@@ -175,12 +177,18 @@ def _content(content: str | Content) -> Content:
     raise ValidationError(f"content must be a str or Content, not {type(content).__name__}")
 
 
-def _open(store: Store | str) -> Store:
+def _open(store: Store | KVStore | str) -> Store:
+    """The store a URL names, or ``store``; one without head methods (a store written to
+    the protocol of releases up to 0.1) behind the adapter that keeps heads in its index."""
     if isinstance(store, str):
         from convthread.stores import open_store
 
-        return open_store(store)
-    return store
+        store = open_store(store)
+    if isinstance(store, Store) or not isinstance(store, KVStore):
+        return store  # (not a store at all: its first call says so)
+    from convthread.stores._kv import with_heads
+
+    return with_heads(store)
 
 
 class _Service:
@@ -416,7 +424,8 @@ class _Service:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Op[ThreadPage]:
-        """Threads matching all the filters given, a page at a time (see ThreadPage)."""
+        """Threads matching all the filters given, a page at a time (see ThreadPage),
+        ordered by last activity, oldest first, thread id breaking ties."""
         return _threads.threads(
             customer=customer,
             status=status,
@@ -795,7 +804,9 @@ class _Service:
 class Conversations(_Service):
     """The synchronous service over a :class:`~convthread.ports.Store`.
 
-    ``store`` is a store object or a URL (``"memory://"``, ``"sqlite:///support.db"``).
+    ``store`` is a store object or a URL (``"memory://"``, ``"sqlite:///support.db"``); a
+    store without head methods (:class:`~convthread.ports.KVStore`) runs behind the
+    adapter that keeps thread heads in its index.
     ``clock`` and ``ids`` are injectable for deterministic tests; ``identifiers`` holds
     the identifier normalizers; ``continuity`` decides which thread a message continues.
     Conflicts between concurrent writers are retried up to ``max_retries`` times (writers
@@ -805,7 +816,7 @@ class Conversations(_Service):
 
     def __init__(
         self,
-        store: Store | str,
+        store: Store | KVStore | str,
         *,
         clock: Clock | None = None,
         ids: IdSource | None = None,
@@ -821,7 +832,7 @@ class Conversations(_Service):
     ) -> None:
         self.store: Store = _open(store)
         self.config = _config(clock, ids, identifiers, continuity, max_retries)
-        self.config.prefetch = isinstance(self.store, MultiGet)
+        self.config.prefetch = isinstance(self.store, MultiGetHeads)
         if lifecycle is not None:
             self.config.lifecycle = lifecycle
         if merge_policy is not None:
@@ -861,7 +872,7 @@ class AsyncConversations(_Service):
 
     def __init__(
         self,
-        store: AsyncStore | Store | str,
+        store: AsyncStore | AsyncKVStore | Store | KVStore | str,
         *,
         clock: Clock | None = None,
         ids: IdSource | None = None,
@@ -913,11 +924,11 @@ def _ingest_op(config: Config) -> Callable[[Config, Inbound], Op[IngestResult]]:
 
 def _has_multi(store: AsyncStore) -> bool:
     if isinstance(store, (InlineAsyncStore, ThreadedAsyncStore)):
-        return isinstance(store.sync, MultiGet)
-    return isinstance(store, AsyncMultiGet)
+        return isinstance(store.sync, MultiGetHeads)
+    return isinstance(store, AsyncMultiGetHeads)
 
 
-def _as_async(store: AsyncStore | Store | str) -> AsyncStore:
+def _as_async(store: AsyncStore | AsyncKVStore | Store | KVStore | str) -> AsyncStore:
     from convthread.stores.memory import MemoryStore
 
     if isinstance(store, str):
@@ -930,8 +941,12 @@ def _as_async(store: AsyncStore | Store | str) -> AsyncStore:
         return InlineAsyncStore(store)
     # Store and AsyncStore name the same methods, so isinstance cannot tell them apart:
     # a store whose commit is a coroutine function is already asynchronous.
-    if isinstance(store, Store) and not inspect.iscoroutinefunction(store.commit):
-        return threaded(store)
+    if isinstance(store, KVStore) and not inspect.iscoroutinefunction(store.commit):
+        return threaded(_open(store))
+    if isinstance(store, AsyncKVStore) and not isinstance(store, AsyncStore):
+        from convthread.stores._kv import with_heads_async
+
+        return cast("AsyncStore", with_heads_async(store))
     return cast("AsyncStore", store)
 
 

@@ -18,6 +18,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from convthread import codec
+from convthread._heads import head_of, state_of
 from convthread.domain.continuity import ContinuityPolicy
 from convthread.domain.events import CustomerEvent, ThreadEvent
 from convthread.domain.handoff import HandoffRule
@@ -29,18 +30,21 @@ from convthread.domain.thread import CustomerState, LifecyclePolicy, ThreadState
 from convthread.domain.tokens import KeyRing
 from convthread.errors import NotFound
 from convthread.ports import (
-    ABSENT,
     ANY,
+    DEFAULT_TENANT,
     Append,
     Batch,
     Clock,
     Delete,
+    HeadQuery,
+    HeadWrite,
     IdSource,
     Item,
     Put,
     RandomIds,
     Recorded,
     SystemClock,
+    ThreadHead,
 )
 
 T = TypeVar("T")
@@ -50,28 +54,28 @@ Call = tuple[str, tuple[Any, ...]]
 #: An operation: yields store calls, returns its result.
 Op = Generator[Call, Any, T]
 
-# Index namespaces. Keys are documented here because third-party stores see them.
+#: The tenant the service's heads belong to (one per service until tenants are configurable).
+TENANT: Final = DEFAULT_TENANT
+
+# Index namespaces, the service's own key layouts over the store's generic index.
+# Threads are not among them: each is a head (``ThreadHead``, a typed row of the store),
+# read with get_heads / find_heads and written by Writes.thread.
 NS_MSG: Final = "msg"  # "{channel}|{provider message id}" -> MsgRef
 NS_IDEM: Final = "idem"  # explicit idempotency key -> MsgRef
 NS_IDENT: Final = "ident"  # identifier key -> IdentRef
 NS_CUSTOMER: Final = "customer"  # customer id -> CustomerState (cache of its stream)
-NS_THREAD: Final = "thread"  # thread id -> ThreadState (cache of its stream)
 NS_OPEN: Final = "open"  # "{customer}|{topic}" -> thread id of the live thread
 NS_LATEST: Final = "latest"  # "{customer}|{topic}" -> thread id of the newest thread
-NS_CTHREADS: Final = "cthreads"  # "{customer}|{thread}" -> b"" (a customer's threads)
-# Threads (issue 4). Time keys are UTC microseconds since 1970, 17 digits (sortable).
-NS_TACTIVE: Final = "tactive"  # "{status}|{last active}|{thread}" -> b"" (every thread)
-NS_TCHANNEL: Final = "tchannel"  # "{channel}|{thread}" -> b"" (threads that used a channel)
-NS_SNOOZE: Final = "snooze"  # "{until}|{thread}" -> b"" (snoozed threads, by wake-up time)
+# Time keys are UTC microseconds since 1970, 17 digits (sortable).
 NS_MARK: Final = "mark"  # "{thread}|{seq}" -> MessageMark (status, edit, deletion, reactions)
 NS_EARLY: Final = "early"  # "{channel}|{provider message id}" -> EarlyStatuses (unknown msg)
 NS_UNSUPPORTED: Final = "unsupported"  # "{recorded at}|{id}" -> Unsupported (kept for review)
-# Identity (issue 3).
+# Identity.
 NS_MERGE: Final = "merge"  # merge id -> MergeRef (survivor, absorbed, undone)
 NS_SUGGEST: Final = "suggest"  # suggestion id -> SuggestionRef (pair, status, decision)
 NS_SUGGEST_PAIR: Final = "suggestpair"  # "{customer a}|{customer b}" (sorted) -> suggestion id
 NS_VERIFY: Final = "verify"  # verification id -> VerificationRecord (hashed code, expiry)
-# Handoff, snapshots and continuation tokens (issue 5).
+# Handoff, snapshots and continuation tokens.
 NS_HANDOFF: Final = "handoff"  # handoff id -> HandoffRecord (thread, status, parties)
 NS_OFFERS: Final = "offers"  # "{expires at time_key}|{handoff id}" -> thread id (live offers)
 NS_HSNAP: Final = "hsnap"  # "{thread}|{handoff}" -> Snapshot JSON handed to the receiver;
@@ -173,7 +177,7 @@ class Config:
     lifecycle: LifecyclePolicy = field(default_factory=LifecyclePolicy)
     merge_policy: MergePolicy = field(default_factory=MergePolicy)
     disclosure: DisclosurePolicy = field(default_factory=DisclosurePolicy)
-    # Handoff, snapshots, continuation tokens (issue 5).
+    # Handoff, snapshots, continuation tokens.
     handoff_rules: Sequence[HandoffRule] = ()
     redaction: Mapping[str, RedactionPolicy] = field(default_factory=lambda: DEFAULT_POLICIES)
     token_keys: KeyRing | None = None
@@ -213,12 +217,57 @@ def commit(batch: Batch) -> Op[None]:
     yield ("commit", (batch,))
 
 
+def get_heads(thread_ids: Sequence[str]) -> Op[dict[str, ThreadHead]]:
+    if not thread_ids:
+        return {}
+    result: dict[str, ThreadHead] = yield ("get_heads", (TENANT, list(thread_ids)))
+    return result
+
+
+def find_heads(query: HeadQuery) -> Op[list[ThreadHead]]:
+    result: list[ThreadHead] = yield ("find_heads", (query,))
+    return result
+
+
+def get_threads(thread_ids: Sequence[str]) -> Op[dict[str, tuple[ThreadState, int]]]:
+    """The states of the threads that exist among ``thread_ids``, each with the version
+    of its head (what a write of the thread expects)."""
+    heads = yield from get_heads(thread_ids)
+    return {tid: (state_of(h), h.version) for tid, h in heads.items()}
+
+
+def get_thread(thread_id: str) -> Op[tuple[ThreadState, int] | None]:
+    heads = yield from get_heads([thread_id])
+    head = heads.get(thread_id)
+    return None if head is None else (state_of(head), head.version)
+
+
 def load_thread(thread_id: str) -> Op[tuple[ThreadState, int]]:
-    """The thread's cached state and the version of its index entry."""
-    item = yield from get(NS_THREAD, thread_id)
-    if item is None:
+    """The thread's state and the version of its head."""
+    found = yield from get_thread(thread_id)
+    if found is None:
         raise NotFound("thread", thread_id)
-    return decode_thread_state(item.value), item.version
+    return found
+
+
+def find_threads(query: HeadQuery) -> Op[list[ThreadState]]:
+    """The states of the heads ``query`` selects, in its order."""
+    heads = yield from find_heads(query)
+    return [state_of(h) for h in heads]
+
+
+def customer_thread_ids(customer_id: str) -> Op[list[str]]:
+    """Every thread of ``customer_id`` (its customer index), oldest activity first."""
+    ids: list[str] = []
+    after: tuple[datetime, str] | None = None
+    while True:
+        page = yield from find_heads(
+            HeadQuery(tenant=TENANT, customer_id=customer_id, after=after, limit=1000)
+        )
+        ids.extend(h.thread_id for h in page)
+        if len(page) < 1000:
+            return ids
+        after = (page[-1].last_activity, page[-1].thread_id)
 
 
 def load_customer(customer_id: str) -> Op[tuple[CustomerState, int]]:
@@ -242,69 +291,30 @@ def open_key(customer_id: str, topic: str | None) -> str:
     return f"{customer_id}|{topic or ''}"
 
 
-# --------------------------------------------------------------------------- thread indexes
+# --------------------------------------------------------------------------- time keys
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _US: Final = timedelta(microseconds=1)
-_NONE: Final = b""
 
 
 @lru_cache(maxsize=4096)
 def time_key(value: datetime) -> str:
-    """A sortable key for a UTC time: microseconds since 1970, 17 digits. Cached: a
-    thread's last activity is keyed when it is new and again when it is replaced."""
+    """A sortable key for a UTC time: microseconds since 1970, 17 digits."""
     return f"{max((value - _EPOCH) // _US, 0):017d}"
-
-
-def activity_key(state: ThreadState) -> str:
-    """The NS_TACTIVE key of a thread: status, last activity (channel time), thread id."""
-    last = state.last_activity or state.created_at
-    return f"{state.status.value}|{time_key(last)}|{state.id}"
-
-
-def thread_index_ops(old: ThreadState | None, new: ThreadState) -> tuple[list[Put], list[Delete]]:
-    """The index writes that go with replacing ``old`` by ``new`` in NS_THREAD.
-
-    Every operation that writes a thread's cached state must add these to its batch, so
-    the query indexes (NS_TACTIVE, NS_TCHANNEL, NS_SNOOZE) move with the events.
-    The thread's own stream and NS_THREAD entry are compare-and-set in the same batch,
-    which is what keeps these unconditional writes consistent.
-    """
-    puts: list[Put] = []
-    deletes: list[Delete] = []
-    new_key = activity_key(new)
-    if old is None:
-        puts.append(Put(NS_TACTIVE, new_key, _NONE, ABSENT))
-    else:
-        old_key = activity_key(old)
-        if old_key != new_key:
-            deletes.append(Delete(NS_TACTIVE, old_key, ANY))
-            puts.append(Put(NS_TACTIVE, new_key, _NONE, ANY))
-    old_channels = () if old is None else old.channels
-    if new.channels is not old_channels:
-        for channel in new.channels:
-            if channel not in old_channels:
-                puts.append(Put(NS_TCHANNEL, f"{channel}|{new.id}", _NONE, ANY))
-    old_until = old.snoozed_until if old is not None else None
-    if old_until != new.snoozed_until:
-        if old_until is not None:
-            deletes.append(Delete(NS_SNOOZE, f"{time_key(old_until)}|{new.id}", ANY))
-        if new.snoozed_until is not None:
-            puts.append(Put(NS_SNOOZE, f"{time_key(new.snoozed_until)}|{new.id}", _NONE, ANY))
-    return puts, deletes
 
 
 class Writes:
     """Collects the batch of one operation: appends, puts and deletes, committed together.
 
-    Every service operation builds its batch with this, so how a thread's cached state
-    and its query indexes, or a customer's state and stream, are written lives here once.
+    Every service operation builds its batch with this, so how a thread's head, or a
+    customer's state and stream, are written lives here once.
     """
 
     def __init__(self) -> None:
         self.appends: list[Append] = []
         self.puts: list[Put] = []
         self.deletes: list[Delete] = []
+        self.heads: list[HeadWrite] = []
 
     def append(
         self, stream: str, expected: int, events: Sequence[ThreadEvent | CustomerEvent]
@@ -319,11 +329,9 @@ class Writes:
         self.deletes.append(Delete(ns, key, expected))
 
     def thread(self, old: ThreadState | None, new: ThreadState, expected: int) -> None:
-        """Write a thread's cached state and move its query indexes with it."""
-        self.puts.append(Put(NS_THREAD, new.id, codec.encode(new), expected))
-        puts, deletes = thread_index_ops(old, new)
-        self.puts.extend(puts)
-        self.deletes.extend(deletes)
+        """Write a thread's head: insert it (``old`` None, ``expected`` ABSENT) or replace
+        the version ``expected`` of it. The store's indexes on heads move with it."""
+        self.heads.append(HeadWrite(head_of(new, TENANT), expected))
 
     def customer(
         self,
@@ -345,5 +353,8 @@ class Writes:
 
     def batch(self) -> Batch:
         return Batch(
-            appends=tuple(self.appends), puts=tuple(self.puts), deletes=tuple(self.deletes)
+            appends=tuple(self.appends),
+            puts=tuple(self.puts),
+            deletes=tuple(self.deletes),
+            heads=tuple(self.heads),
         )

@@ -49,10 +49,12 @@ from convthread.ports import (
     AsyncStore,
     AsyncStreamHold,
     Batch,
+    HeadQuery,
     Item,
     Recorded,
     Store,
     StreamHold,
+    ThreadHead,
 )
 from convthread.service._core import Op
 
@@ -370,6 +372,18 @@ class InlineAsyncStore:
         """Only where the wrapped store offers it (see :class:`~convthread.ports.MultiGet`)."""
         return self.sync.get_multi(keys)  # type: ignore[attr-defined,no-any-return]
 
+    async def get_multi_heads(
+        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
+        """Only where the wrapped store offers it (:class:`~convthread.ports.MultiGetHeads`)."""
+        return self.sync.get_multi_heads(keys, tenant, thread_ids)  # type: ignore[attr-defined,no-any-return]
+
+    async def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]:
+        return self.sync.get_heads(tenant, thread_ids)
+
+    async def find_heads(self, query: HeadQuery) -> list[ThreadHead]:
+        return self.sync.find_heads(query)
+
     async def scan(
         self, ns: str, prefix: str = "", after: str = "", limit: int = 1000
     ) -> list[tuple[str, Item]]:
@@ -423,6 +437,18 @@ class ThreadedAsyncStore:
     async def get_multi(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
         """Only where the wrapped store offers it (see :class:`~convthread.ports.MultiGet`)."""
         return await self._call(self.sync.get_multi, keys)  # type: ignore[attr-defined]
+
+    async def get_multi_heads(
+        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
+        """Only where the wrapped store offers it (:class:`~convthread.ports.MultiGetHeads`)."""
+        return await self._call(self.sync.get_multi_heads, keys, tenant, thread_ids)  # type: ignore[attr-defined]
+
+    async def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]:
+        return await self._call(self.sync.get_heads, tenant, thread_ids)
+
+    async def find_heads(self, query: HeadQuery) -> list[ThreadHead]:
+        return await self._call(self.sync.find_heads, query)
 
     async def scan(
         self, ns: str, prefix: str = "", after: str = "", limit: int = 1000

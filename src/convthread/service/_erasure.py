@@ -43,6 +43,7 @@ from typing import Any, Final
 import msgspec
 
 from convthread import codec
+from convthread._heads import head_of
 from convthread.domain.events import (
     AttributeSet,
     CustomerCreated,
@@ -67,11 +68,10 @@ from convthread.domain.model import Identifier
 from convthread.domain.thread import CustomerState, evolve_customer, fold
 from convthread.domain.updates import Unsupported
 from convthread.errors import ConvthreadError, NotFound
-from convthread.ports import ANY, Append, Batch, Delete, Put, Rewrite
+from convthread.ports import ANY, Append, Batch, Delete, HeadWrite, Put, Rewrite
 from convthread.service import _core as core
 from convthread.service import _handoff, _identity, _threads, _tokens
 from convthread.service._core import (
-    NS_CTHREADS,
     NS_CUSTOMER,
     NS_EARLY,
     NS_HANDOFF,
@@ -84,7 +84,6 @@ from convthread.service._core import (
     NS_OPEN,
     NS_SUGGEST,
     NS_SUGGEST_PAIR,
-    NS_THREAD,
     NS_TOKEN,
     NS_TOKFAIL,
     NS_UNSUPPORTED,
@@ -213,6 +212,7 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
     puts: list[Put] = []
     deletes: list[Delete] = []
     rewrites: list[Rewrite] = []
+    heads: list[HeadWrite] = []
     identifiers: set[Identifier] = set()
     thread_ids: dict[str, None] = {}
 
@@ -232,13 +232,7 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
             appends.append(Append(cid, state.version, (codec.encode(erased),)))
             new_state = evolve_customer(state, cid, state.version + 1, erased)
             puts.append(Put(NS_CUSTOMER, cid, codec.encode(new_state), item_version))
-        page_after = ""
-        while True:
-            page = yield from core.scan(NS_CTHREADS, f"{cid}|", page_after, 1000)
-            thread_ids.update(dict.fromkeys(key.split("|", 1)[1] for key, _item in page))
-            if len(page) < 1000:
-                break
-            page_after = page[-1][0]
+        thread_ids.update(dict.fromkeys((yield from core.customer_thread_ids(cid))))
         for ns in (NS_OPEN, NS_LATEST):
             entries = yield from _scan_all(ns, f"{cid}|")
             deletes.extend(Delete(ns, key, ANY) for key in entries)
@@ -252,12 +246,12 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
 
     # 3. Threads: content, cached state, message keys, marks, snapshots, handoff records.
     handoff_ids: set[str] = set()
-    existing = yield from core.get_many(NS_THREAD, list(thread_ids))
+    existing = yield from core.get_threads(list(thread_ids))
     for tid in thread_ids:
-        titem = existing.get(tid)
-        if titem is None:
+        found = existing.get(tid)
+        if found is None:
             continue
-        old_thread = core.decode_thread_state(titem.value)
+        old_thread, head_version = found
         if old_thread.customer_id not in member_ids:
             continue  # given back by an unmerge: another person's thread
         records = yield from core.read(tid)
@@ -282,10 +276,7 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
         if pairs and isinstance(pairs[0][1], ThreadStarted):
             new_thread = fold(tid, pairs)
             if new_thread != old_thread:
-                puts.append(Put(NS_THREAD, tid, codec.encode(new_thread), titem.version))
-                index_puts, index_deletes = core.thread_index_ops(old_thread, new_thread)
-                puts.extend(index_puts)
-                deletes.extend(index_deletes)
+                heads.append(HeadWrite(head_of(new_thread, core.TENANT), head_version))
         for ns in (NS_MARK, NS_HSNAP):
             entries = yield from _scan_all(ns, f"{tid}|")
             deletes.extend(Delete(ns, key, ANY) for key in entries)
@@ -342,9 +333,19 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
     # so a second run reports nothing deleted.
     deletes = yield from _existing(deletes, set(thread_ids))
     batch = Batch(
-        appends=tuple(appends), puts=tuple(puts), deletes=tuple(deletes), rewrites=tuple(rewrites)
+        appends=tuple(appends),
+        puts=tuple(puts),
+        deletes=tuple(deletes),
+        rewrites=tuple(rewrites),
+        heads=tuple(heads),
     )
-    if batch.puts or batch.deletes or batch.rewrites or any(a.events for a in batch.appends):
+    if (
+        batch.puts
+        or batch.deletes
+        or batch.rewrites
+        or batch.heads
+        or any(a.events for a in batch.appends)
+    ):
         yield from core.commit(batch)
     yield ("scrub", ())
     # This process's prefetch hints name the erased identifiers: forget them too.

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from convthread import codec
+from convthread._heads import head_of, state_of
 from convthread.domain.events import AttributeSet, IntentDetected, MessageReceived, ThreadEvent
 from convthread.domain.handoff import (
     HandoffContext,
@@ -46,14 +47,13 @@ from convthread.errors import (
     StaleControllerError,
     ValidationError,
 )
-from convthread.ports import ABSENT, Append, Item, Put
+from convthread.ports import ABSENT, Append, HeadWrite, Item, Put
 from convthread.service import _core as core
 from convthread.service import _snapshots
 from convthread.service._core import (
     NS_HANDOFF,
     NS_HSNAP,
     NS_OFFERS,
-    NS_THREAD,
     Config,
     Op,
 )
@@ -487,13 +487,12 @@ def _apply_rules(
 ) -> HandoffRecord | None:
     appends: list[Append] = writes.appends  # type: ignore[attr-defined]
     puts: list[Put] = writes.puts  # type: ignore[attr-defined]
+    heads: list[HeadWrite] = writes.heads  # type: ignore[attr-defined]
     a_index = next((i for i, a in enumerate(appends) if a.stream == thread_id), None)
-    p_index = next(
-        (i for i, p in enumerate(puts) if p.ns == NS_THREAD and p.key == thread_id), None
-    )
-    if a_index is None or p_index is None:
+    h_index = next((i for i, h in enumerate(heads) if h.head.thread_id == thread_id), None)
+    if a_index is None or h_index is None:
         return None
-    state = core.decode_thread_state(puts[p_index].value)
+    state = state_of(heads[h_index].head)
     if state.version != seq:
         return None  # something followed the message in this batch: leave it alone
     request_ = apply_rules(
@@ -520,7 +519,7 @@ def _apply_rules(
     appends[a_index] = Append(
         append.stream, append.expected, (*append.events, *(codec.encode(e) for e in step.events))
     )
-    put = puts[p_index]
-    puts[p_index] = Put(put.ns, put.key, codec.encode(new), put.expected)
+    written = heads[h_index]
+    heads[h_index] = HeadWrite(head_of(new, written.head.tenant), written.expected)
     puts.append(Put(NS_HANDOFF, step.record.handoff_id, codec.encode(step.record), ABSENT))
     return step.record

@@ -39,6 +39,7 @@ from typing import Any, Final
 
 import msgspec
 
+from convthread._heads import state_of
 from convthread.domain.model import Channel, Content, Inbound, Party, ensure_utc
 from convthread.domain.updates import (
     ChannelResult,
@@ -58,7 +59,7 @@ from convthread.errors import (
 )
 from convthread.service import _core as core
 from convthread.service import _messages, _prefetch
-from convthread.service._core import NS_THREAD, Config, Op
+from convthread.service._core import Config, Op
 from convthread.service._threads import _Overlay, _through, find_message
 
 __all__ = [
@@ -156,10 +157,10 @@ def _at_message_time(config: Config, item: Item) -> Config:
 
 def _newest(overlay: _Overlay, thread_id: str) -> datetime | None:
     """The newest time among the thread's events as the chunk left it."""
-    found, entry = overlay.lookup(NS_THREAD, thread_id)
-    if not found or entry is None:
+    found, head = overlay.head(thread_id)
+    if not found or head is None:
         return None
-    state = core.decode_thread_state(entry.value)
+    state = state_of(head)
     times = [t for t in (state.created_at, state.last_activity, state.status_changed_at) if t]
     return max(times)
 

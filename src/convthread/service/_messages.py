@@ -47,14 +47,12 @@ from convthread.ports import ABSENT, ANY, Item
 from convthread.service import _core as core
 from convthread.service import _handoff, _identity
 from convthread.service._core import (
-    NS_CTHREADS,
     NS_EARLY,
     NS_IDEM,
     NS_LATEST,
     NS_MARK,
     NS_MSG,
     NS_OPEN,
-    NS_THREAD,
     Config,
     MsgRef,
     Op,
@@ -62,8 +60,6 @@ from convthread.service._core import (
 from convthread.service._core import Writes as _Writes
 from convthread.service._marks import decode_early, early_events
 from convthread.service._results import IngestResult, SendResult
-
-_EMPTY = b""
 
 #: What _continuity_context loaded for _append_message: the open pointer's entry (if
 #: any) and the index versions of the threads it loaded.
@@ -250,9 +246,9 @@ def _continuity_context(
     ids = list(
         dict.fromkeys([*wanted.values(), *token_ids, *(x for x in (live_id, latest_id) if x)])
     )
-    items = yield from core.get_many(NS_THREAD, ids)
-    states = {tid: core.decode_thread_state(it.value) for tid, it in items.items()}
-    versions = {tid: it.version for tid, it in items.items()}
+    found = yield from core.get_threads(ids)
+    states = {tid: st for tid, (st, _v) in found.items()}
+    versions = {tid: v for tid, (_st, v) in found.items()}
     mine = {tid: st for tid, st in states.items() if st.customer_id == customer_id}
     referenced = {rid: mine[tid] for rid, tid in wanted.items() if tid in mine}
     tokens = {tid: mine[tid] for tid in token_ids if tid in mine}
@@ -273,10 +269,10 @@ def _continuity_context(
     if other_keys:
         more = yield from core.get_many(NS_OPEN, list(other_keys))
         sib_ids = [it.value.decode() for it in more.values()]
-        sib_items = yield from core.get_many(NS_THREAD, [i for i in sib_ids if i not in states])
-        for tid, it in sib_items.items():
-            states[tid] = core.decode_thread_state(it.value)
-            versions[tid] = it.version
+        siblings = yield from core.get_threads([i for i in sib_ids if i not in states])
+        for tid, (st, v) in siblings.items():
+            states[tid] = st
+            versions[tid] = v
         for key, item in more.items():
             sib = states.get(item.value.decode())
             if sib is not None and sib.is_open and sib.customer_id == customer_id:
@@ -305,10 +301,10 @@ def _live_context(
     latest: ThreadState | None = None
     versions: dict[str, int] = {}
     if pointer is not None:
-        item = yield from core.get(NS_THREAD, pointer.value.decode())
-        state = core.decode_thread_state(item.value) if item is not None else None
-        if state is not None and state.customer_id == customer_id:
-            versions[state.id] = item.version  # type: ignore[union-attr]
+        found = yield from core.get_thread(pointer.value.decode())
+        state = found[0] if found is not None else None
+        if found is not None and state is not None and state.customer_id == customer_id:
+            versions[state.id] = found[1]
             if open_item is not None and state.is_open:
                 live = state
             else:
@@ -411,7 +407,6 @@ def _append_message(
     else:
         writes.put(NS_OPEN, okey, thread_id.encode(), ABSENT)
     writes.put(NS_LATEST, okey, thread_id.encode(), ANY)
-    writes.put(NS_CTHREADS, f"{customer_id}|{thread_id}", _EMPTY, ABSENT)
     return thread_id, 2, True
 
 

@@ -1,11 +1,12 @@
-"""Prefetching what ingest will read, for stores that offer ``get_multi``.
+"""Prefetching what ingest will read, for stores that offer ``get_multi_heads``.
 
 On a store whose every read is a round trip (PostgreSQL, and to a lesser degree a
 SQLite file), ingest's reads dominate: deduplicate, identifiers, customers, the open
 pointer, the live thread, each a separate call made after the previous one answered.
 :func:`plan_ingest` walks the same chain for one message or a whole ``ingest_many``
-batch *level by level*, one ``get_multi`` per level for every message at once, and
-returns what it found (and what it found absent) as a cache.
+batch *level by level*, one ``get_multi_heads`` per level for every message at once
+(index entries and thread heads in one round trip), and returns what it found (and
+what it found absent) as a cache.
 
 The pipeline then runs unchanged with its reads answered from the cache
 (:func:`through_cache`, or the batch overlay of ``ingest_many``); a read the plan did
@@ -23,12 +24,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-import msgspec
-
-from convthread import codec
 from convthread.domain.continuity import find_reference_tokens
 from convthread.domain.model import Inbound
-from convthread.ports import Item
+from convthread.ports import Item, ThreadHead
 from convthread.service import _core as core
 from convthread.service._core import (
     NS_CUSTOMER,
@@ -37,41 +35,44 @@ from convthread.service._core import (
     NS_LATEST,
     NS_MSG,
     NS_OPEN,
-    NS_THREAD,
     Call,
     Config,
     Op,
 )
 from convthread.service._results import IngestResult
 
-#: (namespace, key) -> the entry, or None for "absent when prefetched".
-Cache = dict[tuple[str, str], "Item | None"]
+#: (namespace, key) -> the entry, or None for "absent when prefetched"; (HEAD, thread
+#: id) -> the thread's head, or None.
+Cache = dict[tuple[str, str], "Item | ThreadHead | None"]
 
-#: Keys per ``get_multi`` call (bounded statements; many stores cap bound parameters).
+#: The cache's namespace for thread heads (the service's own: no store sees it).
+HEAD: Final = "\x00head"
+
+#: Keys per ``get_multi_heads`` call (bounded statements; many stores cap parameters).
 CHUNK = 500
 
 
-class _ThreadHead(msgspec.Struct, array_like=True, gc=False):
-    """Whose a thread is and its version: the first fields of an encoded ThreadState,
-    in its order (the decoder skips the rest)."""
-
-    id: str
-    customer_id: str
-    status: str
-    version: int
-
-
-_thread_head: Final = codec.decoder(_ThreadHead)  # skips the other fields
+def _entry(cache: Cache, ns: str, key: str) -> Item | None:
+    """The prefetched index entry at ``ns``/``key`` (None: absent or not fetched)."""
+    found = cache.get((ns, key))
+    return found if isinstance(found, Item) else None
 
 
 def fetch(cache: Cache, keys: Iterable[tuple[str, str]]) -> Op[None]:
-    """Add ``keys`` not yet in ``cache`` to it, with one ``get_multi`` call per chunk."""
+    """Add ``keys`` not yet in ``cache`` to it, index entries and heads together: one
+    ``get_multi_heads`` call (one round trip) per chunk."""
     want = [k for k in dict.fromkeys(keys) if k not in cache]
     for i in range(0, len(want), CHUNK):
         part = want[i : i + CHUNK]
-        found: dict[tuple[str, str], Item] = yield ("get_multi", (part,))
-        for k in part:
-            cache[k] = found.get(k)
+        pairs = [k for k in part if k[0] != HEAD]
+        tids = [k[1] for k in part if k[0] == HEAD]
+        items: dict[tuple[str, str], Item]
+        heads: dict[str, ThreadHead]
+        items, heads = yield ("get_multi_heads", (pairs, core.TENANT, tids))
+        for k in pairs:
+            cache[k] = items.get(k)
+        for t in tids:
+            cache[(HEAD, t)] = heads.get(t)
 
 
 class Plan:
@@ -149,7 +150,7 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[tuple[Cache, l
                 hinted.append(cid)
                 thread = hints.thread(okey)
                 if thread is not None:
-                    level.append((NS_THREAD, thread[0]))
+                    level.append((HEAD, thread[0]))
                     threads.append((cid, *thread))
     messages = Counter(hinted)
     level.extend(
@@ -167,7 +168,7 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[tuple[Cache, l
             continue  # a redelivery: the pipeline reads its outcome, nothing more
         ids: list[str] = []
         for k in p.ident_keys:
-            item = cache.get((NS_IDENT, k))
+            item = _entry(cache, NS_IDENT, k)
             if item is not None:
                 ids.append(core.decode_identref(item.value).customer_id)
         ids = list(dict.fromkeys(ids))
@@ -178,35 +179,37 @@ def plan_ingest(config: Config, inbounds: Sequence[object]) -> Op[tuple[Cache, l
             level.append((NS_CUSTOMER, cid))
             level.append((NS_OPEN, okey))
         for k in p.ref_keys:
-            ref = cache.get((NS_MSG, k))
+            ref = _entry(cache, NS_MSG, k)
             if ref is not None:
-                level.append((NS_THREAD, core.decode_msgref(ref.value).thread_id))
-        level.extend((NS_THREAD, t) for t in p.tokens)
+                level.append((HEAD, core.decode_msgref(ref.value).thread_id))
+        level.extend((HEAD, t) for t in p.tokens)
     yield from fetch(cache, level)
     # Level 3: the live threads, or the newest ones where none is live.
     level = []
     for okey in okeys:
-        live = cache.get((NS_OPEN, okey))
+        live = _entry(cache, NS_OPEN, okey)
         if live is not None:
-            level.append((NS_THREAD, live.value.decode()))
+            level.append((HEAD, live.value.decode()))
         else:
             level.append((NS_LATEST, okey))
     yield from fetch(cache, level)
     # Level 4: the newest threads; checkpoints of threads long enough to need one.
     level = []
     for okey in okeys:
-        latest = cache.get((NS_LATEST, okey))
+        latest = _entry(cache, NS_LATEST, okey)
         if latest is not None:
-            level.append((NS_THREAD, latest.value.decode()))
+            level.append((HEAD, latest.value.decode()))
     # Each message appends one or two events (a wake-up) to a thread of its customer: in
     # a batch a thread may grow by twice its customer's messages before its checkpoint is
-    # probed. (Only the owner and version of each thread are decoded.)
+    # probed.
     owners = Counter(owned)
-    for (ns, key), item in list(cache.items()):
-        if ns == NS_THREAD and item is not None:
-            head = _thread_head(item.value)
-            if head.version + 2 * owners[head.customer_id] >= CHECKPOINT_EVERY:
-                level.append((core.NS_HSNAP, checkpoint_key(key)))
+    for (ns, key), found in list(cache.items()):
+        if (
+            ns == HEAD
+            and isinstance(found, ThreadHead)
+            and found.last_seq + 2 * owners[found.customer_id] >= CHECKPOINT_EVERY
+        ):
+            level.append((core.NS_HSNAP, checkpoint_key(key)))
     yield from fetch(cache, level)
     return cache, plans
 
@@ -230,7 +233,7 @@ def answer(cache: Cache, call: Call) -> tuple[bool, Any]:
             return True, cache[key]
     elif name == "get_many":
         ns, keys = args
-        out: dict[str, Item] = {}
+        out: dict[str, Item | ThreadHead] = {}
         for k in keys:
             if (ns, k) not in cache:
                 return False, None
@@ -238,6 +241,16 @@ def answer(cache: Cache, call: Call) -> tuple[bool, Any]:
             if item is not None:
                 out[k] = item
         return True, out
+    elif name == "get_heads":
+        _tenant, ids = args
+        heads: dict[str, Item | ThreadHead] = {}
+        for t in ids:
+            if (HEAD, t) not in cache:
+                return False, None
+            head = cache[(HEAD, t)]
+            if head is not None:
+                heads[t] = head
+        return True, heads
     return False, None
 
 
@@ -267,4 +280,14 @@ def ingest(config: Config, inbound: Inbound) -> Op[IngestResult]:
     return result
 
 
-__all__ = ["Cache", "Plan", "answer", "fetch", "ingest", "learn", "plan_ingest", "through_cache"]
+__all__ = [
+    "HEAD",
+    "Cache",
+    "Plan",
+    "answer",
+    "fetch",
+    "ingest",
+    "learn",
+    "plan_ingest",
+    "through_cache",
+]

@@ -6,7 +6,7 @@ from convthread.domain.model import Identifier
 from convthread.domain.thread import ThreadState
 from convthread.ports import Item
 from convthread.service import _core as core
-from convthread.service._core import NS_CTHREADS, NS_THREAD, Config, Op
+from convthread.service._core import Config, Op
 from convthread.service._results import CustomerView, StoredEvent, ThreadView
 
 __all__ = ["customer", "customer_threads", "events", "thread", "thread_state"]
@@ -32,22 +32,14 @@ def thread(thread_id: str) -> Op[ThreadView]:
 
 
 def customer_thread_ids(customer_id: str) -> Op[list[str]]:
-    ids: list[str] = []
-    after = ""
-    prefix = f"{customer_id}|"
-    while True:
-        page = yield from core.scan(NS_CTHREADS, prefix, after, 1000)
-        ids.extend(key[len(prefix) :] for key, _item in page)
-        if len(page) < 1000:
-            return ids
-        after = page[-1][0]
+    return (yield from core.customer_thread_ids(customer_id))
 
 
 def customer_threads(customer_id: str) -> Op[list[ThreadState]]:
     yield from core.load_customer(customer_id)
-    ids = yield from customer_thread_ids(customer_id)
-    items = yield from core.get_many(NS_THREAD, ids)
-    states = [core.decode_thread_state(items[i].value) for i in ids if i in items]
+    ids = yield from core.customer_thread_ids(customer_id)
+    found = yield from core.get_threads(ids)
+    states = [found[i][0] for i in ids if i in found]
     states.sort(key=lambda s: (s.created_at, s.id))
     return states
 

@@ -8,14 +8,14 @@ documented in :mod:`._core`.
   live states (open, pending, snoozed) frees the ``{customer}|{topic}`` open pointer,
   reopening claims it back (refused if another thread is live for that topic).
 * :func:`sweep`: the time-based moves due at ``now`` (wake snoozed threads, auto-resolve
-  inactive ones), found through the NS_SNOOZE and NS_TACTIVE indexes. Idempotent.
+  inactive ones), found by queries on the thread heads. Idempotent.
 * :func:`apply`: records what a channel adapter produced. ``Inbound`` is ingested;
   ``StatusReport`` is recorded against the message found through NS_MSG (held in
   NS_EARLY until that message is known); ``EditReport`` / ``DeletionReport`` /
   ``ReactionReport`` are recorded against a known message (an unknown one is NotFound,
   so the caller can retry later); ``Unsupported`` is kept in NS_UNSUPPORTED and returned.
 * :func:`threads`: cursor-paginated queries by customer, channel, status, controller and
-  last activity.
+  last activity, answered by the store's indexes on thread heads.
 * :func:`ingest_many`: several inbound messages in one store transaction.
 """
 
@@ -24,12 +24,13 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any, Final
+from datetime import datetime, timedelta
+from typing import Any, Final, cast
 
 import msgspec
 
 from convthread import codec
+from convthread._heads import state_of
 from convthread.domain.events import (
     LifecycleChanged,
     MessageSent,
@@ -70,19 +71,25 @@ from convthread.errors import (
     NotFound,
     ValidationError,
 )
-from convthread.ports import ABSENT, Append, Batch, Delete, Item, Put, Recorded
+from convthread.ports import (
+    ABSENT,
+    Append,
+    Batch,
+    Delete,
+    HeadQuery,
+    HeadWrite,
+    Item,
+    Put,
+    Recorded,
+    ThreadHead,
+)
 from convthread.service import _core as core
 from convthread.service import _messages, _prefetch
 from convthread.service._core import (
-    NS_CTHREADS,
     NS_EARLY,
     NS_MARK,
     NS_MSG,
     NS_OPEN,
-    NS_SNOOZE,
-    NS_TACTIVE,
-    NS_TCHANNEL,
-    NS_THREAD,
     NS_UNSUPPORTED,
     Call,
     Config,
@@ -117,8 +124,8 @@ __all__ = [
     "unsupported",
 ]
 
-_STATUSES: Final = tuple(ThreadStatus)
 _PAGE: Final = 200
+_US: Final = timedelta(microseconds=1)
 
 
 class ApplyResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -197,8 +204,8 @@ def _pointer_writes(old: ThreadState, new: ThreadState, writes: _Writes) -> Op[N
         return
     other_id = item.value.decode()
     if other_id != new.id:
-        other = yield from core.get(NS_THREAD, other_id)
-        if other is not None and core.decode_thread_state(other.value).is_open:
+        other = yield from core.get_thread(other_id)
+        if other is not None and other[0].is_open:
             topic = f" and topic {new.topic!r}" if new.topic else ""
             raise InvalidTransition(
                 f"thread {new.id!r} cannot reopen: thread {other_id!r} is open for "
@@ -248,52 +255,46 @@ def sweep(config: Config, now: datetime | None, policy: LifecyclePolicy | None) 
     woken: list[str] = []
     resolved: list[str] = []
     # 1. Snoozed threads whose wake-up time has passed.
-    horizon = core.time_key(now)
-    after = ""
-    while True:
-        page = yield from core.scan(NS_SNOOZE, "", after, _PAGE)
-        due_ids = [key.split("|", 1)[1] for key, _ in page if key.split("|", 1)[0] <= horizon]
-        for tid in due_ids:
-            if (yield from _sweep_one(config, tid, now, policy)):
-                woken.append(tid)
-        if len(due_ids) < len(page) or len(page) < _PAGE:
-            break
-        after = page[-1][0]
+    due = HeadQuery(tenant=core.TENANT, snoozed_before=now + _US, limit=_PAGE)
+    for tid in (yield from _all_ids(due)):
+        if (yield from _sweep_one(config, tid, now, policy)):
+            woken.append(tid)
     # 2. Open and pending threads inactive for longer than the policy allows.
     for status in (ThreadStatus.OPEN, ThreadStatus.PENDING):
         limit = policy.inactivity_limit(status)
         if limit is None:
             continue
-        cutoff = core.time_key(now - limit)
-        prefix = f"{status.value}|"
-        after = ""
-        while True:
-            page = yield from core.scan(NS_TACTIVE, prefix, after, _PAGE)
-            candidates = [
-                key.rsplit("|", 1)[1]
-                for key, _ in page
-                if key[len(prefix) : len(prefix) + 17] <= cutoff
-            ]
-            for tid in candidates:
-                if (yield from _sweep_one(config, tid, now, policy)):
-                    resolved.append(tid)
-            if len(candidates) < len(page) or len(page) < _PAGE:
-                break
-            after = page[-1][0]
+        idle = HeadQuery(
+            tenant=core.TENANT, statuses=(status.value,), active_until=now - limit, limit=_PAGE
+        )
+        for tid in (yield from _all_ids(idle)):
+            if (yield from _sweep_one(config, tid, now, policy)):
+                resolved.append(tid)
     return SweepResult(now=now, woken=tuple(woken), resolved=tuple(resolved))
 
 
+def _all_ids(query: HeadQuery) -> Op[list[str]]:
+    """The thread ids of every head ``query`` selects, a page at a time."""
+    ids: list[str] = []
+    while True:
+        page = yield from core.find_heads(query)
+        ids.extend(h.thread_id for h in page)
+        if len(page) < query.limit:
+            return ids
+        query = msgspec.structs.replace(query, after=(page[-1].last_activity, page[-1].thread_id))
+
+
 def _sweep_one(config: Config, thread_id: str, now: datetime, policy: LifecyclePolicy) -> Op[bool]:
-    item = yield from core.get(NS_THREAD, thread_id)
-    if item is None:
+    found = yield from core.get_thread(thread_id)
+    if found is None:
         return False
-    state = core.decode_thread_state(item.value)
+    state, version = found
     event = due_change(state, now, policy)
     if event is None:
         return False
     event = msgspec.structs.replace(event, at=config.clock.now())
     writes = _Writes()
-    yield from _change(state, item.version, event, writes)
+    yield from _change(state, version, event, writes)
     yield from core.commit(writes.batch())
     return True
 
@@ -604,100 +605,40 @@ def threads(
     limit: int,
     cursor: str | None,
 ) -> Op[ThreadPage]:
-    """Threads matching every filter given, one page at a time.
-
-    Order: by the customer index (thread id) when ``customer`` is given, else by the
-    channel index (thread id) when ``channel`` is given, else by last activity, oldest
-    first (the threads waiting longest), thread id breaking ties.
-    """
+    """Threads matching every filter given, one page at a time, by last activity,
+    oldest first (the threads waiting longest), thread id breaking ties: one query on
+    the thread heads."""
     if not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise ValidationError("limit must be an int between 1 and 1000")
     st = ThreadStatus(status) if status is not None else None
-    after_key = core.time_key(ensure_utc(active_after, "active_after")) if active_after else None
-    before_key = (
-        core.time_key(ensure_utc(active_before, "active_before")) if active_before else None
+    after: tuple[datetime, str] | None = None
+    if cursor:
+        position = _decode_cursor(cursor, "activity")
+        when, sep, tid = position.partition("|")
+        try:
+            after = (ensure_utc(datetime.fromisoformat(when)), tid)
+        except (ValueError, TypeError) as exc:
+            raise ValidationError(f"not a cursor of this query: {cursor!r}") from exc
+        if not sep or not tid:
+            raise ValidationError(f"not a cursor of this query: {cursor!r}")
+    query = HeadQuery(
+        tenant=core.TENANT,
+        customer_id=customer,
+        statuses=(st.value,) if st is not None else (),
+        channel=channel,
+        controller=None if controller is None else f"{controller.kind.value}:{controller.id}",
+        active_from=ensure_utc(active_after, "active_after") if active_after else None,
+        active_until=ensure_utc(active_before, "active_before") if active_before else None,
+        after=after,
+        limit=limit,
     )
-
-    def keep(s: ThreadState) -> bool:
-        if customer is not None and s.customer_id != customer:
-            return False
-        if st is not None and s.status is not st:
-            return False
-        if channel is not None and channel not in s.channels:
-            return False
-        if controller is not None and s.controller != controller:
-            return False
-        t = core.time_key(s.last_activity or s.created_at)
-        if after_key is not None and t < after_key:
-            return False
-        return not (before_key is not None and t > before_key)
-
-    if customer is not None or channel is not None:
-        ns, index, prefix = (
-            (NS_CTHREADS, "customer", f"{customer}|")
-            if customer is not None
-            else (NS_TCHANNEL, "channel", f"{channel}|")
-        )
-        position = _decode_cursor(cursor, index) if cursor else ""
-        out: list[ThreadState] = []
-        while True:
-            page = yield from core.scan(ns, prefix, prefix + position if position else "", _PAGE)
-            if not page:
-                return ThreadPage(items=tuple(out), next_cursor=None)
-            ids = [key[len(prefix) :] for key, _ in page]
-            items = yield from core.get_many(NS_THREAD, ids)
-            for tid in ids:
-                position = tid
-                item = items.get(tid)
-                if item is None:
-                    continue
-                s = core.decode_thread_state(item.value)
-                if keep(s):
-                    out.append(s)
-                    if len(out) == limit:
-                        return ThreadPage(items=tuple(out), next_cursor=_encode_cursor(index, tid))
-            if len(page) < _PAGE:
-                return ThreadPage(items=tuple(out), next_cursor=None)
-
-    # By last activity: merge the per-status ranges of NS_TACTIVE.
-    position = _decode_cursor(cursor, "activity") if cursor else ""
-    if after_key is not None and (not position or position < after_key):
-        position = after_key
-    statuses = (st,) if st is not None else _STATUSES
-    out = []
-    while True:
-        merged: list[tuple[str, str]] = []  # (time|thread, thread)
-        horizon: str | None = None
-        for s_ in statuses:
-            prefix = f"{s_.value}|"
-            page = yield from core.scan(
-                NS_TACTIVE, prefix, prefix + position if position else "", _PAGE
-            )
-            for key, _ in page:
-                merged.append((key[len(prefix) :], key.rsplit("|", 1)[1]))
-            if len(page) == _PAGE:
-                last = page[-1][0][len(prefix) :]
-                horizon = last if horizon is None or last < horizon else horizon
-        merged = [m for m in merged if horizon is None or m[0] <= horizon]
-        merged.sort()
-        if not merged:
-            return ThreadPage(items=tuple(out), next_cursor=None)
-        ids = [tid for _pos, tid in merged]
-        items = yield from core.get_many(NS_THREAD, ids)
-        for pos, tid in merged:
-            if before_key is not None and pos[:17] > before_key:
-                return ThreadPage(items=tuple(out), next_cursor=None)
-            position = pos
-            item = items.get(tid)
-            if item is None:
-                continue
-            s = core.decode_thread_state(item.value)
-            if keep(s):
-                out.append(s)
-                if len(out) == limit:
-                    return ThreadPage(items=tuple(out), next_cursor=_encode_cursor("activity", pos))
-        if horizon is None:
-            return ThreadPage(items=tuple(out), next_cursor=None)
+    heads = yield from core.find_heads(query)
+    items = tuple(state_of(h) for h in heads)
+    nxt = None
+    if len(heads) == limit:
+        last = heads[-1]
+        nxt = _encode_cursor("activity", f"{last.last_activity.isoformat()}|{last.thread_id}")
+    return ThreadPage(items=items, next_cursor=nxt)
 
 
 # --------------------------------------------------------------------------- batches
@@ -713,6 +654,17 @@ class _Overlay:
         # writes, before the store.
         self.cache: Cache = cache if cache is not None else {}
         self._fake = 1 << 40
+        self.heads: dict[str, tuple[int, ThreadHead]] = {}  # thread -> (first exp., head)
+
+    def head(self, thread_id: str) -> tuple[bool, ThreadHead | None]:
+        """As :meth:`lookup`, for a thread's head."""
+        written = self.heads.get(thread_id)
+        if written is not None:
+            return True, written[1]
+        key = (_prefetch.HEAD, thread_id)
+        if key in self.cache:
+            return True, cast("ThreadHead | None", self.cache[key])
+        return False, None
 
     def lookup(self, ns: str, key: str) -> tuple[bool, Item | None]:
         """(True, the entry or None for absent) if the batch wrote the key or it was read
@@ -721,7 +673,7 @@ class _Overlay:
         if written is not None:
             return True, written[1]
         if (ns, key) in self.cache:
-            return True, self.cache[(ns, key)]
+            return True, cast("Item | None", self.cache[(ns, key)])
         return False, None
 
     def version(self, stream: str) -> int | None:
@@ -758,6 +710,16 @@ class _Overlay:
                 self.kv[key] = (first, Item(op.value, version))
             else:
                 self.kv[key] = (first, None)
+        for hw in batch.heads:
+            tid = hw.head.thread_id
+            entry3 = self.heads.get(tid)
+            if entry3 is not None:
+                first, head = entry3
+                if hw.expected != head.version:
+                    raise ConflictError(f"thread head {tid} moved inside the batch")
+            else:
+                first = hw.expected
+            self.heads[tid] = (first, msgspec.structs.replace(hw.head, version=hw.expected + 1))
 
     def batch(self) -> Batch:
         appends = tuple(Append(s, base, tuple(ev)) for s, (base, ev) in self.streams.items())
@@ -768,7 +730,8 @@ class _Overlay:
                 deletes.append(Delete(ns, key, first))
             else:
                 puts.append(Put(ns, key, item.value, first))
-        return Batch(appends=appends, puts=tuple(puts), deletes=tuple(deletes))
+        heads = tuple(HeadWrite(head, first) for first, head in self.heads.values())
+        return Batch(appends=appends, puts=tuple(puts), deletes=tuple(deletes), heads=heads)
 
 
 def _through(overlay: _Overlay, op: Op[Any]) -> Op[Any]:
@@ -802,6 +765,20 @@ def _through(overlay: _Overlay, op: Op[Any]) -> Op[Any]:
                 result = v if v is not None else (yield call)
             elif name == "scan":
                 result = yield from _overlay_scan(overlay, *args)
+            elif name == "get_heads":
+                tenant, ids = args
+                result = {}
+                missing = []
+                for tid in ids:
+                    found, head = overlay.head(tid)
+                    if not found:
+                        missing.append(tid)
+                    elif head is not None:
+                        result[tid] = head
+                if missing:
+                    result.update((yield ("get_heads", (tenant, missing))))
+            elif name == "find_heads":
+                result = yield from _overlay_find(overlay, args[0])
             else:
                 result = yield call
             call = op.send(result)
@@ -847,6 +824,19 @@ def _overlay_scan(
         merged = {k: v for k, v in merged.items() if k <= last}
     keys = sorted(merged)[:limit]
     return [(k, merged[k]) for k in keys]
+
+
+def _overlay_find(overlay: _Overlay, query: HeadQuery) -> Op[list[ThreadHead]]:
+    """``find_heads`` as the store will answer it once the batch is committed."""
+    if not overlay.heads:
+        return (yield from core.find_heads(query))
+    # Ask for as many more as the batch wrote, so a full page stays full.
+    asked = msgspec.structs.replace(query, limit=query.limit + len(overlay.heads))
+    page = yield from core.find_heads(asked)
+    mine = [h for _f, h in overlay.heads.values() if query.matches(h) and query.beyond(h)]
+    merged = [h for h in page if h.thread_id not in overlay.heads] + mine
+    merged.sort(key=lambda h: (h.last_activity, h.thread_id), reverse=query.newest_first)
+    return merged[: query.limit]
 
 
 def ingest_many(config: Config, inbounds: Sequence[Inbound]) -> Op[list[IngestResult]]:

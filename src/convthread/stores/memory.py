@@ -3,17 +3,30 @@
 Everything lives in Python dicts guarded by one lock. It is what the conformance kit
 compares other stores with, and the store of choice for tests. Nothing survives the
 process.
+
+Thread heads are kept by (tenant, thread id), with indexes as a database would keep
+them, so a query walks its page, not every head: sorted per status, channel and
+controller, keyed by last activity then thread id; the snoozed heads sorted by wake-up
+time; a set of thread ids per customer (a customer has few threads: they are sorted
+when asked for, and a message moves no entry). A query walks the index of its most
+selective filter (merging the status indexes when it names several statuses or none)
+and checks the other filters on each head.
 """
 
 from __future__ import annotations
 
+import heapq
 import threading
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta, timezone
 from math import isqrt
+from typing import Final
+
+import msgspec
 
 from convthread.errors import ConflictError, StoreError
-from convthread.ports import ABSENT, ANY, Batch, Item, Recorded
+from convthread.ports import ABSENT, ANY, Batch, HeadQuery, Item, Recorded, ThreadHead
 
 __all__ = ["MemoryStore"]
 
@@ -96,6 +109,63 @@ class _SortedKeys:
             out.append(key)
         return out
 
+    def page_desc(self, before: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` keys before ``before`` (None: from the last), last first."""
+        keys, added, gone = self.keys, self.added, self.removed
+        if before is None:
+            i, j = len(keys), len(added)
+        else:
+            i, j = bisect_left(keys, before), bisect_left(added, before)
+        out: list[str] = []
+        while len(out) < limit:
+            if i > 0 and (j <= 0 or keys[i - 1] > added[j - 1]):
+                i -= 1
+                key = keys[i]
+                if key in gone:
+                    continue
+            elif j > 0:
+                j -= 1
+                key = added[j]
+            else:
+                break
+            out.append(key)
+        return out
+
+    def walk(self, start: str | None, desc: bool) -> Iterator[str]:
+        """Every key after ``start`` (before it with ``desc``; None: from the end), in
+        order, a page at a time. Call only under the store's lock."""
+        while True:
+            page = self.page_desc(start, 256) if desc else self.page("", start or "", 256)
+            yield from page
+            if len(page) < 256:
+                return
+            start = page[-1]
+
+
+_MIN: Final = datetime(1, 1, 1, tzinfo=timezone.utc)
+_US: Final = timedelta(microseconds=1)
+#: Sorts after "|" and before every other separator a key could hold after a time.
+_AFTER_SEP: Final = "}"
+
+
+def _tkey(value: datetime) -> str:
+    """A time as a sortable key: microseconds since year 1, 18 digits."""
+    return f"{(value - _MIN) // _US:018d}"
+
+
+def _entries(head: ThreadHead) -> set[tuple[tuple[str, ...], str]]:
+    """The index entries of ``head``: (index, key) pairs."""
+    key = f"{_tkey(head.last_activity)}|{head.thread_id}"
+    t = head.tenant
+    out: set[tuple[tuple[str, ...], str]] = {(("s", t, head.status), key)}
+    for channel in head.channels:
+        out.add((("ch", t, channel), key))
+    if head.controller is not None:
+        out.add((("ct", t, head.controller), key))
+    if head.snoozed_until is not None:
+        out.add((("z", t), f"{_tkey(head.snoozed_until)}|{head.thread_id}"))
+    return out
+
 
 class MemoryStore:
     """A thread-safe in-memory :class:`~convthread.ports.Store`."""
@@ -108,6 +178,11 @@ class MemoryStore:
         self._last_position = 0
         self._kv: dict[str, dict[str, Item]] = {}
         self._keys: dict[str, _SortedKeys] = {}  # keys per namespace, for scan
+        self._heads: dict[tuple[str, str], ThreadHead] = {}  # (tenant, thread id) -> head
+        self._hindex: dict[tuple[str, ...], _SortedKeys] = {}  # see _entries
+        self._statuses: dict[str, set[str]] = {}  # tenant -> statuses it has indexes of
+        self._customers: dict[tuple[str, str], set[str]] = {}  # (tenant, customer) -> ids
+        self._head_entries: dict[tuple[str, str], set[tuple[tuple[str, ...], str]]] = {}
         self._lock = threading.RLock()
         self._closed = False
 
@@ -165,10 +240,80 @@ class MemoryStore:
                 return []
             return [(key, table[key]) for key in index.page(prefix, after, limit)]
 
+    def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]:
+        self._check_open()
+        heads = self._heads
+        with self._lock:
+            return {t: h for t in thread_ids if (h := heads.get((tenant, t))) is not None}
+
+    def find_heads(self, query: HeadQuery) -> list[ThreadHead]:
+        self._check_open()
+        t, desc, limit = query.tenant, query.newest_first, query.limit
+        heads, index = self._heads, self._hindex
+        out: list[ThreadHead] = []
+        if limit <= 0:
+            return out
+        with self._lock:
+            if query.customer_id is not None or query.snoozed_before is not None:
+                # A customer's threads, or every head due by wake-up time; then ordered.
+                if query.customer_id is not None:
+                    ids = self._customers.get((t, query.customer_id), set())
+                else:
+                    snoozed = index.get(("z", t))
+                    horizon = _tkey(query.snoozed_before)  # type: ignore[arg-type]
+                    ids = set()
+                    for key in snoozed.walk(None, False) if snoozed is not None else ():
+                        if key[:18] >= horizon:
+                            break
+                        ids.add(key[19:])
+                found = [h for i in ids if query.matches(h := heads[(t, i)]) and query.beyond(h)]
+                found.sort(key=lambda h: (h.last_activity, h.thread_id), reverse=desc)
+                return found[:limit]
+            names: list[tuple[str, ...]]
+            if query.controller is not None:
+                names = [("ct", t, query.controller)]
+            elif query.channel is not None:
+                names = [("ch", t, query.channel)]
+            else:
+                names = [("s", t, s) for s in (query.statuses or self._statuses.get(t, ()))]
+            start = _start(query)
+            walks = [ix.walk(start, desc) for n in names if (ix := index.get(n)) is not None]
+            first, last = query.active_from, query.active_until
+            for key in heapq.merge(*walks, reverse=desc):
+                head = heads[(t, key[19:])]
+                if (last is not None and not desc and head.last_activity > last) or (
+                    first is not None and desc and head.last_activity < first
+                ):
+                    break
+                if query.matches(head):
+                    out.append(head)
+                    if len(out) == limit:
+                        break
+        return out
+
+    def _index(self, old: ThreadHead | None, new: ThreadHead) -> None:
+        slot = (new.tenant, new.thread_id)
+        before = self._head_entries.get(slot, set())
+        after = self._head_entries[slot] = _entries(new)
+        if old is None or old.customer_id != new.customer_id:
+            if old is not None:
+                self._customers[(old.tenant, old.customer_id)].discard(old.thread_id)
+            self._customers.setdefault((new.tenant, new.customer_id), set()).add(new.thread_id)
+        index = self._hindex
+        for name, key in before - after:
+            index[name].remove(key)
+        for name, key in after - before:
+            ix = index.get(name)
+            if ix is None:
+                ix = index[name] = _SortedKeys()
+                if name[0] == "s":
+                    self._statuses.setdefault(name[1], set()).add(name[2])
+            ix.add(key)
+
     def commit(self, batch: Batch) -> None:
         self._check_open()
         appends, puts, deletes, rewrites = batch.appends, batch.puts, batch.deletes, batch.rewrites
-        streams, kv = self._streams, self._kv
+        streams, kv, heads = self._streams, self._kv, self._heads
         with self._lock:
             # Check every expectation first, against the state before the batch: a batch
             # that conflicts writes nothing.
@@ -188,6 +333,8 @@ class MemoryStore:
                         table = kv.get(op.ns)
                         item = None if table is None else table.get(op.key)
                         _check_expected(op.ns, op.key, item, op.expected)
+            if batch.heads:
+                _check_heads(batch, heads)
             for rw in rewrites:
                 if not 1 <= rw.seq <= len(streams.get(rw.stream, ())):
                     raise StoreError(f"cannot rewrite missing event {rw.stream!r}#{rw.seq}")
@@ -222,12 +369,57 @@ class MemoryStore:
                     self._keys[delete.ns].remove(delete.key)
             for rw in rewrites:
                 streams[rw.stream][rw.seq - 1] = rw.data
+            for hw in batch.heads:
+                slot = (hw.head.tenant, hw.head.thread_id)
+                old_head = heads.get(slot)
+                new = msgspec.structs.replace(hw.head, version=hw.expected + 1)
+                heads[slot] = new
+                self._index(old_head, new)
 
     def scrub(self) -> None:
         self._check_open()
 
     def close(self) -> None:
         self._closed = True
+
+
+def _start(query: HeadQuery) -> str | None:
+    """Where a walk of an activity index starts (exclusive) for ``query``."""
+    after = query.after
+    if query.newest_first:
+        if after is not None:
+            return f"{_tkey(after[0])}|{after[1]}"
+        if query.active_until is not None:
+            return _tkey(query.active_until) + _AFTER_SEP
+        return None
+    if after is not None and (query.active_from is None or after[0] >= query.active_from):
+        return f"{_tkey(after[0])}|{after[1]}"
+    if query.active_from is not None:
+        return _tkey(query.active_from) + "|"
+    return None
+
+
+def _check_heads(batch: Batch, heads: dict[tuple[str, str], ThreadHead]) -> None:
+    """The head writes' expectations (see the ports notes), before anything applies."""
+    slots = [(hw.head.tenant, hw.head.thread_id) for hw in batch.heads]
+    if len(set(slots)) != len(slots):
+        raise StoreError("a batch may write each thread's head at most once")
+    for hw, slot in zip(batch.heads, slots, strict=True):
+        check_head_write(hw.expected, slot, heads.get(slot))
+
+
+def check_head_write(expected: int, slot: tuple[str, str], head: ThreadHead | None) -> None:
+    """Raise unless a head write expecting ``expected`` may replace ``head``."""
+    label = f"thread head {slot[0]}/{slot[1]}"
+    if expected < 0:
+        raise StoreError(f"{label}: a head write expects ABSENT or a version, not ANY")
+    if expected == ABSENT:
+        if head is not None:
+            raise ConflictError(f"{label} already exists (version {head.version})")
+    elif head is None:
+        raise ConflictError(f"{label} does not exist, expected version {expected}")
+    elif head.version != expected:
+        raise ConflictError(f"{label} is at version {head.version}, expected {expected}")
 
 
 def _check_expected(ns: str, key: str, item: Item | None, expected: int) -> None:

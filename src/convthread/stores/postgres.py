@@ -2,13 +2,20 @@
 
 Install the extra: ``pip install 'convthread[postgres]'`` (psycopg 3 and psycopg_pool).
 
-Schema. Two tables and a function in a schema of their own (``schema="convthread"`` by
-default; tests pass a fresh one to isolate themselves)::
+Schema. Three tables and a function in a schema of their own (``schema="convthread"``
+by default; tests pass a fresh one to isolate themselves)::
 
     events(stream text, seq bigint, data bytea, PRIMARY KEY (stream, seq))
     kv(ns text, key bytea, version bigint, value bytea, PRIMARY KEY (ns, key))
+    thread_heads(tenant, thread_id, customer_id, status, last_seq, last_activity,
+                 last_channel, topic, channels text[], snoozed_until, controller,
+                 created_at, state bytea, version, PRIMARY KEY (tenant, thread_id))
     schema_version(version int PRIMARY KEY, applied_at timestamptz)
     refuse_batch(code text, message text)  -- a function: raises, aborting a batch
+
+``thread_heads`` has indexes for the thread queries (customer; status and last
+activity; controller; snoozed_until, partial; a GIN index on channels): docs/stores.md
+lists them with the SQL users may run on the table.
 
 Index keys are stored as UTF-8 ``bytea``: byte order of UTF-8 is code-point order, which
 is the order :meth:`scan` must return, whatever the database's collation, and a key may
@@ -38,6 +45,10 @@ sub-statement whose outcome proves it, and the outcome is checked on the server:
   compare-and-set.
 * **put with ANY**: ``INSERT ... ON CONFLICT DO UPDATE SET version = version + 1``.
 * **rewrite**: an ``UPDATE`` that must find every event it names.
+* **head write**: an ``INSERT ... ON CONFLICT DO NOTHING`` that must insert its row (a
+  new thread: the primary key lets one of two racing inserts win), or an ``UPDATE ...
+  WHERE version = expected`` that must change its row (a compare-and-set, as for index
+  entries). No head is read before it is written.
 
 All of a batch is **one statement**: a ``WITH`` clause holds one data-modifying
 sub-statement per kind of write (each over ``unnest`` of array parameters), and the main
@@ -83,6 +94,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from itertools import chain, repeat
 from typing import Any, Final, Literal, NamedTuple
 
@@ -92,9 +104,27 @@ from psycopg import errors as pg_errors
 from psycopg import pq
 from psycopg.adapt import AdaptersMap, Dumper
 
+from convthread import codec
+from convthread._heads import head_of
 from convthread.errors import ConflictError, StoreError, StoreUnavailable
-from convthread.ports import ABSENT, ANY, Batch, Item, Recorded
-from convthread.stores._migrate import MigrationProgress, SchemaStatus, Step, pending_steps, status
+from convthread.ports import (
+    ABSENT,
+    ANY,
+    DEFAULT_TENANT,
+    Batch,
+    HeadQuery,
+    Item,
+    Recorded,
+    ThreadHead,
+)
+from convthread.stores._migrate import (
+    MigrationProgress,
+    Progress,
+    SchemaStatus,
+    Step,
+    pending_steps,
+    status,
+)
 
 __all__ = [
     "MIGRATIONS",
@@ -104,6 +134,76 @@ __all__ = [
     "migrate",
     "schema_status",
 ]
+
+#: Releases up to 0.1 kept thread heads in these index namespaces (the layout of
+#: ``convthread.stores._kv``); step 4 moves them into thread_heads.
+_OLD_HEAD_NAMESPACES: Final = ("thread", "tactive", "tchannel", "snooze", "cthreads")
+_HEADS_DDL: Final = (
+    """CREATE TABLE {s}.thread_heads (
+        tenant text COLLATE "C" NOT NULL,
+        thread_id text COLLATE "C" NOT NULL,
+        customer_id text COLLATE "C" NOT NULL,
+        status text COLLATE "C" NOT NULL,
+        last_seq bigint NOT NULL CHECK (last_seq >= 0),
+        last_activity timestamptz NOT NULL,
+        last_channel text COLLATE "C" NOT NULL,
+        topic text COLLATE "C",
+        channels text[] COLLATE "C" NOT NULL,
+        snoozed_until timestamptz,
+        controller text COLLATE "C",
+        created_at timestamptz NOT NULL,
+        state bytea NOT NULL,
+        version bigint NOT NULL CHECK (version > 0),
+        PRIMARY KEY (tenant, thread_id)
+    )""",
+    "CREATE INDEX thread_heads_customer ON {s}.thread_heads (tenant, customer_id)",
+    """CREATE INDEX thread_heads_activity
+        ON {s}.thread_heads (tenant, status, last_activity, thread_id)""",
+    """CREATE INDEX thread_heads_controller
+        ON {s}.thread_heads (tenant, controller, last_activity, thread_id)
+        WHERE controller IS NOT NULL""",
+    """CREATE INDEX thread_heads_snoozed ON {s}.thread_heads (tenant, snoozed_until)
+        WHERE snoozed_until IS NOT NULL""",
+    "CREATE INDEX thread_heads_channels ON {s}.thread_heads USING gin (channels)",
+)
+_COPY_CHUNK: Final = 5000
+
+
+def _thread_heads(conn: psycopg.Connection[Any], progress: Progress, q: str = "") -> None:
+    """Thread heads become rows with typed columns (the old thread entries moved in)."""
+    for statement in _HEADS_DDL:
+        conn.execute(statement.replace("{s}", q))
+    row = conn.execute(f"SELECT count(*) FROM {q}.kv WHERE ns = 'thread'").fetchone()
+    total = int(row[0]) if row else 0
+    progress(0, total)
+    insert = (
+        f"INSERT INTO {q}.thread_heads (tenant, thread_id, customer_id, status, last_seq, "
+        "last_activity, last_channel, topic, channels, snoozed_until, controller, "
+        "created_at, state, version) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    )
+    done = 0
+    after = b""
+    while True:
+        rows = conn.execute(
+            f"SELECT key, value, version FROM {q}.kv WHERE ns = 'thread' AND key > %s "
+            "ORDER BY key LIMIT %s",
+            (after, _COPY_CHUNK),
+        ).fetchall()
+        if not rows:
+            break
+        params = []
+        for _key, value, version in rows:
+            head = head_of(codec.decode_thread_state(bytes(value)), DEFAULT_TENANT)
+            params.append((*_head_values(head), int(version)))
+        with conn.cursor() as cur:
+            cur.executemany(insert, params)
+        after = bytes(rows[-1][0])
+        done += len(rows)
+        progress(done, total)
+    conn.execute(f"DELETE FROM {q}.kv WHERE ns = ANY(%s::text[])", (list(_OLD_HEAD_NAMESPACES),))
+    progress(total, total)
+
 
 #: Forward migrations: version -> SQL statements (``{s}`` is the quoted schema name) or
 #: a Python step (see :mod:`convthread.stores._migrate`; it gets a psycopg connection).
@@ -163,6 +263,9 @@ MIGRATIONS: Final[dict[int, Step]] = {
         """ALTER TABLE {s}.kv ADD COLUMN tenant text COLLATE "C" NOT NULL DEFAULT '',
             DROP CONSTRAINT kv_pkey, ADD PRIMARY KEY (ns, key, tenant)""",
     ),
+    # Thread heads become rows with typed columns, with indexes for the thread queries;
+    # the old thread entries of kv are copied in (decoded in Python), then dropped.
+    4: _thread_heads,
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 
@@ -224,11 +327,16 @@ class _Int8(list[int]):
     """A ``bigint[]`` parameter."""
 
 
+class _NText(list["str | None"]):
+    """A ``text[]`` parameter whose items may be NULL."""
+
+
 _ARRAY_HEAD: Final = struct.Struct("!iiiii")  # ndim, has nulls, element oid, length, lbound
 _EMPTY_ARRAY: Final = struct.Struct("!iii")  # ndim 0, has nulls, element oid
 _INT8_ITEM: Final = struct.Struct("!iq")  # length 8, value
 _LENGTH: Final = struct.Struct("!i")
 _TEXT_OID, _BYTEA_OID, _INT8_OID = 25, 17, 20
+_NULL: Final = _LENGTH.pack(-1)
 
 
 def _pack_array(element_oid: int, items: Sequence[bytes]) -> bytes:
@@ -238,6 +346,25 @@ def _pack_array(element_oid: int, items: Sequence[bytes]) -> bytes:
     # Each item after its length; the loops run in C (map, zip, chain, join).
     lengths = map(_LENGTH.pack, map(len, items))
     return b"".join(chain((head,), chain.from_iterable(zip(lengths, items, strict=True))))
+
+
+class _NTextDumper(Dumper):
+    format = pq.Format.BINARY
+    oid = 1009  # text[]
+
+    def dump(self, obj: Any) -> bytes:
+        if not obj:
+            return _EMPTY_ARRAY.pack(0, 0, _TEXT_OID)
+        head = _ARRAY_HEAD.pack(1, 1, _TEXT_OID, len(obj), 1)
+        parts = [head]
+        for item in obj:
+            if item is None:
+                parts.append(_NULL)
+            else:
+                data = item.encode("utf-8", "surrogatepass")
+                parts.append(_LENGTH.pack(len(data)))
+                parts.append(data)
+        return b"".join(parts)
 
 
 class _TextDumper(Dumper):
@@ -271,6 +398,7 @@ def _register_arrays(adapters: AdaptersMap) -> None:
     adapters.register_dumper(_Text, _TextDumper)
     adapters.register_dumper(_Bytes, _BytesDumper)
     adapters.register_dumper(_Int8, _Int8Dumper)
+    adapters.register_dumper(_NText, _NTextDumper)
 
 
 # Session settings of the pool's connections. A batch statement is planned once per
@@ -342,6 +470,52 @@ class _Sql:
             f"JOIN {self.q}.kv AS k ON k.ns = w.ns AND k.key = w.key"
         )
 
+    @property
+    def get_heads(self) -> str:
+        # As get_multi: each id looked up by primary key (tenant is the last parameter).
+        return (
+            f"SELECT {_HEAD_SELECT} FROM unnest(%s::text[]) AS w(id) "
+            f"JOIN {self.q}.thread_heads AS h ON h.tenant = %s AND h.thread_id = w.id"
+        )
+
+    def find_heads(self, query: HeadQuery) -> tuple[str, tuple[Any, ...]]:
+        """The SELECT of ``query`` and its parameters; the indexes of migration step 3
+        serve each filter."""
+        where = ["h.tenant = %s"]
+        args: list[Any] = [query.tenant]
+        if query.customer_id is not None:
+            where.append("h.customer_id = %s")
+            args.append(query.customer_id)
+        if query.statuses:
+            where.append("h.status = ANY(%s::text[])")
+            args.append(_Text(query.statuses))
+        if query.controller is not None:
+            where.append("h.controller = %s")
+            args.append(query.controller)
+        if query.channel is not None:
+            where.append("h.channels @> ARRAY[%s::text]")
+            args.append(query.channel)
+        if query.snoozed_before is not None:
+            where.append("h.snoozed_until < %s")
+            args.append(query.snoozed_before)
+        if query.active_from is not None:
+            where.append("h.last_activity >= %s")
+            args.append(query.active_from)
+        if query.active_until is not None:
+            where.append("h.last_activity <= %s")
+            args.append(query.active_until)
+        if query.after is not None:
+            op = "<" if query.newest_first else ">"
+            where.append(f"(h.last_activity, h.thread_id) {op} (%s, %s::text)")
+            args.extend(query.after)
+        order = "DESC" if query.newest_first else "ASC"
+        sql = (
+            f"SELECT {_HEAD_SELECT} FROM {self.q}.thread_heads AS h "
+            f"WHERE {' AND '.join(where)} "
+            f"ORDER BY h.last_activity {order}, h.thread_id {order} LIMIT %s"
+        )
+        return sql, (*args, max(query.limit, 0))
+
     # -- commit: one statement per batch. Its WITH clause holds one data-modifying
     # sub-statement per kind of write, each over ``unnest`` of array parameters; the main
     # query collects the rows whose expectation failed and calls refuse_batch() for the
@@ -360,10 +534,14 @@ class _Sql:
         return _batch_sql(self.q, shape)
 
     def migration(self) -> dict[int, Step]:
-        return {
-            v: tuple(s.replace("{s}", self.q) for s in step) if isinstance(step, tuple) else step
-            for v, step in sorted(MIGRATIONS.items())
-        }
+        def fill(step: Step) -> Step:
+            if isinstance(step, tuple):
+                return tuple(s.replace("{s}", self.q) for s in step)
+            if step is _thread_heads:  # a Python step that names the schema's tables
+                return functools.partial(_thread_heads, q=self.q)
+            return step
+
+        return {v: fill(step) for v, step in sorted(MIGRATIONS.items())}
 
 
 class _Shape(NamedTuple):
@@ -376,6 +554,8 @@ class _Shape(NamedTuple):
     upserts: bool = False
     deletes: bool = False
     rewrites: bool = False
+    head_updates: bool = False
+    head_inserts: bool = False
 
 
 _CONFLICT_CODE: Final = f"'{_REFUSED_CONFLICT}'::text"
@@ -479,6 +659,51 @@ def _batch_sql(q: str, shape: _Shape) -> str:
             f"'#' || w.seq FROM rw AS w "
             f"WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.stream = w.stream AND r.seq = w.seq)"
         )
+    heads = (
+        "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::bigint[], "
+        "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+        "%s::bytea[], %s::text[]"
+    )
+    head_columns = (
+        "tenant, thread_id, expected, customer_id, status, last_seq, last_activity, "
+        "last_channel, topic, channels, snoozed_until, controller, created_at, state, label, i"
+    )
+    if shape.head_updates:
+        # A compare-and-set, as for index entries: the UPDATE waits for a concurrent
+        # writer of the row and re-checks the version on its newest version.
+        ctes.append(f"hw AS (SELECT * FROM unnest({heads}) WITH ORDINALITY AS w({head_columns}))")
+        ctes.append(
+            f"hu AS (UPDATE {q}.thread_heads AS h SET customer_id = w.customer_id, "
+            f"status = w.status, last_seq = w.last_seq, "
+            f"last_activity = w.last_activity::timestamptz, last_channel = w.last_channel, "
+            f"topic = w.topic, channels = string_to_array(w.channels, chr(31)), "
+            f"snoozed_until = w.snoozed_until::timestamptz, controller = w.controller, "
+            f"created_at = w.created_at::timestamptz, state = w.state, version = h.version + 1 "
+            f"FROM hw AS w WHERE h.tenant = w.tenant AND h.thread_id = w.thread_id "
+            f"AND h.version = w.expected RETURNING h.tenant, h.thread_id)"
+        )
+        fails.append(
+            f"SELECT 2, w.i, {_CONFLICT_CODE}, w.label || ' is not at version ' || w.expected "
+            f"|| ' (changed by another writer, or missing)' FROM hw AS w WHERE NOT EXISTS "
+            f"(SELECT 1 FROM hu WHERE hu.tenant = w.tenant AND hu.thread_id = w.thread_id)"
+        )
+    if shape.head_inserts:
+        # ON CONFLICT DO NOTHING waits for a concurrent insert of the same head: one wins.
+        ctes.append(f"hiw AS (SELECT * FROM unnest({heads}) WITH ORDINALITY AS w({head_columns}))")
+        ctes.append(
+            f"hi AS (INSERT INTO {q}.thread_heads (tenant, thread_id, customer_id, status, "
+            f"last_seq, last_activity, last_channel, topic, channels, snoozed_until, "
+            f"controller, created_at, state, version) SELECT tenant, thread_id, customer_id, "
+            f"status, last_seq, last_activity::timestamptz, last_channel, topic, "
+            f"string_to_array(channels, chr(31)), snoozed_until::timestamptz, controller, "
+            f"created_at::timestamptz, state, 1 FROM hiw "
+            f"ON CONFLICT (tenant, thread_id) DO NOTHING RETURNING tenant, thread_id)"
+        )
+        fails.append(
+            f"SELECT 2, w.i, {_CONFLICT_CODE}, w.label || ' already exists' FROM hiw AS w "
+            f"WHERE NOT EXISTS "
+            f"(SELECT 1 FROM hi WHERE hi.tenant = w.tenant AND hi.thread_id = w.thread_id)"
+        )
     if shape.events:
         # Positions in commit order. A sequence alone hands out numbers in the order
         # writers ask, not the order they commit: with two writers, A takes 10, B takes
@@ -560,6 +785,18 @@ def _plan(sql: _Sql, batch: Batch) -> list[_Step]:
                 _Step(sql.refuse(_REFUSED_INVALID), (msg,)),
             ]
 
+    head_slots = [(hw.head.tenant, hw.head.thread_id) for hw in batch.heads]
+    bad = None
+    if len(set(head_slots)) != len(head_slots):
+        bad = "a batch may write each thread's head at most once"
+    elif any(hw.expected < 0 for hw in batch.heads):
+        bad = "a head write expects ABSENT or a version, not ANY"
+    if bad is not None:
+        refuse_invalid = _Step(sql.refuse(_REFUSED_INVALID), (bad,))
+        if not batch.appends:
+            return [refuse_invalid]
+        return [_Step(sql.batch(_Shape(appends=True)), tuple(params)), refuse_invalid]
+
     # Index entries: group the operations on each key (all checked against the state
     # before the batch; puts apply before deletes).
     groups: dict[tuple[str, str], _KeyOps] = {}
@@ -612,6 +849,10 @@ def _plan(sql: _Sql, batch: Batch) -> list[_Step]:
     params += _columns(
         [(s, q, data, _label(repr(s))) for (s, q), data in last.items()], _REWRITE_COLUMNS
     )
+    head_updates = [_head_row(hw.head, hw.expected) for hw in batch.heads if hw.expected > 0]
+    head_inserts = [_head_row(hw.head, 0) for hw in batch.heads if hw.expected == ABSENT]
+    params += _columns(head_updates, _HEAD_COLUMNS)
+    params += _columns(head_inserts, _HEAD_COLUMNS)
     events = [
         (a.stream, a.expected + i, data)
         for a in batch.appends
@@ -626,6 +867,8 @@ def _plan(sql: _Sql, batch: Batch) -> list[_Step]:
         upserts=bool(upserts),
         deletes=bool(deletes),
         rewrites=bool(last),
+        head_updates=bool(head_updates),
+        head_inserts=bool(head_inserts),
     )
     return [*_waits(sql, batch), _Step(sql.batch(shape), tuple(params))]
 
@@ -639,6 +882,100 @@ _UPSERT_COLUMNS: Final = (_Text, _Bytes, _Int8, _Bytes)  # ns, key, puts, value
 _DELETE_COLUMNS: Final = (_Text, _Bytes, _Int8, _Text)  # ns, key, expected, label
 _REWRITE_COLUMNS: Final = (_Text, _Int8, _Bytes, _Text)  # stream, seq, data, label
 _EVENT_COLUMNS: Final = (_Text, _Int8, _Bytes)  # stream, seq, data
+# tenant, thread_id, expected, customer_id, status, last_seq, last_activity, last_channel,
+# topic, channels (joined by chr(31)), snoozed_until, controller, created_at, state, label
+_HEAD_COLUMNS: Final = (
+    _Text,
+    _Text,
+    _Int8,
+    _Text,
+    _Text,
+    _Int8,
+    _Text,
+    _Text,
+    _NText,
+    _Text,
+    _NText,
+    _NText,
+    _Text,
+    _Bytes,
+    _Text,
+)
+_HEAD_SELECT: Final = (
+    "h.tenant, h.thread_id, h.customer_id, h.status, h.last_seq, h.last_activity, "
+    "h.last_channel, h.topic, h.channels, h.snoozed_until, h.controller, h.created_at, "
+    "h.state, h.version"
+)
+_SEP: Final = chr(31)  # joins a head's channels in a batch parameter (ids never hold it)
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat(timespec="microseconds")
+
+
+def _head_row(head: ThreadHead, expected: int) -> tuple[Any, ...]:
+    """A head as one row of a batch statement's head arrays (see _HEAD_COLUMNS)."""
+    until = head.snoozed_until
+    return (
+        head.tenant,
+        head.thread_id,
+        expected,
+        head.customer_id,
+        head.status,
+        head.last_seq,
+        _iso(head.last_activity),
+        head.last_channel,
+        head.topic,
+        _SEP.join(head.channels),
+        None if until is None else _iso(until),
+        head.controller,
+        _iso(head.created_at),
+        head.state,
+        _label(f"thread head {head.tenant}/{head.thread_id}"),
+    )
+
+
+def _head_values(head: ThreadHead) -> tuple[Any, ...]:
+    """A head's columns for a plain INSERT (migration step 3), version excluded."""
+    return (
+        head.tenant,
+        head.thread_id,
+        head.customer_id,
+        head.status,
+        head.last_seq,
+        head.last_activity,
+        head.last_channel,
+        head.topic,
+        list(head.channels),
+        head.snoozed_until,
+        head.controller,
+        head.created_at,
+        head.state,
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc)
+
+
+def _head(row: tuple[Any, ...]) -> ThreadHead:
+    until = row[9]
+    return ThreadHead(
+        tenant=row[0],
+        thread_id=row[1],
+        customer_id=row[2],
+        status=row[3],
+        last_seq=int(row[4]),
+        last_activity=_utc(row[5]),
+        last_channel=row[6],
+        topic=row[7],
+        channels=tuple(row[8]),
+        snoozed_until=None if until is None else _utc(until),
+        controller=row[10],
+        created_at=_utc(row[11]),
+        state=bytes(row[12]),
+        version=int(row[13]),
+    )
 
 
 def _columns(rows: list[tuple[Any, ...]], kinds: tuple[type[list[Any]], ...]) -> list[Any]:
@@ -1038,6 +1375,13 @@ class PostgresStore:
         rows = self._query(f'SELECT max(version) FROM "{self.schema}".schema_version', ())
         return int(rows[0][0] or 0)
 
+    def _reading(self) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+        """The connection a read runs on: this thread's hold's, inside one (a holder
+        that needed a second connection could wait forever for a pool of holders), else
+        one from the pool."""
+        held: psycopg.Connection[Any] | None = getattr(self._held, "conn", None)
+        return contextlib.nullcontext(held) if held is not None else self._pool.connection()
+
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """Run one read statement; a connection found dead is replaced once. Results
         come in binary format (bytea values need no hex decoding)."""
@@ -1053,7 +1397,7 @@ class PostgresStore:
                 raise _translate(exc, "read") from exc
         for attempt in (0, 1):
             try:
-                with self._pool.connection() as conn:
+                with self._reading() as conn:
                     return conn.execute(sql, args, binary=True).fetchall()
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                 if (
@@ -1107,6 +1451,44 @@ class PostgresStore:
         sql, args = _scan_args(self._sql, ns, prefix, after, limit)
         rows = self._query(sql, args)
         return [(_dec(k), Item(bytes(v), int(ver))) for k, v, ver in rows]
+
+    def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]:
+        self._check_open()
+        if not thread_ids:
+            return {}
+        rows = self._query(self._sql.get_heads, (_Text(dict.fromkeys(thread_ids)), tenant))
+        return {row[1]: _head(row) for row in rows}
+
+    def find_heads(self, query: HeadQuery) -> list[ThreadHead]:
+        sql, args = self._sql.find_heads(query)
+        return [_head(row) for row in self._query(sql, args)]
+
+    def get_multi_heads(
+        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
+        """``get_multi`` and ``get_heads`` in one round trip: both statements in one
+        pipeline (:class:`~convthread.ports.MultiGetHeads`)."""
+        self._check_open()
+        unique = list(dict.fromkeys(keys))
+        ids = _Text(dict.fromkeys(thread_ids))
+        for attempt in (0, 1):
+            try:
+                with self._reading() as conn:
+                    with conn.pipeline():
+                        c1 = conn.execute(self._sql.get_multi, _multi_args(unique), binary=True)
+                        c2 = conn.execute(self._sql.get_heads, (ids, tenant), binary=True)
+                    kv_rows, head_rows = c1.fetchall(), c2.fetchall()
+                return _multi_heads(unique, kv_rows, head_rows)
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                if (
+                    attempt == 0
+                    and _is_disconnect(exc)
+                    and not isinstance(exc, psycopg_pool.PoolTimeout)
+                ):
+                    self._pool.check()
+                    continue
+                raise _translate(exc, "read") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ writes
 
@@ -1163,7 +1545,7 @@ class PostgresStore:
         full = "FULL, " if self.scrub_mode == "full" else ""
         try:
             with self._pool.connection() as conn:
-                for table in ("events", "kv"):
+                for table in ("events", "kv", "thread_heads"):
                     conn.execute(f'VACUUM ({full}ANALYZE) "{self.schema}".{table}')
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _translate(exc, "scrub") from exc
@@ -1183,6 +1565,13 @@ class PostgresStore:
                 return
             self._closed = True
         self._pool.close()
+
+
+def _multi_heads(
+    unique: list[tuple[str, str]], kv_rows: list[tuple[Any, ...]], head_rows: list[tuple[Any, ...]]
+) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
+    items = {unique[i - 1]: Item(bytes(v), int(ver)) for i, v, ver in kv_rows}
+    return items, {row[1]: _head(row) for row in head_rows}
 
 
 def _multi_args(keys: list[tuple[str, str]]) -> tuple[Any, ...]:
@@ -1301,6 +1690,15 @@ class AsyncPostgresStore:
         except psycopg.Error as exc:
             raise _translate(exc, "migration") from exc
 
+    def _reading(
+        self, pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]]
+    ) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """As :meth:`PostgresStore._reading`, for the calling task's hold."""
+        held = _held_async.get()
+        if held is not None and held[0] is self:
+            return contextlib.nullcontext(held[1])
+        return pool.connection()
+
     async def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         pool = await self._ready()
         held = _held_async.get()
@@ -1313,7 +1711,7 @@ class AsyncPostgresStore:
                 raise _translate(exc, "read") from exc
         for attempt in (0, 1):
             try:
-                async with pool.connection() as conn:
+                async with self._reading(pool) as conn:
                     cur = await conn.execute(sql, args, binary=True)
                     return await cur.fetchall()
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
@@ -1370,6 +1768,46 @@ class AsyncPostgresStore:
         sql, args = _scan_args(self._sql, ns, prefix, after, limit)
         rows = await self._query(sql, args)
         return [(_dec(k), Item(bytes(v), int(ver))) for k, v, ver in rows]
+
+    async def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        if not thread_ids:
+            return {}
+        rows = await self._query(self._sql.get_heads, (_Text(dict.fromkeys(thread_ids)), tenant))
+        return {row[1]: _head(row) for row in rows}
+
+    async def find_heads(self, query: HeadQuery) -> list[ThreadHead]:
+        sql, args = self._sql.find_heads(query)
+        return [_head(row) for row in await self._query(sql, args)]
+
+    async def get_multi_heads(
+        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
+        """As :meth:`PostgresStore.get_multi_heads`: one pipeline, one round trip."""
+        pool = await self._ready()
+        unique = list(dict.fromkeys(keys))
+        ids = _Text(dict.fromkeys(thread_ids))
+        for attempt in (0, 1):
+            try:
+                async with self._reading(pool) as conn:
+                    async with conn.pipeline():
+                        c1 = await conn.execute(
+                            self._sql.get_multi, _multi_args(unique), binary=True
+                        )
+                        c2 = await conn.execute(self._sql.get_heads, (ids, tenant), binary=True)
+                    kv_rows, head_rows = await c1.fetchall(), await c2.fetchall()
+                return _multi_heads(unique, kv_rows, head_rows)
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                if (
+                    attempt == 0
+                    and _is_disconnect(exc)
+                    and not isinstance(exc, psycopg_pool.PoolTimeout)
+                ):
+                    await pool.check()
+                    continue
+                raise _translate(exc, "read") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def commit(self, batch: Batch) -> None:
         pool = await self._ready()
@@ -1429,7 +1867,7 @@ class AsyncPostgresStore:
         full = "FULL, " if self.scrub_mode == "full" else ""
         try:
             async with pool.connection() as conn:
-                for table in ("events", "kv"):
+                for table in ("events", "kv", "thread_heads"):
                     await conn.execute(f'VACUUM ({full}ANALYZE) "{self.schema}".{table}')
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _translate(exc, "scrub") from exc

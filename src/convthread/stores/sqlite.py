@@ -16,6 +16,12 @@ Durability and concurrency, as chosen:
   :meth:`SQLiteStore.scrub` checkpoints and truncates the WAL, so erased bytes are gone
   from disk, not just unreachable.
 
+Tables: ``events`` (streams), ``kv`` (the generic index), ``thread_heads`` (one typed row
+per thread, see docs/stores.md for its columns and the SQL you may run on it) and
+``thread_channels`` (which channels each thread used). A head write is an ``INSERT``
+(the primary key refuses a second head for a thread: ConflictError) or an ``UPDATE ...
+WHERE version = ?`` that must change one row; no head is read before it is written.
+
 One connection per thread (SQLite connections must not be shared across threads); a
 store object must not be carried across ``fork()``: open a new one in the child.
 """
@@ -23,15 +29,30 @@ store object must not be carried across ``fork()``: open a new one in the child.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from convthread import codec
+from convthread._heads import head_of
 from convthread.errors import ConflictError, StoreError, StoreUnavailable
-from convthread.ports import ABSENT, ANY, Batch, Delete, Item, Put, Recorded
+from convthread.ports import (
+    ABSENT,
+    ANY,
+    DEFAULT_TENANT,
+    Batch,
+    Delete,
+    HeadQuery,
+    Item,
+    Put,
+    Recorded,
+    ThreadHead,
+)
 from convthread.stores._migrate import (
     MigrationProgress,
     Progress,
@@ -111,6 +132,120 @@ def _add_position_and_tenant(conn: sqlite3.Connection, progress: Progress) -> No
     progress(total, total)
 
 
+def _time(value: datetime) -> str:
+    """A UTC time as stored: ISO 8601 with microseconds, so text order is time order."""
+    return value.isoformat(timespec="microseconds")
+
+
+def _head_params(head: ThreadHead) -> tuple[Any, ...]:
+    """The columns of ``head`` in _HEAD_COLUMNS order (version excluded)."""
+    until = head.snoozed_until
+    return (
+        head.tenant,
+        head.thread_id,
+        head.customer_id,
+        head.status,
+        head.last_seq,
+        _time(head.last_activity),
+        head.last_channel,
+        head.topic,
+        json.dumps(head.channels),
+        None if until is None else _time(until),
+        head.controller,
+        _time(head.created_at),
+        head.state,
+    )
+
+
+_HEAD_COLUMNS: Final = (
+    "tenant, thread_id, customer_id, status, last_seq, last_activity, last_channel, topic, "
+    "channels, snoozed_until, controller, created_at, state"
+)
+_INSERT_HEAD: Final = (
+    f"INSERT INTO thread_heads ({_HEAD_COLUMNS}, version) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_HEAD: Final = (
+    "UPDATE thread_heads SET customer_id = ?, status = ?, last_seq = ?, last_activity = ?, "
+    "last_channel = ?, topic = ?, channels = ?, snoozed_until = ?, controller = ?, "
+    "created_at = ?, state = ?, version = version + 1 "
+    "WHERE tenant = ? AND thread_id = ? AND version = ?"
+)
+_INSERT_CHANNEL: Final = (
+    "INSERT OR IGNORE INTO thread_channels (tenant, channel, thread_id) VALUES (?, ?, ?)"
+)
+#: Releases up to 0.1 kept thread heads in these index namespaces (the layout of
+#: ``convthread.stores._kv``); step 4 moves them into thread_heads.
+_OLD_HEAD_NAMESPACES: Final = ("thread", "tactive", "tchannel", "snooze", "cthreads")
+
+
+def _thread_heads(conn: sqlite3.Connection, progress: Progress) -> None:
+    """Thread heads become rows with typed columns (the old thread entries moved in)."""
+    # WITHOUT ROWID: the primary key is the table, so a head update writes one b-tree
+    # page plus those of the indexes whose key changed (status and last activity move
+    # with every message; a thread's customer seldom does).
+    conn.execute(
+        """CREATE TABLE thread_heads (
+            tenant TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            last_seq INTEGER NOT NULL CHECK (last_seq >= 0),
+            last_activity TEXT NOT NULL,
+            last_channel TEXT NOT NULL,
+            topic TEXT,
+            channels TEXT NOT NULL,
+            snoozed_until TEXT,
+            controller TEXT,
+            created_at TEXT NOT NULL,
+            state BLOB NOT NULL,
+            version INTEGER NOT NULL CHECK (version > 0),
+            PRIMARY KEY (tenant, thread_id)
+        ) WITHOUT ROWID"""
+    )
+    for statement in (
+        "CREATE INDEX thread_heads_customer ON thread_heads (tenant, customer_id)",
+        "CREATE INDEX thread_heads_activity "
+        "ON thread_heads (tenant, status, last_activity, thread_id)",
+        "CREATE INDEX thread_heads_controller "
+        "ON thread_heads (tenant, controller, last_activity, thread_id) "
+        "WHERE controller IS NOT NULL",
+        "CREATE INDEX thread_heads_snoozed ON thread_heads (tenant, snoozed_until) "
+        "WHERE snoozed_until IS NOT NULL",
+        """CREATE TABLE thread_channels (
+            tenant TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            PRIMARY KEY (tenant, channel, thread_id)
+        ) WITHOUT ROWID""",
+    ):
+        conn.execute(statement)
+    total = int(conn.execute("SELECT count(*) FROM kv WHERE ns = 'thread'").fetchone()[0])
+    progress(0, total)
+    done = 0
+    after = ""
+    while True:
+        rows = conn.execute(
+            "SELECT key, value, version FROM kv WHERE ns = 'thread' AND key > ? "
+            "ORDER BY key LIMIT ?",
+            (after, COPY_CHUNK),
+        ).fetchall()
+        if not rows:
+            break
+        for _key, value, version in rows:
+            head = head_of(codec.decode_thread_state(value), DEFAULT_TENANT)
+            conn.execute(_INSERT_HEAD, (*_head_params(head), version))
+            conn.executemany(
+                _INSERT_CHANNEL, [(head.tenant, c, head.thread_id) for c in head.channels]
+            )
+        after = rows[-1][0]
+        done += len(rows)
+        progress(done, total)
+    marks = ",".join("?" * len(_OLD_HEAD_NAMESPACES))
+    conn.execute(f"DELETE FROM kv WHERE ns IN ({marks})", _OLD_HEAD_NAMESPACES)
+    progress(total, total)
+
+
 #: Forward migrations: version -> SQL statements or a Python step (see
 #: :mod:`convthread.stores._migrate`). Never edit a released step; add one.
 MIGRATIONS: Final[dict[int, Step]] = {
@@ -147,6 +282,9 @@ MIGRATIONS: Final[dict[int, Step]] = {
     # Events: position INTEGER PRIMARY KEY (the rowid, in commit order), tenant, a unique
     # index on (stream, seq). Index entries: a tenant, in the primary key.
     3: _add_position_and_tenant,
+    # Thread heads: a typed row per thread (thread_heads), with indexes for the thread
+    # queries, and the channels each thread used (thread_channels).
+    4: _thread_heads,
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 
@@ -257,6 +395,35 @@ class SQLiteStore:
                 out[(ns, key)] = Item(value, version)
         return out
 
+    def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]:
+        out: dict[str, ThreadHead] = {}
+        unique = list(dict.fromkeys(thread_ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                f"SELECT {_SELECT_HEAD} FROM thread_heads "
+                f"WHERE tenant = ? AND thread_id IN ({marks})",
+                (tenant, *chunk),
+            )
+            for row in rows:
+                out[row[1]] = _head(row)
+        return out
+
+    def find_heads(self, query: HeadQuery) -> list[ThreadHead]:
+        if query.limit <= 0:
+            self._conn()  # a closed store raises StoreError
+            return []
+        sql, args = _find_sql(query)
+        return [_head(row) for row in self._query(sql, args)]
+
+    def get_multi_heads(
+        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
+    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
+        """``get_multi`` and ``get_heads`` (:class:`~convthread.ports.MultiGetHeads`):
+        reads of a local file, so two queries cost no more than one."""
+        return self.get_multi(keys), self.get_heads(tenant, thread_ids) if thread_ids else {}
+
     def scan(
         self, ns: str, prefix: str = "", after: str = "", limit: int = 1000
     ) -> list[tuple[str, Item]]:
@@ -347,6 +514,7 @@ class SQLiteStore:
         streams = [a.stream for a in batch.appends]
         if len(set(streams)) != len(streams):
             raise StoreError("a batch may append to each stream at most once")
+        _check_head_writes(batch)
         current: dict[str, int] = {}
         for start in range(0, len(streams), MULTI_GET_CHUNK):
             chunk = streams[start : start + MULTI_GET_CHUNK]
@@ -404,6 +572,27 @@ class SQLiteStore:
             )
             if cur.rowcount != 1:
                 raise StoreError(f"cannot rewrite missing event {rw.stream!r}#{rw.seq}")
+        channels: list[tuple[str, str, str]] = []
+        for hw in batch.heads:
+            head, params = hw.head, _head_params(hw.head)
+            if hw.expected == ABSENT:
+                try:
+                    conn.execute(_INSERT_HEAD, (*params, 1))
+                except sqlite3.IntegrityError as exc:
+                    raise ConflictError(
+                        f"thread head {head.tenant}/{head.thread_id} already exists"
+                    ) from exc
+            else:
+                cur = conn.execute(_UPDATE_HEAD, (*params[2:], *params[:2], hw.expected))
+                if cur.rowcount != 1:
+                    raise ConflictError(
+                        f"thread head {head.tenant}/{head.thread_id} is not at version "
+                        f"{hw.expected} (changed by another writer, or missing)"
+                    )
+            channels.extend((head.tenant, c, head.thread_id) for c in head.channels)
+        if channels:
+            # Channels are only ever added to a thread: the rows that exist stay.
+            conn.executemany(_INSERT_CHANNEL, channels)
 
     def scrub(self) -> None:
         """Checkpoint the WAL into the file and truncate it, so old page images are gone.
@@ -551,6 +740,88 @@ def migrate(
     finally:
         conn.close()
     return before
+
+
+_SELECT_HEAD: Final = (
+    "tenant, thread_id, customer_id, status, last_seq, last_activity, last_channel, topic, "
+    "channels, snoozed_until, controller, created_at, state, version"
+)
+
+
+def _head(row: tuple[Any, ...]) -> ThreadHead:
+    until = row[9]
+    return ThreadHead(
+        tenant=row[0],
+        thread_id=row[1],
+        customer_id=row[2],
+        status=row[3],
+        last_seq=row[4],
+        last_activity=datetime.fromisoformat(row[5]),
+        last_channel=row[6],
+        topic=row[7],
+        channels=tuple(json.loads(row[8])),
+        snoozed_until=None if until is None else datetime.fromisoformat(until),
+        controller=row[10],
+        created_at=datetime.fromisoformat(row[11]),
+        state=row[12],
+        version=row[13],
+    )
+
+
+def _find_sql(query: HeadQuery) -> tuple[str, tuple[Any, ...]]:
+    """The SELECT of ``query`` and its parameters (the indexes of migration step 4
+    serve each filter)."""
+    where = ["tenant = ?"]
+    args: list[Any] = [query.tenant]
+    if query.customer_id is not None:
+        where.append("customer_id = ?")
+        args.append(query.customer_id)
+    if query.statuses:
+        where.append(f"status IN ({','.join('?' * len(query.statuses))})")
+        args.extend(query.statuses)
+    if query.controller is not None:
+        where.append("controller = ?")
+        args.append(query.controller)
+    if query.channel is not None:
+        # thread_channels finds the candidates; a head's own channels decide (its rows
+        # are only ever added, so a row may outlive a channel a head no longer lists).
+        where.append(
+            "EXISTS (SELECT 1 FROM thread_channels AS c WHERE c.tenant = h.tenant "
+            "AND c.channel = ? AND c.thread_id = h.thread_id) "
+            "AND EXISTS (SELECT 1 FROM json_each(h.channels) WHERE value = ?)"
+        )
+        args.extend((query.channel, query.channel))
+    if query.snoozed_before is not None:
+        where.append("snoozed_until < ?")
+        args.append(_time(query.snoozed_before))
+    if query.active_from is not None:
+        where.append("last_activity >= ?")
+        args.append(_time(query.active_from))
+    if query.active_until is not None:
+        where.append("last_activity <= ?")
+        args.append(_time(query.active_until))
+    if query.after is not None:
+        where.append(f"(last_activity, thread_id) {'<' if query.newest_first else '>'} (?, ?)")
+        args.extend((_time(query.after[0]), query.after[1]))
+    order = "DESC" if query.newest_first else "ASC"
+    sql = (
+        f"SELECT {_SELECT_HEAD} FROM thread_heads AS h WHERE {' AND '.join(where)} "
+        f"ORDER BY last_activity {order}, thread_id {order} LIMIT ?"
+    )
+    return sql, (*args, query.limit)
+
+
+def _check_head_writes(batch: Batch) -> None:
+    """What a batch's head writes must be on their face (see the ports notes)."""
+    slots = [(hw.head.tenant, hw.head.thread_id) for hw in batch.heads]
+    if len(set(slots)) != len(slots):
+        raise StoreError("a batch may write each thread's head at most once")
+    for hw in batch.heads:
+        if hw.expected < 0:
+            raise StoreError(
+                f"thread head {hw.head.tenant}/{hw.head.thread_id}: a head write expects "
+                "ABSENT or a version, not ANY"
+            )
 
 
 def _by_pairs(columns: str, count: int) -> str:

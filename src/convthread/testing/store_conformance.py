@@ -34,10 +34,16 @@ the capability, and are skipped with the reason otherwise:
   :class:`MultiGetConformance` holds just these cases, for a store whose other cases
   run elsewhere (an asyncio store behind a blocking adapter, say).
 
+Thread heads (``get_heads``, ``find_heads``, head writes in a batch) are required: a
+store written to the protocol of releases up to 0.1, without them
+(:class:`~convthread.ports.KVStore`), runs the head cases through the adapter the
+service would put it behind (``convthread.stores._kv``), so its generic index is tested
+for what the adapter needs of it.
+
 Two Hypothesis state machines run the same operations against the store and against
 :class:`~convthread.stores.MemoryStore` and compare them after every step:
 :func:`store_machine` at the protocol level (append, put, delete, compare-and-set,
-conflicts, rewrite, scrub, reopen) and :func:`service_machine` through
+conflicts, rewrite, head writes and queries, scrub, reopen) and :func:`service_machine` through
 :class:`~convthread.Conversations` (ingest, redeliver, send, erase, reopen). Both are
 classes with ``@rule`` methods: subclass them to add rules. The kit runs them from
 ``test_state_machine`` and ``test_service_machine``; tune ``machine_settings``.
@@ -53,7 +59,7 @@ import multiprocessing
 import random
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -74,22 +80,30 @@ from convthread.errors import ConflictError, ConvthreadError, StoreError
 from convthread.ports import (
     ABSENT,
     ANY,
+    DEFAULT_TENANT,
     Append,
     Batch,
     Delete,
+    HeadQuery,
+    HeadWrite,
     Item,
+    KVStore,
     MultiGet,
     Put,
     Recorded,
     Rewrite,
     Store,
+    ThreadHead,
 )
+from convthread.stores._kv import with_heads
 from convthread.stores.memory import MemoryStore
 
 __all__ = [
     "KEYS",
     "NAMESPACES",
     "STREAMS",
+    "THREADS",
+    "HeadConformance",
     "MultiGetConformance",
     "ServiceMachine",
     "StoreConformance",
@@ -105,6 +119,47 @@ __all__ = [
 STREAMS = ("th_a", "th_b", "cu_1")
 NAMESPACES = ("msg", "ident")
 KEYS = ("a", "a|", "a|b", "ab", "b", "é", "éa", "中", "中|x", "\U0001f600", "z~", "")
+#: Thread ids of the head cases (code-point order differs from byte order of UTF-16).
+THREADS = ("th_a", "th_b", "th_c", "th_é", "th_中")
+_H0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+
+
+def heads_of(store: Store | KVStore) -> Store:
+    """``store`` itself, or the adapter the service runs a store without heads behind."""
+    return store if isinstance(store, Store) else with_heads(store)
+
+
+def make_head(
+    thread_id: str,
+    *,
+    tenant: str = DEFAULT_TENANT,
+    customer: str = "cu_1",
+    status: str = "open",
+    minutes: float = 0,
+    channels: tuple[str, ...] = ("sms",),
+    snoozed_minutes: float | None = None,
+    controller: str | None = None,
+    last_seq: int = 1,
+    topic: str | None = None,
+    state: bytes = b"\x00state\xff",
+) -> ThreadHead:
+    """A head for the cases: times are minutes after a fixed instant (fractions keep
+    microseconds)."""
+    return ThreadHead(
+        thread_id=thread_id,
+        tenant=tenant,
+        customer_id=customer,
+        status=status,
+        last_seq=last_seq,
+        last_activity=_H0 + timedelta(minutes=minutes),
+        last_channel=channels[-1],
+        topic=topic,
+        channels=channels,
+        snoozed_until=None if snoozed_minutes is None else _H0 + timedelta(minutes=snoozed_minutes),
+        controller=controller,
+        created_at=_H0,
+        state=state,
+    )
 
 
 def unpositioned(records: list[Recorded]) -> list[Recorded]:
@@ -138,23 +193,23 @@ class _StoreKit:
 
     # -- what a subclass provides
 
-    def make_store(self) -> Store:
+    def make_store(self) -> KVStore:
         """A new, empty store (each call a fresh one)."""
         raise NotImplementedError("subclasses of StoreConformance implement make_store()")
 
-    def reopen_store(self, store: Store) -> Store:
+    def reopen_store(self, store: KVStore) -> Store:
         """Close ``store`` and open the same data again (``persistent`` stores)."""
         raise NotImplementedError("declare persistent = True and implement reopen_store()")
 
-    def store_opener(self, store: Store) -> Callable[[], Store]:
+    def store_opener(self, store: KVStore) -> Callable[[], KVStore]:
         """A picklable callable that opens ``store``'s data in another process."""
         raise NotImplementedError("declare multi_process = True and implement store_opener()")
 
-    def store_files(self, store: Store) -> list[Path]:
+    def store_files(self, store: KVStore) -> list[Path]:
         """The files that hold ``store``'s data (``scrubs_files`` stores)."""
         raise NotImplementedError("declare scrubs_files = True and implement store_files()")
 
-    def discard_store(self, store: Store) -> None:
+    def discard_store(self, store: KVStore) -> None:
         """Release a store the kit made (close it; drop its data if it must)."""
         store.close()
 
@@ -163,18 +218,18 @@ class _StoreKit:
     @pytest.fixture(autouse=True)
     def _kit_setup(self, tmp_path: Path) -> Iterator[None]:
         self.tmp_path = tmp_path
-        self._opened: list[Store] = []
+        self._opened: list[KVStore] = []
         yield
         for store in reversed(self._opened):
             with contextlib.suppress(ConvthreadError):
                 self.discard_store(store)
 
-    def new_store(self) -> Store:
+    def new_store(self) -> KVStore:
         store = self.make_store()
         self._opened.append(store)
         return store
 
-    def reopen(self, store: Store) -> Store:
+    def reopen(self, store: KVStore) -> Store:
         if not self.persistent:
             pytest.skip("capability not declared: persistent (reopen_store)")
         again = self.reopen_store(store)
@@ -184,7 +239,7 @@ class _StoreKit:
         return again
 
     @pytest.fixture
-    def store(self) -> Store:
+    def store(self) -> KVStore:
         return self.new_store()
 
     def run_without_pytest(
@@ -250,7 +305,7 @@ class MultiGetConformance(_StoreKit):
         "é\u0301",
     )
 
-    def multi(self, store: Store) -> MultiGet:
+    def multi(self, store: KVStore) -> MultiGet:
         """``store`` as a :class:`~convthread.ports.MultiGet`; skips when not declared."""
         if not self.multi_get:
             pytest.skip("capability not declared: multi_get (get_multi)")
@@ -258,7 +313,7 @@ class MultiGetConformance(_StoreKit):
         return store
 
     @staticmethod
-    def expected_multi(store: Store, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+    def expected_multi(store: KVStore, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Item]:
         """What ``get_multi(pairs)`` must give: per-namespace ``get_many``."""
         by_ns: dict[str, list[str]] = {}
         for ns, key in pairs:
@@ -269,17 +324,17 @@ class MultiGetConformance(_StoreKit):
                 out[(ns, key)] = item
         return out
 
-    def test_multi_get_is_offered(self, store: Store) -> None:
+    def test_multi_get_is_offered(self, store: KVStore) -> None:
         self.multi(store)
 
-    def test_multi_get_of_nothing_is_empty(self, store: Store) -> None:
+    def test_multi_get_of_nothing_is_empty(self, store: KVStore) -> None:
         multi = self.multi(store)
         assert multi.get_multi([]) == {}
         assert multi.get_multi([("ns", "k")]) == {}
         store.commit(Batch(puts=(Put("ns", "k", b"v"),)))
         assert multi.get_multi([]) == {}
 
-    def test_multi_get_matches_get_many(self, store: Store) -> None:
+    def test_multi_get_matches_get_many(self, store: KVStore) -> None:
         multi = self.multi(store)
         rng = random.Random(20260301)
         namespaces = (*NAMESPACES, "third")
@@ -305,7 +360,7 @@ class MultiGetConformance(_StoreKit):
         for ns in namespaces:  # every entry, with its value and version
             assert {k: it for (n, k), it in everything.items() if n == ns} == dict(store.scan(ns))
 
-    def test_multi_get_after_deletes_and_versions(self, store: Store) -> None:
+    def test_multi_get_after_deletes_and_versions(self, store: KVStore) -> None:
         multi = self.multi(store)
         store.commit(Batch(puts=(Put("a", "k", b"1"), Put("b", "k", b"1"), Put("a", "j", b"1"))))
         store.commit(Batch(puts=(Put("a", "k", b"2", 1),), deletes=(Delete("b", "k", 1),)))
@@ -317,7 +372,7 @@ class MultiGetConformance(_StoreKit):
             ("a", "j"): Item(b"1", 1),
         }
 
-    def test_multi_get_many_pairs(self, store: Store) -> None:
+    def test_multi_get_many_pairs(self, store: KVStore) -> None:
         multi = self.multi(store)
         keys = [f"k{i:04d}" for i in range(1200)]
         store.commit(Batch(puts=tuple(Put("big", k, k.encode()) for k in keys[::2])))
@@ -336,15 +391,200 @@ class MultiGetConformance(_StoreKit):
             multi.get_multi([("ns", "k")])
 
 
-class StoreConformance(MultiGetConformance):
+class HeadConformance(_StoreKit):
+    """The cases of thread heads: head writes with compare-and-set, reads and queries.
+    Part of :class:`StoreConformance`."""
+
+    @staticmethod
+    def insert(store: Store, *heads: ThreadHead) -> None:
+        store.commit(Batch(heads=tuple(HeadWrite(h, ABSENT) for h in heads)))
+
+    def test_heads_insert_then_read(self, store: KVStore) -> None:
+        h = heads_of(store)
+        head = make_head("th_é", minutes=1.5, snoozed_minutes=90.25, controller="agent:ann")
+        self.insert(h, head)
+        got = h.get_heads(DEFAULT_TENANT, ["th_é", "th_missing"])
+        assert got == {"th_é": msgspec_replace(head, version=1)}
+        assert got["th_é"].last_activity.utcoffset() == timedelta(0)
+        assert h.get_heads(DEFAULT_TENANT, []) == {}
+
+    def test_heads_are_per_tenant(self, store: KVStore) -> None:
+        h = heads_of(store)
+        self.insert(h, make_head("th_a", tenant="t1", customer="cu_x"))
+        self.insert(h, make_head("th_a", tenant="t2", customer="cu_y"))
+        assert h.get_heads("t1", ["th_a"])["th_a"].customer_id == "cu_x"
+        assert h.get_heads("t2", ["th_a"])["th_a"].customer_id == "cu_y"
+        assert h.get_heads(DEFAULT_TENANT, ["th_a"]) == {}
+        assert [x.customer_id for x in h.find_heads(HeadQuery(tenant="t2"))] == ["cu_y"]
+
+    def test_head_insert_of_an_existing_head_conflicts_and_writes_nothing(
+        self, store: Store
+    ) -> None:
+        h = heads_of(store)
+        self.insert(h, make_head("th_a"))
+        with pytest.raises(ConflictError):
+            h.commit(
+                Batch(
+                    appends=(Append("s", 0, (b"x",)),),
+                    puts=(Put("ns", "k", b"v", ABSENT),),
+                    heads=(HeadWrite(make_head("th_a", status="closed"), ABSENT),),
+                )
+            )
+        assert h.read("s") == [] and h.get("ns", "k") is None
+        assert h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"].status == "open"
+
+    def test_head_update_is_compare_and_set(self, store: KVStore) -> None:
+        h = heads_of(store)
+        self.insert(h, make_head("th_a"))
+        moved = make_head("th_a", status="pending", minutes=5, last_seq=2)
+        h.commit(Batch(heads=(HeadWrite(moved, 1),)))
+        assert h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"] == msgspec_replace(moved, version=2)
+        for expected in (1, 3):  # stale, ahead
+            with pytest.raises(ConflictError):
+                h.commit(
+                    Batch(
+                        appends=(Append("s", 0, (b"x",)),),
+                        heads=(HeadWrite(make_head("th_a", status="closed"), expected),),
+                    )
+                )
+        with pytest.raises(ConflictError):
+            h.commit(Batch(heads=(HeadWrite(make_head("th_missing"), 1),)))
+        assert h.read("s") == []
+        assert h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"].status == "pending"
+        assert h.get_heads(DEFAULT_TENANT, ["th_missing"]) == {}
+
+    def test_head_writes_that_cannot_apply_are_refused(self, store: KVStore) -> None:
+        h = heads_of(store)
+        with pytest.raises(StoreError):
+            h.commit(Batch(heads=(HeadWrite(make_head("th_a"), ANY),)))
+        twice = (HeadWrite(make_head("th_a"), ABSENT), HeadWrite(make_head("th_a"), ABSENT))
+        with pytest.raises(StoreError):
+            h.commit(Batch(appends=(Append("s", 0, (b"x",)),), heads=twice))
+        assert h.get_heads(DEFAULT_TENANT, ["th_a"]) == {} and h.read("s") == []
+
+    def test_head_writes_commit_with_the_rest_of_the_batch(self, store: KVStore) -> None:
+        h = heads_of(store)
+        h.commit(
+            Batch(
+                appends=(Append("th_a", 0, (b"e1", b"e2")),),
+                puts=(Put("msg", "sms|m1", b"ref", ABSENT),),
+                heads=(HeadWrite(make_head("th_a", last_seq=2), ABSENT),),
+            )
+        )
+        assert h.version("th_a") == 2 and h.get("msg", "sms|m1") is not None
+        assert h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"].last_seq == 2
+
+    def _query_world(self, h: Store) -> None:
+        self.insert(
+            h,
+            make_head("th_a", customer="cu_1", status="open", minutes=30),
+            make_head(
+                "th_b", customer="cu_1", status="pending", minutes=10, channels=("sms", "whatsapp")
+            ),
+            make_head("th_c", customer="cu_2", status="open", minutes=10, controller="agent:ann"),
+            make_head("th_é", customer="cu_2", status="snoozed", minutes=20, snoozed_minutes=60),
+            make_head("th_中", customer="cu_3", status="closed", minutes=40, channels=("email",)),
+        )
+
+    def test_head_queries_filter_and_order_by_last_activity(self, store: KVStore) -> None:
+        h = heads_of(store)
+        self._query_world(h)
+
+        def ids(**kw: Any) -> list[str]:
+            return [x.thread_id for x in h.find_heads(HeadQuery(**kw))]
+
+        # ties on last activity break by thread id
+        assert ids() == ["th_b", "th_c", "th_é", "th_a", "th_中"]
+        assert ids(newest_first=True) == ["th_中", "th_a", "th_é", "th_c", "th_b"]
+        assert ids(statuses=("open",)) == ["th_c", "th_a"]
+        assert ids(statuses=("open", "snoozed")) == ["th_c", "th_é", "th_a"]
+        assert ids(customer_id="cu_2") == ["th_c", "th_é"]
+        assert ids(customer_id="cu_2", statuses=("snoozed",)) == ["th_é"]
+        assert ids(channel="whatsapp") == ["th_b"]
+        assert ids(channel="sms", newest_first=True) == ["th_a", "th_é", "th_c", "th_b"]
+        assert ids(controller="agent:ann") == ["th_c"]
+        assert ids(snoozed_before=_H0 + timedelta(minutes=60)) == []
+        assert ids(snoozed_before=_H0 + timedelta(minutes=60, microseconds=1)) == ["th_é"]
+        window = {
+            "active_from": _H0 + timedelta(minutes=10),
+            "active_until": _H0 + timedelta(minutes=30),
+        }
+        assert ids(**window) == ["th_b", "th_c", "th_é", "th_a"]
+        assert ids(**window, newest_first=True) == ["th_a", "th_é", "th_c", "th_b"]
+        assert ids(limit=2) == ["th_b", "th_c"]
+        assert ids(limit=0) == []
+        assert ids(customer_id="cu_nobody") == [] and ids(statuses=("resolved",)) == []
+
+    def test_head_queries_page_by_cursor(self, store: KVStore) -> None:
+        h = heads_of(store)
+        self._query_world(h)
+        for newest_first in (False, True):
+            for statuses in ((), ("open", "pending", "snoozed")):
+                everything = h.find_heads(HeadQuery(newest_first=newest_first, statuses=statuses))
+                seen: list[ThreadHead] = []
+                query = HeadQuery(newest_first=newest_first, statuses=statuses, limit=2)
+                while True:
+                    page = h.find_heads(query)
+                    seen.extend(page)
+                    if len(page) < 2:
+                        break
+                    query = msgspec_replace(
+                        query, after=(page[-1].last_activity, page[-1].thread_id)
+                    )
+                assert seen == everything
+
+    def test_a_head_moved_between_customers(self, store: KVStore) -> None:
+        h = heads_of(store)
+        self._query_world(h)
+        head = h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"]
+        h.commit(Batch(heads=(HeadWrite(msgspec_replace(head, customer_id="cu_3"), 1),)))
+        assert [x.thread_id for x in h.find_heads(HeadQuery(customer_id="cu_1"))] == ["th_b"]
+        assert [x.thread_id for x in h.find_heads(HeadQuery(customer_id="cu_3"))] == [
+            "th_a",
+            "th_中",
+        ]
+
+    def test_concurrent_head_inserts_have_one_winner(self, store: KVStore) -> None:
+        h = heads_of(store)
+        outcomes = _race(
+            4,
+            lambda i: h.commit(
+                Batch(heads=(HeadWrite(make_head("th_a", last_seq=i + 1), ABSENT),))
+            ),
+        )
+        assert sum(o is None for o in outcomes) == 1
+        assert all(o is None or isinstance(o, ConflictError) for o in outcomes)
+
+    def test_concurrent_head_updates_lose_no_write(self, store: KVStore) -> None:
+        h = heads_of(store)
+        self.insert(h, make_head("th_a", last_seq=0))
+
+        def bump(_i: int) -> None:
+            for _ in range(5):
+                while True:
+                    head = h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"]
+                    new = msgspec_replace(head, last_seq=head.last_seq + 1)
+                    try:
+                        h.commit(Batch(heads=(HeadWrite(new, head.version),)))
+                        break
+                    except ConflictError:
+                        continue
+
+        assert _race(4, bump) == [None] * 4
+        head = h.get_heads(DEFAULT_TENANT, ["th_a"])["th_a"]
+        assert head.last_seq == 20 and head.version == 21
+
+
+class StoreConformance(HeadConformance, MultiGetConformance):
     """Test cases every store must pass. Subclass and implement :meth:`make_store`."""
 
     # -- required: reads of an empty store
 
-    def test_is_a_store(self, store: Store) -> None:
-        assert isinstance(store, Store)
+    def test_is_a_store(self, store: KVStore) -> None:
+        assert isinstance(store, KVStore)
+        assert isinstance(heads_of(store), Store)
 
-    def test_empty_store(self, store: Store) -> None:
+    def test_empty_store(self, store: KVStore) -> None:
         assert store.read("nothing") == []
         assert store.version("nothing") == 0
         assert store.get("ns", "k") is None
@@ -352,13 +592,13 @@ class StoreConformance(MultiGetConformance):
         assert store.get_many("ns", []) == {}
         assert store.scan("ns") == []
 
-    def test_empty_batch_is_a_no_op(self, store: Store) -> None:
+    def test_empty_batch_is_a_no_op(self, store: KVStore) -> None:
         store.commit(Batch())
         assert store.scan("ns") == []
 
     # -- required: streams
 
-    def test_append_numbers_events_from_one(self, store: Store) -> None:
+    def test_append_numbers_events_from_one(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"e1", b"e2")),)))
         store.commit(Batch(appends=(Append("s", 2, (b"e3",)),)))
         assert unpositioned(store.read("s")) == [
@@ -369,7 +609,7 @@ class StoreConformance(MultiGetConformance):
         assert store.version("s") == 3
         assert store.version("other") == 0
 
-    def test_read_after_and_limit(self, store: Store) -> None:
+    def test_read_after_and_limit(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, tuple(b"e%d" % i for i in range(1, 11))),)))
         assert [r.seq for r in store.read("s", after=7)] == [8, 9, 10]
         assert [r.seq for r in store.read("s", after=2, limit=3)] == [3, 4, 5]
@@ -378,7 +618,7 @@ class StoreConformance(MultiGetConformance):
         assert [r.seq for r in store.read("s", limit=1)] == [1]
         assert store.read("s", limit=0) == []
 
-    def test_append_at_wrong_version_conflicts_and_writes_nothing(self, store: Store) -> None:
+    def test_append_at_wrong_version_conflicts_and_writes_nothing(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"e1",)),)))
         for expected in (0, 2, 5):
             with pytest.raises(ConflictError):
@@ -392,7 +632,7 @@ class StoreConformance(MultiGetConformance):
         assert store.version("t") == 0
         assert store.get("ns", "k") is None
 
-    def test_empty_append_checks_the_version(self, store: Store) -> None:
+    def test_empty_append_checks_the_version(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"e1",)),)))
         store.commit(Batch(appends=(Append("s", 1, ()),), puts=(Put("ns", "k", b"v"),)))
         with pytest.raises(ConflictError):
@@ -400,31 +640,31 @@ class StoreConformance(MultiGetConformance):
         assert store.get("ns", "j") is None
         assert store.version("s") == 1
 
-    def test_two_appends_to_one_stream_in_a_batch_are_refused(self, store: Store) -> None:
+    def test_two_appends_to_one_stream_in_a_batch_are_refused(self, store: KVStore) -> None:
         with pytest.raises(StoreError):
             store.commit(Batch(appends=(Append("s", 0, (b"a",)), Append("s", 0, (b"b",)))))
         assert store.version("s") == 0
 
-    def test_event_bytes_round_trip(self, store: Store) -> None:
+    def test_event_bytes_round_trip(self, store: KVStore) -> None:
         blobs = (b"", b"\x00\xff\x00", bytes(range(256)), b"x" * 1_000_000)
         store.commit(Batch(appends=(Append("s", 0, blobs),)))
         assert tuple(r.data for r in store.read("s")) == blobs
 
-    def test_streams_are_independent(self, store: Store) -> None:
+    def test_streams_are_independent(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("a", 0, (b"1",)), Append("b", 0, (b"1", b"2")))))
         assert store.version("a") == 1 and store.version("b") == 2
         assert store.read("ab") == []
 
     # -- required: index entries
 
-    def test_put_versions_start_at_one_and_grow(self, store: Store) -> None:
+    def test_put_versions_start_at_one_and_grow(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("ns", "k", b"v1", ABSENT),)))
         assert store.get("ns", "k") == Item(b"v1", 1)
         store.commit(Batch(puts=(Put("ns", "k", b"v2", 1),)))
         store.commit(Batch(puts=(Put("ns", "k", b"v3", ANY),)))
         assert store.get("ns", "k") == Item(b"v3", 3)
 
-    def test_put_expectations(self, store: Store) -> None:
+    def test_put_expectations(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("ns", "k", b"v1", ABSENT),)))
         with pytest.raises(ConflictError):
             store.commit(Batch(puts=(Put("ns", "k", b"x", ABSENT),)))
@@ -435,13 +675,13 @@ class StoreConformance(MultiGetConformance):
         assert store.get("ns", "k") == Item(b"v1", 1)
         assert store.get("ns", "missing") is None
 
-    def test_namespaces_are_independent(self, store: Store) -> None:
+    def test_namespaces_are_independent(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("a", "k", b"1"), Put("b", "k", b"2"))))
         assert store.get("a", "k") == Item(b"1", 1)
         assert store.get("b", "k") == Item(b"2", 1)
         assert store.scan("a") == [("k", Item(b"1", 1))]
 
-    def test_delete(self, store: Store) -> None:
+    def test_delete(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("ns", "k", b"v"), Put("ns", "j", b"v"))))
         with pytest.raises(ConflictError):
             store.commit(Batch(deletes=(Delete("ns", "k", 2),)))
@@ -455,7 +695,7 @@ class StoreConformance(MultiGetConformance):
         store.commit(Batch(puts=(Put("ns", "k", b"again", ABSENT),)))
         assert store.get("ns", "k") == Item(b"again", 1)  # versions restart after delete
 
-    def test_same_key_twice_in_a_batch(self, store: Store) -> None:
+    def test_same_key_twice_in_a_batch(self, store: KVStore) -> None:
         """Expectations are checked against the state before the batch; puts apply in
         order, then deletes."""
         store.commit(Batch(puts=(Put("ns", "k", b"1", ABSENT), Put("ns", "k", b"2", ANY))))
@@ -466,7 +706,7 @@ class StoreConformance(MultiGetConformance):
             store.commit(Batch(puts=(Put("ns", "j", b"1", ABSENT), Put("ns", "j", b"2", 1))))
         assert store.get("ns", "j") is None
 
-    def test_get_many(self, store: Store) -> None:
+    def test_get_many(self, store: KVStore) -> None:
         store.commit(Batch(puts=tuple(Put("ns", k, k.encode()) for k in ("a", "b", "c"))))
         got = store.get_many("ns", ["c", "a", "zz", "a"])
         assert got == {"a": Item(b"a", 1), "c": Item(b"c", 1)}
@@ -474,7 +714,7 @@ class StoreConformance(MultiGetConformance):
         store.commit(Batch(puts=tuple(Put("big", k, b"") for k in many)))
         assert set(store.get_many("big", many)) == set(many)
 
-    def test_value_bytes_round_trip(self, store: Store) -> None:
+    def test_value_bytes_round_trip(self, store: KVStore) -> None:
         values = {
             "empty": b"",
             "nul": b"\x00a\x00",
@@ -484,14 +724,14 @@ class StoreConformance(MultiGetConformance):
         store.commit(Batch(puts=tuple(Put("ns", k, v) for k, v in values.items())))
         assert {k: it.value for k, it in store.get_many("ns", list(values)).items()} == values
 
-    def test_keys_may_hold_any_text(self, store: Store) -> None:
+    def test_keys_may_hold_any_text(self, store: KVStore) -> None:
         keys = ["a b", "a|b|c", "<id.x@example.com>", "é", "中文", "\U0001f600", "a\tb", "'; --"]
         store.commit(Batch(puts=tuple(Put("ns", k, k.encode()) for k in keys)))
         for k in keys:
             assert store.get("ns", k) == Item(k.encode(), 1)
         assert [k for k, _ in store.scan("ns")] == sorted(keys)
 
-    def test_scan_order_prefix_after_limit(self, store: Store) -> None:
+    def test_scan_order_prefix_after_limit(self, store: KVStore) -> None:
         keys = [k for k in KEYS if k]
         store.commit(Batch(puts=tuple(Put("ns", k, k.encode()) for k in keys)))
         ordered = sorted(keys)  # Python sorts str by code point: the required order
@@ -506,7 +746,7 @@ class StoreConformance(MultiGetConformance):
         assert store.scan("ns", prefix="nothing") == []
         assert store.scan("ns", limit=0) == []
 
-    def test_scan_pages_through_everything(self, store: Store) -> None:
+    def test_scan_pages_through_everything(self, store: KVStore) -> None:
         keys = [f"c|{i:05d}" for i in range(2500)]
         store.commit(Batch(puts=tuple(Put("ns", k, b"") for k in keys)))
         seen: list[str] = []
@@ -521,7 +761,7 @@ class StoreConformance(MultiGetConformance):
 
     # -- required: atomic batches
 
-    def test_batch_with_a_failed_expectation_writes_nothing(self, store: Store) -> None:
+    def test_batch_with_a_failed_expectation_writes_nothing(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("ns", "taken", b"v"),)))
         with pytest.raises(ConflictError):
             store.commit(
@@ -535,7 +775,7 @@ class StoreConformance(MultiGetConformance):
         assert store.get("ns", "new") is None
         assert store.get("ns", "taken") == Item(b"v", 1)
 
-    def test_batch_commits_everything_together(self, store: Store) -> None:
+    def test_batch_commits_everything_together(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"old",)),), puts=(Put("ns", "d", b"x"),)))
         store.commit(
             Batch(
@@ -552,7 +792,7 @@ class StoreConformance(MultiGetConformance):
 
     # -- required: rewrite
 
-    def test_rewrite_keeps_the_sequence_number(self, store: Store) -> None:
+    def test_rewrite_keeps_the_sequence_number(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"a", b"secret", b"c")),)))
         store.commit(Batch(rewrites=(Rewrite("s", 2, b"gone"),)))
         assert unpositioned(store.read("s")) == [
@@ -562,7 +802,7 @@ class StoreConformance(MultiGetConformance):
         ]
         assert store.version("s") == 3
 
-    def test_rewrite_of_a_missing_event_fails_and_writes_nothing(self, store: Store) -> None:
+    def test_rewrite_of_a_missing_event_fails_and_writes_nothing(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"a",)),)))
         for stream, seq in (("s", 2), ("s", 0), ("nope", 1)):
             with pytest.raises(StoreError):
@@ -572,7 +812,7 @@ class StoreConformance(MultiGetConformance):
         assert store.get("ns", "k") is None
         assert unpositioned(store.read("s")) == [Recorded("s", 1, b"a")]
 
-    def test_scrub_keeps_live_data(self, store: Store) -> None:
+    def test_scrub_keeps_live_data(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"a", b"b")),), puts=(Put("ns", "k", b"v"),)))
         store.commit(Batch(rewrites=(Rewrite("s", 1, b"x"),), deletes=(Delete("ns", "k"),)))
         store.scrub()
@@ -587,7 +827,7 @@ class StoreConformance(MultiGetConformance):
         if not self.positions:
             pytest.skip("capability not declared: positions (Recorded.position)")
 
-    def test_positions_follow_commits(self, store: Store) -> None:
+    def test_positions_follow_commits(self, store: KVStore) -> None:
         self.positioned()
         store.commit(Batch(appends=(Append("a", 0, (b"1", b"2")),)))
         store.commit(Batch(appends=(Append("b", 0, (b"3",)), Append("a", 2, (b"4",)))))
@@ -601,7 +841,7 @@ class StoreConformance(MultiGetConformance):
         assert max(r.position for r in first) < min(r.position for r in batch2)
         assert max(r.position for r in batch2) < third[0].position
 
-    def test_rewrite_keeps_the_position(self, store: Store) -> None:
+    def test_rewrite_keeps_the_position(self, store: KVStore) -> None:
         self.positioned()
         store.commit(Batch(appends=(Append("s", 0, (b"a", b"secret")),)))
         before = [r.position for r in store.read("s")]
@@ -609,7 +849,7 @@ class StoreConformance(MultiGetConformance):
         assert [r.position for r in store.read("s")] == before
         assert [r.position for r in store.read("s", after=1)] == before[1:]
 
-    def test_concurrent_absent_puts_have_one_winner(self, store: Store) -> None:
+    def test_concurrent_absent_puts_have_one_winner(self, store: KVStore) -> None:
         outcomes = _race(
             8, lambda i: store.commit(Batch(puts=(Put("ns", "race", b"%d" % i, ABSENT),)))
         )
@@ -618,7 +858,7 @@ class StoreConformance(MultiGetConformance):
         item = store.get("ns", "race")
         assert item is not None and item.version == 1
 
-    def test_concurrent_appends_at_one_version_have_one_winner(self, store: Store) -> None:
+    def test_concurrent_appends_at_one_version_have_one_winner(self, store: KVStore) -> None:
         store.commit(Batch(appends=(Append("s", 0, (b"first",)),)))
         outcomes = _race(
             8,
@@ -637,7 +877,7 @@ class StoreConformance(MultiGetConformance):
         assert events[1].data == events[2].data == b"w%d" % winner
         assert [k for k, _ in store.scan("ns", prefix="by")] == [f"by{winner}"]
 
-    def test_concurrent_compare_and_set_loses_no_update(self, store: Store) -> None:
+    def test_concurrent_compare_and_set_loses_no_update(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("ns", "counter", b"0", ABSENT),)))
         per_thread = 15
 
@@ -664,7 +904,7 @@ class StoreConformance(MultiGetConformance):
         assert item == Item(b"%d" % (4 * per_thread), 4 * per_thread + 1)
         assert [r.seq for r in store.read("log")] == list(range(1, 4 * per_thread + 1))
 
-    def test_errors_are_the_library_hierarchy(self, store: Store) -> None:
+    def test_errors_are_the_library_hierarchy(self, store: KVStore) -> None:
         store.commit(Batch(puts=(Put("ns", "k", b"v"),)))
         with pytest.raises(ConvthreadError):
             store.commit(Batch(puts=(Put("ns", "k", b"v", ABSENT),)))
@@ -748,7 +988,14 @@ class StoreConformance(MultiGetConformance):
         run_state_machine_as_test(machine, settings=self.machine_settings)
 
 
-def _close(store: Store) -> None:
+def msgspec_replace(obj: Any, **changes: Any) -> Any:
+    """``obj`` (a msgspec struct) with ``changes``."""
+    import msgspec
+
+    return msgspec.structs.replace(obj, **changes)
+
+
+def _close(store: KVStore) -> None:
     store.close()
 
 
@@ -772,7 +1019,7 @@ def _race(n: int, fn: Callable[[int], object]) -> list[BaseException | None]:
     return outcomes
 
 
-def _process_worker(opener: Callable[[], Store], index: int, count: int) -> int:
+def _process_worker(opener: Callable[[], KVStore], index: int, count: int) -> int:
     """In a child process: ``count`` compare-and-set increments and ABSENT claims."""
     store = opener()
     try:
@@ -821,9 +1068,9 @@ class StoreMachine(RuleBasedStateMachine):
     does it. Add rules by subclassing: use :meth:`both` to run the same batch on both.
     """
 
-    make: ClassVar[Callable[[], Store]]
-    reopen: ClassVar[Callable[[Store], Store] | None] = None
-    discard: ClassVar[Callable[[Store], None]]
+    make: ClassVar[Callable[[], KVStore]]
+    reopen: ClassVar[Callable[[KVStore], KVStore] | None] = None
+    discard: ClassVar[Callable[[KVStore], None]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -854,6 +1101,11 @@ class StoreMachine(RuleBasedStateMachine):
         for r in fresh:
             known[(r.stream, r.seq)] = r.position
 
+    @property
+    def heads(self) -> Store:
+        """The store under test, behind the key-value adapter if it has no heads."""
+        return heads_of(self.store)
+
     def teardown(self) -> None:
         self.ref.close()
         type(self).discard(self.store)
@@ -874,8 +1126,19 @@ class StoreMachine(RuleBasedStateMachine):
 
     def both(self, batch: Batch) -> None:
         want = _outcome(lambda: self.ref.commit(batch))
-        got = _outcome(lambda: self.store.commit(batch))
+        target = self.heads if batch.heads else self.store
+        got = _outcome(lambda: target.commit(batch))
         assert got == want, f"{batch!r}: store gave {got[0]}, the reference {want[0]}"
+
+    def head_expectation(self, thread_id: str, mode: str) -> int:
+        head = self.ref.get_heads(DEFAULT_TENANT, [thread_id]).get(thread_id)
+        if mode == "right":
+            return head.version if head is not None else ABSENT
+        if mode == "absent":
+            return ABSENT
+        if mode == "stale":
+            return max((head.version if head is not None else 0) - 1, 1)
+        return (head.version if head is not None else 0) + 1  # "ahead"
 
     # -- rules
 
@@ -961,6 +1224,79 @@ class StoreMachine(RuleBasedStateMachine):
             )
         )
 
+    @rule(
+        thread=st.sampled_from(THREADS),
+        customer=st.sampled_from(("cu_1", "cu_2", "cu_é")),
+        status=st.sampled_from(("open", "pending", "snoozed", "closed")),
+        minutes=st.integers(0, 4),
+        channels=st.sampled_from((("sms",), ("sms", "email"), ("whatsapp",))),
+        snoozed=st.sampled_from((None, 5, 7)),
+        controller=st.sampled_from((None, None, "agent:ann", "bot:x")),
+        mode=st.sampled_from(["right", "right", "right", "absent", "stale", "ahead"]),
+        with_append=st.booleans(),
+    )
+    def write_head(
+        self,
+        thread: str,
+        customer: str,
+        status: str,
+        minutes: int,
+        channels: tuple[str, ...],
+        snoozed: int | None,
+        controller: str | None,
+        mode: str,
+        with_append: bool,
+    ) -> None:
+        head = make_head(
+            thread,
+            customer=customer,
+            status=status,
+            minutes=minutes,
+            channels=channels,
+            snoozed_minutes=snoozed,
+            controller=controller,
+            state=b"s:%d" % minutes,
+        )
+        appends = (
+            (Append(STREAMS[0], self.ref.version(STREAMS[0]), (b"h",)),) if with_append else ()
+        )
+        self.both(
+            Batch(appends=appends, heads=(HeadWrite(head, self.head_expectation(thread, mode)),))
+        )
+
+    @rule(
+        customer=st.sampled_from((None, "cu_1", "cu_2")),
+        statuses=st.sampled_from(((), ("open",), ("open", "snoozed"), ("closed",))),
+        channel=st.sampled_from((None, "sms", "email")),
+        controller=st.sampled_from((None, "agent:ann")),
+        snoozed=st.sampled_from((None, 6)),
+        newest_first=st.booleans(),
+        limit=st.integers(0, 4),
+        cursor=st.sampled_from((None, (1, "th_b"), (3, "th_中"))),
+    )
+    def find_heads_matches(
+        self,
+        customer: str | None,
+        statuses: tuple[str, ...],
+        channel: str | None,
+        controller: str | None,
+        snoozed: int | None,
+        newest_first: bool,
+        limit: int,
+        cursor: tuple[int, str] | None,
+    ) -> None:
+        query = HeadQuery(
+            customer_id=customer,
+            statuses=statuses,
+            channel=channel,
+            controller=controller,
+            snoozed_before=None if snoozed is None else _H0 + timedelta(minutes=snoozed),
+            newest_first=newest_first,
+            limit=limit,
+            after=None if cursor is None else (_H0 + timedelta(minutes=cursor[0]), cursor[1]),
+        )
+        assert self.heads.find_heads(query) == self.ref.find_heads(query), query
+
     @rule()
     def scrub(self) -> None:
         self.store.scrub()
@@ -1000,6 +1336,11 @@ class StoreMachine(RuleBasedStateMachine):
         for ns in NAMESPACES:
             assert self.store.scan(ns) == self.ref.scan(ns), ns
             assert self.store.get_many(ns, list(KEYS)) == self.ref.get_many(ns, list(KEYS))
+        want_heads = self.ref.get_heads(DEFAULT_TENANT, list(THREADS))
+        assert self.heads.get_heads(DEFAULT_TENANT, list(THREADS)) == want_heads
+        assert self.heads.find_heads(HeadQuery(limit=100)) == self.ref.find_heads(
+            HeadQuery(limit=100)
+        )
         if isinstance(self.store, MultiGet):
             pairs = [(ns, key) for ns in NAMESPACES for key in KEYS]
             want = {(ns, k): it for ns in NAMESPACES for k, it in self.ref.scan(ns, limit=100)}
@@ -1007,9 +1348,9 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 def store_machine(
-    make: Callable[[], Store],
-    reopen: Callable[[Store], Store] | None = None,
-    discard: Callable[[Store], None] | None = None,
+    make: Callable[[], KVStore],
+    reopen: Callable[[KVStore], KVStore] | None = None,
+    discard: Callable[[KVStore], None] | None = None,
 ) -> type[StoreMachine]:
     """A :class:`StoreMachine` over stores from ``make`` (each run a new one), reopened with
     ``reopen`` (None: never) and released with ``discard`` (default: close)."""
@@ -1041,9 +1382,9 @@ class ServiceMachine(RuleBasedStateMachine):
     and compares the results (or the error types).
     """
 
-    make: ClassVar[Callable[[], Store]]
-    reopen: ClassVar[Callable[[Store], Store] | None] = None
-    discard: ClassVar[Callable[[Store], None]]
+    make: ClassVar[Callable[[], KVStore]]
+    reopen: ClassVar[Callable[[KVStore], KVStore] | None] = None
+    discard: ClassVar[Callable[[KVStore], None]]
 
     inbounds = Bundle("inbounds")
     threads = Bundle("threads")
@@ -1154,9 +1495,9 @@ def _call(method: str, arg: Any, convs: Any) -> Any:
 
 
 def service_machine(
-    make: Callable[[], Store],
-    reopen: Callable[[Store], Store] | None = None,
-    discard: Callable[[Store], None] | None = None,
+    make: Callable[[], KVStore],
+    reopen: Callable[[KVStore], KVStore] | None = None,
+    discard: Callable[[KVStore], None] | None = None,
 ) -> type[ServiceMachine]:
     """A :class:`ServiceMachine` over stores from ``make`` (each run a new one), reopened with
     ``reopen`` (None: never) and released with ``discard`` (default: close)."""

@@ -3,7 +3,7 @@ suggestion or a verification.
 
 A merge is one batch: both customers' streams and cached states, every identifier of
 the absorbed customer (``ident``), every thread of the absorbed customer (a
-``ThreadReassigned`` event, its cached state and query indexes, ``cthreads``), and the
+``ThreadReassigned`` event and its head, whose customer changes), and the
 ``open``/``latest`` pointers of its topics. When both customers have a live thread for
 the same topic, the survivor's stays live and the absorbed one's is resolved (one live
 thread per customer and topic); the merge event records it, and the pointers it changed,
@@ -31,25 +31,22 @@ from convthread.domain.events import (
 )
 from convthread.domain.thread import CustomerState, evolve
 from convthread.errors import InvalidTransition, PolicyViolation
-from convthread.ports import ABSENT, ANY
+from convthread.ports import ABSENT
 from convthread.service import _core as core
 from convthread.service import _reads
 from convthread.service._core import (
-    NS_CTHREADS,
     NS_IDENT,
     NS_LATEST,
     NS_MERGE,
     NS_OPEN,
     NS_SUGGEST,
     NS_SUGGEST_PAIR,
-    NS_THREAD,
     Config,
     IdentRef,
     Op,
 )
 from convthread.service._core import Writes as _Writes
 from convthread.service._identity._records import (
-    _EMPTY,
     MergeRef,
     SuggestionRef,
     _live_customer,
@@ -161,18 +158,15 @@ def _plan_merge(
         w.put(NS_IDENT, ident.key, IdentRef(s_id), item.version)
     # Threads and their topic pointers.
     a_tids = yield from _reads.customer_thread_ids(a_id)
-    t_items = yield from core.get_many(NS_THREAD, a_tids)
-    a_threads = {
-        tid: (core.decode_thread_state(it.value), it.version) for tid, it in t_items.items()
-    }
+    a_threads = yield from core.get_threads(a_tids)
     topics = sorted({st.topic for st, _v in a_threads.values()}, key=lambda t: t or "")
     a_keys = [core.open_key(a_id, t) for t in topics]
     s_keys = [core.open_key(s_id, t) for t in topics]
     opens = yield from core.get_many(NS_OPEN, a_keys + s_keys)
     latests = yield from core.get_many(NS_LATEST, a_keys + s_keys)
     named = {it.value.decode() for k in s_keys for it in (opens.get(k), latests.get(k)) if it}
-    s_items = yield from core.get_many(NS_THREAD, sorted(named))
-    s_threads = {tid: core.decode_thread_state(it.value) for tid, it in s_items.items()}
+    s_found = yield from core.get_threads(sorted(named))
+    s_threads = {tid: st for tid, (st, _v) in s_found.items()}
     pointers: list[PointerChange] = []
     suspend: dict[str, str] = {}  # absorbed thread id -> the survivor's live thread id
     for ka, ks in zip(a_keys, s_keys, strict=True):
@@ -230,9 +224,7 @@ def _plan_merge(
             seq += 1
             new = evolve(new, seq, ev)
         w.append(tid, st.version, events)
-        w.thread(st, new, version)
-        w.delete(NS_CTHREADS, f"{a_id}|{tid}", ANY)
-        w.put(NS_CTHREADS, f"{s_id}|{tid}", _EMPTY, ABSENT)
+        w.thread(st, new, version)  # the head's customer_id moves it to the survivor
     event = CustomerMerged(
         at=now,
         merge_id=merge_id,

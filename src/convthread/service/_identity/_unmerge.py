@@ -25,21 +25,19 @@ from convthread.domain.merge import unmerge_keys
 from convthread.domain.model import Identifier, Trust
 from convthread.domain.thread import evolve
 from convthread.errors import ErasedError, InvalidTransition, NotFound
-from convthread.ports import ABSENT, ANY, Item
+from convthread.ports import ABSENT, Item
 from convthread.service import _core as core
 from convthread.service._core import (
-    NS_CTHREADS,
     NS_IDENT,
     NS_LATEST,
     NS_MERGE,
     NS_OPEN,
-    NS_THREAD,
     Config,
     IdentRef,
     Op,
 )
 from convthread.service._core import Writes as _Writes
-from convthread.service._identity._records import _EMPTY, MergeRef, _mergeref
+from convthread.service._identity._records import MergeRef, _mergeref
 from convthread.service._identity._results import UnmergeResult
 
 
@@ -96,15 +94,15 @@ def unmerge(config: Config, merge_id: str, *, by: str = "", reason: str = "") ->
         back.append(current)
         w.put(NS_IDENT, ident.key, IdentRef(a_id), it.version)
     # Threads still on the survivor go back; suspended ones get their status back.
-    t_items = yield from core.get_many(NS_THREAD, list(mev.threads))
+    t_found = yield from core.get_threads(list(mev.threads))
     suspended = {s.thread_id: s for s in mev.suspended}
     moved: list[str] = []
     resumed: list[SuspendedThread] = []
     for tid in mev.threads:
-        it = t_items.get(tid)
-        if it is None:
+        found = t_found.get(tid)
+        if found is None:
             continue
-        st = core.decode_thread_state(it.value)
+        st, version = found
         if st.customer_id != s_id:
             continue
         events: list[ThreadEvent] = [
@@ -127,9 +125,7 @@ def unmerge(config: Config, merge_id: str, *, by: str = "", reason: str = "") ->
             seq += 1
             new = evolve(new, seq, tev)
         w.append(tid, st.version, events)
-        w.thread(st, new, it.version)
-        w.delete(NS_CTHREADS, f"{s_id}|{tid}", ANY)
-        w.put(NS_CTHREADS, f"{a_id}|{tid}", _EMPTY, ABSENT)
+        w.thread(st, new, version)  # the head's customer_id moves it back
         moved.append(tid)
     # Pointers.
     moved_set = set(moved)
