@@ -21,7 +21,6 @@ from convthread.domain.redaction import DEFAULT_POLICIES
 from convthread.domain.snapshot import (
     SCHEMA_VERSION,
     Snapshot,
-    event_schema,
     fold_snapshot,
     project,
     snapshot_schema,
@@ -350,7 +349,7 @@ def test_snapshot_schema_validates_real_snapshots(store_factory) -> None:
 
 
 def test_event_schema_validates_real_events(store_factory) -> None:
-    schema = event_schema()
+    schema = codec.event_schema()
     convs, tid = _scenario(store_factory())
     tags = set()
     for stored in convs.events(tid):

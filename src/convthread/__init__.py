@@ -14,6 +14,7 @@ The public surface is what ``__all__`` lists here, plus the subpackages
 """
 
 from convthread._version import __version__
+from convthread.codec import event_schema
 from convthread.domain.continuity import (
     Choice,
     ContinuityContext,
@@ -117,7 +118,6 @@ from convthread.domain.redaction import (
 )
 from convthread.domain.snapshot import (
     Snapshot,
-    event_schema,
     snapshot_schema,
 )
 from convthread.domain.thread import (

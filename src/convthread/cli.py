@@ -489,7 +489,8 @@ def _cmd_show(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
     import json
 
-    from convthread.domain.snapshot import event_schema, snapshot_schema
+    from convthread.codec import event_schema
+    from convthread.domain.snapshot import snapshot_schema
 
     schema = snapshot_schema() if args.which == "snapshot" else event_schema()
     out.write(json.dumps(schema, indent=2, sort_keys=True) + "\n")

@@ -97,6 +97,7 @@ __all__ = [
     "decode_event",
     "decoder",
     "encode",
+    "event_schema",
     "fingerprint",
     "fingerprint_content",
     "fingerprint_outbound",
@@ -526,4 +527,13 @@ def fingerprint_outbound(
 def json_schema(type_: Any) -> dict[str, Any]:
     """The JSON Schema (2020-12) of a convthread type as exported to JSON."""
     schema: dict[str, Any] = exported_schema(msgspec.json.schema(_named_type(type_)))
+    return schema
+
+
+def event_schema() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of a thread event as exported (a tagged union on
+    ``"type"``, named fields)."""
+    schema: dict[str, Any] = json_schema(ThreadEvent)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "convthread thread event"
     return schema

@@ -77,7 +77,6 @@ __all__ = [
     "Snapshot",
     "SnapshotState",
     "advance",
-    "event_schema",
     "fold_snapshot",
     "known_values",
     "project",
@@ -742,15 +741,4 @@ def snapshot_schema() -> dict[str, Any]:
     schema["$id"] = f"https://convthread.dev/schema/snapshot-v{SCHEMA_VERSION}.json"
     schema["title"] = "convthread context snapshot"
     schema["x-schema-version"] = SCHEMA_VERSION
-    return schema
-
-
-def event_schema() -> dict[str, Any]:
-    """The JSON Schema (2020-12) of a thread event (a tagged union on ``"type"``)."""
-    from convthread import codec
-    from convthread.domain.events import ThreadEvent as _ThreadEvent
-
-    schema: dict[str, Any] = codec.json_schema(_ThreadEvent)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "convthread thread event"
     return schema

@@ -1386,15 +1386,6 @@ class PostgresStore:
         """Run one read statement; a connection found dead is replaced once. Results
         come in binary format (bytea values need no hex decoding)."""
         self._check_open()
-        held: psycopg.Connection[Any] | None = getattr(self._held, "conn", None)
-        if held is not None:
-            # Inside this thread's hold, reads run on the hold's connection too: taking a
-            # second one from the pool could wait forever, as the commits queued behind
-            # the hold keep theirs until the hold ends.
-            try:
-                return held.execute(sql, args, binary=True).fetchall()
-            except psycopg.Error as exc:
-                raise _translate(exc, "read") from exc
         for attempt in (0, 1):
             try:
                 with self._reading() as conn:
@@ -1701,14 +1692,6 @@ class AsyncPostgresStore:
 
     async def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         pool = await self._ready()
-        held = _held_async.get()
-        if held is not None and held[0] is self:
-            # As in PostgresStore._query: a hold's reads run on its own connection.
-            try:
-                cur = await held[1].execute(sql, args, binary=True)
-                return await cur.fetchall()
-            except psycopg.Error as exc:
-                raise _translate(exc, "read") from exc
         for attempt in (0, 1):
             try:
                 async with self._reading(pool) as conn:
