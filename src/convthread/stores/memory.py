@@ -11,6 +11,12 @@ time; a set of thread ids per customer (a customer has few threads: they are sor
 when asked for, and a message moves no entry). A query walks the index of its most
 selective filter (merging the status indexes when it names several statuses or none)
 and checks the other filters on each head.
+
+Head writes far outnumber head queries, and every message moves each of its head's
+entries (its last activity is in every key), so a head write only marks its head as
+moved; the next query first brings the indexes up to date for the heads moved since,
+once each however often they moved: a query costs its page plus the heads written
+since the last one, never more than keeping the indexes current at each write would.
 """
 
 from __future__ import annotations
@@ -182,7 +188,10 @@ class MemoryStore:
         self._hindex: dict[tuple[str, ...], _SortedKeys] = {}  # see _entries
         self._statuses: dict[str, set[str]] = {}  # tenant -> statuses it has indexes of
         self._customers: dict[tuple[str, str], set[str]] = {}  # (tenant, customer) -> ids
+        # The entries each head has in the indexes, and the heads written since the
+        # indexes were last brought up to date (see _reindex).
         self._head_entries: dict[tuple[str, str], set[tuple[tuple[str, ...], str]]] = {}
+        self._moved: set[tuple[str, str]] = set()
         self._lock = threading.RLock()
         self._closed = False
 
@@ -254,6 +263,8 @@ class MemoryStore:
         if limit <= 0:
             return out
         with self._lock:
+            if self._moved:
+                self._reindex()
             if query.customer_id is not None or query.snoozed_before is not None:
                 # A customer's threads, or every head due by wake-up time; then ordered.
                 if query.customer_id is not None:
@@ -291,29 +302,29 @@ class MemoryStore:
                         break
         return out
 
-    def _index(self, old: ThreadHead | None, new: ThreadHead) -> None:
-        slot = (new.tenant, new.thread_id)
-        before = self._head_entries.get(slot, set())
-        after = self._head_entries[slot] = _entries(new)
-        if old is None or old.customer_id != new.customer_id:
-            if old is not None:
-                self._customers[(old.tenant, old.customer_id)].discard(old.thread_id)
-            self._customers.setdefault((new.tenant, new.customer_id), set()).add(new.thread_id)
-        index = self._hindex
-        for name, key in before - after:
-            index[name].remove(key)
-        for name, key in after - before:
-            ix = index.get(name)
-            if ix is None:
-                ix = index[name] = _SortedKeys()
-                if name[0] == "s":
-                    self._statuses.setdefault(name[1], set()).add(name[2])
-            ix.add(key)
+    def _reindex(self) -> None:
+        """Bring the head indexes up to date with every head written since the last
+        call. Call only under the store's lock."""
+        heads, entries, index = self._heads, self._head_entries, self._hindex
+        for slot in self._moved:
+            before = entries.get(slot, set())
+            after = entries[slot] = _entries(heads[slot])
+            for name, key in before - after:
+                index[name].remove(key)
+            for name, key in after - before:
+                ix = index.get(name)
+                if ix is None:
+                    ix = index[name] = _SortedKeys()
+                    if name[0] == "s":
+                        self._statuses.setdefault(name[1], set()).add(name[2])
+                ix.add(key)
+        self._moved.clear()
 
     def commit(self, batch: Batch) -> None:
         self._check_open()
         appends, puts, deletes, rewrites = batch.appends, batch.puts, batch.deletes, batch.rewrites
         streams, kv, heads = self._streams, self._kv, self._heads
+        customers, moved = self._customers, self._moved
         with self._lock:
             # Check every expectation first, against the state before the batch: a batch
             # that conflicts writes nothing.
@@ -374,7 +385,13 @@ class MemoryStore:
                 old_head = heads.get(slot)
                 new = msgspec.structs.replace(hw.head, version=hw.expected + 1)
                 heads[slot] = new
-                self._index(old_head, new)
+                # The customer index stays current (a message rarely changes it); the
+                # sorted ones catch up at the next query (see _reindex).
+                if old_head is None or old_head.customer_id != new.customer_id:
+                    if old_head is not None:
+                        customers[(old_head.tenant, old_head.customer_id)].discard(slot[1])
+                    customers.setdefault((slot[0], new.customer_id), set()).add(slot[1])
+                moved.add(slot)
 
     def scrub(self) -> None:
         self._check_open()
