@@ -260,15 +260,17 @@ def _type_converter(tp: Any, table: dict[type, Callable[[Any], Any]]) -> Callabl
     """A converter for values of the domain type ``tp`` (either direction)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    # An empty container (most attachments and references) skips the comprehension:
+    # fingerprints convert every message's content and sender.
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         item = _type_converter(args[0], table)
-        return lambda v: tuple([item(x) for x in v])
+        return lambda v: tuple([item(x) for x in v]) if v else ()
     if origin is list and len(args) == 1:
         item = _type_converter(args[0], table)
-        return lambda v: [item(x) for x in v]
+        return lambda v: [item(x) for x in v] if v else []
     if origin is dict and len(args) == 2:
         item = _type_converter(args[1], table)
-        return lambda v: {k: item(x) for k, x in v.items()}
+        return lambda v: {k: item(x) for k, x in v.items()} if v else {}
     if origin is tuple and args:
         items = [_type_converter(a, table) for a in args]
         return lambda v: tuple([c(x) for c, x in zip(items, v, strict=True)])
