@@ -1,11 +1,16 @@
-"""The memory store's sorted key index (used by ``scan``) against a plain sorted set."""
+"""The memory store's indexes: its sorted key index (used by ``scan``) against a plain sorted
+set, and its head indexes against a sort of every head."""
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from convthread.ports import ABSENT, Batch, HeadQuery, HeadWrite, ThreadHead
+from convthread.stores import MemoryStore
 from convthread.stores.memory import _SortedKeys
 
 KEYS = st.text(alphabet="ab|é", max_size=4)
@@ -56,3 +61,59 @@ def test_a_rebuild_keeps_every_key(keys: list[str]) -> None:
     for k in keys[::2]:
         index.remove(k)
     assert index.page("", "", 1000) == sorted(keys[1::2])
+
+
+_T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+_WRITES = st.lists(
+    st.tuples(
+        st.integers(0, 4),  # thread
+        st.integers(0, 50),  # minutes after _T0
+        st.sampled_from(["open", "pending", "resolved"]),
+        st.sampled_from(["sms", "email"]),
+        st.booleans(),  # query after this write
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_WRITES)
+def test_heads_written_often_between_queries_are_found_once_where_they_last_moved(
+    writes: list[tuple[int, int, str, str, bool]],
+) -> None:
+    store = MemoryStore()
+    latest: dict[str, ThreadHead] = {}
+    for n, minutes, status, channel, query_now in writes:
+        tid = f"th_{n}"
+        old = latest.get(tid)
+        head = ThreadHead(
+            thread_id=tid,
+            tenant="t",
+            customer_id="cu",
+            status=status,
+            last_seq=1 if old is None else old.last_seq + 1,
+            last_activity=_T0 + timedelta(minutes=minutes),
+            last_channel=channel,
+            topic=None,
+            channels=(channel,)
+            if old is None or channel in old.channels
+            else (*old.channels, channel),
+            snoozed_until=None,
+            controller=None,
+            created_at=_T0,
+            state=b"",
+        )
+        store.commit(Batch(heads=(HeadWrite(head, ABSENT if old is None else old.version),)))
+        latest[tid] = store.get_heads("t", [tid])[tid]
+        if query_now:
+            for query in (
+                HeadQuery(tenant="t"),
+                HeadQuery(tenant="t", statuses=("open",), newest_first=True),
+                HeadQuery(tenant="t", channel="email"),
+            ):
+                expected = sorted(
+                    (h for h in latest.values() if query.matches(h)),
+                    key=lambda h: (h.last_activity, h.thread_id),
+                    reverse=query.newest_first,
+                )
+                assert store.find_heads(query) == expected
