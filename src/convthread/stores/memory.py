@@ -67,7 +67,8 @@ class _SortedKeys:
             self.removed.discard(key)  # deleted, then created again: still in ``keys``
         else:
             insort(self.added, key)
-            self._maybe_rebuild()
+            if len(self.added) + len(self.removed) > self.REBUILD_AT:  # else none is due
+                self._maybe_rebuild()
 
     def remove(self, key: str) -> None:
         """Note a key that is in the namespace."""
@@ -77,7 +78,8 @@ class _SortedKeys:
             del added[i]
         else:
             self.removed.add(key)
-            self._maybe_rebuild()
+            if len(self.added) + len(self.removed) > self.REBUILD_AT:  # else none is due
+                self._maybe_rebuild()
 
     def _maybe_rebuild(self) -> None:
         # A threshold of the order of sqrt(n) balances the two costs per write: the
