@@ -135,6 +135,25 @@ def _check_json(value: Any, what: str) -> None:
             _check_json(item, what)
 
 
+_SCALARS: Final = frozenset({int, float, bool, type(None)})
+
+
+def _plain_ascii(mapping: dict[Any, Any]) -> bool:
+    """Whether ``mapping`` is already plain JSON that :func:`to_json_values` would return
+    unchanged and accept: ASCII string keys, and values that are ASCII strings or
+    scalars. The common metadata passes this cheaply; anything else takes the full walk."""
+    for key, value in mapping.items():
+        if type(key) is not str or not key.isascii():
+            return False
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():
+                return False
+        elif kind not in _SCALARS:
+            return False
+    return True
+
+
 class Trust(str, enum.Enum):
     """How far an identifier is to be believed.
 
@@ -403,9 +422,11 @@ class Content(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, arr
         if self.metadata:
             if not isinstance(self.metadata, dict):
                 raise ValidationError("metadata must be a mapping of strings to values")
-            plain = to_json_values(self.metadata, "metadata")
-            if plain != self.metadata:
-                _set(self, "metadata", plain)
+            plain = self.metadata
+            if not _plain_ascii(plain):  # (every stored message is checked on each load)
+                plain = to_json_values(plain, "metadata")
+                if plain != self.metadata:
+                    _set(self, "metadata", plain)
             size = len(_metadata_encoder.encode(plain))
             if size > MAX_METADATA_BYTES:
                 raise ContentTooLarge("metadata (encoded)", size, MAX_METADATA_BYTES)
