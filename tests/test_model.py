@@ -6,10 +6,12 @@ from datetime import datetime, timedelta, timezone
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import convthread as ct
 from convthread import errors
-from convthread.domain.model import MAX_METADATA_BYTES, MAX_PROVIDER_ID
+from convthread.domain.model import MAX_METADATA_BYTES, MAX_PROVIDER_ID, to_json_values
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 PHONE = ct.phone("+447911123456")
@@ -124,3 +126,28 @@ def test_old_event_data_without_new_fields_still_decodes() -> None:
     event = codec.decode_event(old)
     assert isinstance(event, ct.ThreadStarted)
     assert event.topic is None and event.predecessor is None
+
+
+_json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+_texts = st.text(max_size=8) | st.sampled_from(["\ud800", "é", "plain"])
+_values = st.recursive(
+    _json_scalars | _texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_texts, inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@given(st.dictionaries(_texts | st.integers(), _values, min_size=1, max_size=4))
+def test_metadata_check_takes_the_same_decision_on_every_path(metadata: dict) -> None:
+    """Content keeps the metadata that the full check keeps, and refuses what it refuses
+    (the cheap path for plain ASCII metadata must agree with it)."""
+    try:
+        want = to_json_values(metadata, "metadata")
+    except errors.ValidationError as exc:
+        refused = str(exc)
+    else:
+        assert ct.Content(text="x", metadata=metadata).metadata == want
+        return
+    with pytest.raises(errors.ValidationError) as got:
+        ct.Content(text="x", metadata=metadata)
+    assert str(got.value) == refused
