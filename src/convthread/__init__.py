@@ -13,6 +13,8 @@ The public surface is what ``__all__`` lists here, plus the subpackages
 ``convthread.errors`` and ``convthread.codec``.
 """
 
+import logging as _logging
+
 from convthread._version import __version__
 from convthread.codec import event_schema
 from convthread.domain.continuity import (
@@ -182,6 +184,10 @@ from convthread.service import (
     history_order,
 )
 from convthread.stores import open_store
+
+# The library logs to ``convthread.*`` and prints nothing unless the application
+# configures logging (see docs/observability.md).
+_logging.getLogger("convthread").addHandler(_logging.NullHandler())
 
 __all__ = [
     "DEFAULT_POLICIES",

@@ -42,8 +42,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from contextvars import ContextVar
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
+from convthread import _telemetry as tm
+from convthread._telemetry import OTEL
 from convthread.errors import ConflictError, Contention, StoreError
 from convthread.ports import (
     AsyncStore,
@@ -76,6 +78,14 @@ def backoff_window(attempt: int) -> float:
 def backoff(attempt: int) -> float:
     """Seconds to wait before retry ``attempt`` (1-based): full jitter in its window."""
     return _rng.uniform(0.0, backoff_window(attempt))
+
+
+class Observer(Protocol):
+    """What a driver tells about an operation as it runs (see ``service._observe``)."""
+
+    def conflicted(self, attempt: int, spent: bool) -> None:
+        """Attempt ``attempt`` (1-based) conflicted at its commit; ``spent``: no retry
+        is left, Contention is raised next."""
 
 
 def _spent(exc: ConflictError, attempts: int) -> Contention:
@@ -205,6 +215,49 @@ def _async_gate(store: object) -> _AsyncGate:
         return gate
 
 
+# --------------------------------------------------------------------------- commit spans
+
+_systems: dict[type, str] = {}
+_SYSTEMS: Final = {"SQLiteStore": "sqlite", "PostgresStore": "postgresql", "MemoryStore": "memory"}
+
+
+def _system(store: object) -> str:
+    """The database a store runs on, for the ``db.system.name`` attribute."""
+    inner = getattr(store, "sync", store)  # the async wrappers hold the sync store
+    kind = type(inner)
+    system = _systems.get(kind)
+    if system is None:
+        system = _systems[kind] = _SYSTEMS.get(kind.__name__, kind.__name__)
+    return system
+
+
+@contextlib.contextmanager
+def _commit_span(store: object, args: tuple[Any, ...]) -> Any:
+    """The span of one store commit: the database, the events appended, the outcome
+    (``committed``, ``conflict`` or ``error``, with ``error.type``)."""
+    with tm.TRACER.start_as_current_span(
+        "convthread.store.commit", record_exception=False, set_status_on_exception=False
+    ) as span:
+        if span.is_recording():
+            batch = args[0] if args else None
+            appends = batch.appends if isinstance(batch, Batch) else ()
+            span.set_attribute("db.system.name", _system(store))
+            span.set_attribute("convthread.events", sum(len(a.events) for a in appends))
+        try:
+            yield span
+        except ConflictError:
+            span.set_attribute("convthread.outcome", "conflict")
+            raise
+        except Exception as exc:
+            from opentelemetry.trace import Status, StatusCode
+
+            error = type(exc).__name__
+            span.set_attribute("convthread.outcome", "error")
+            span.set_attribute("error.type", error)
+            span.set_status(Status(StatusCode.ERROR, error))
+            raise
+
+
 # --------------------------------------------------------------------------- drivers
 
 
@@ -214,7 +267,13 @@ def _once_sync(store: Store, factory: Callable[[], Op[T]]) -> T | _Conflicted:
         name, args = next(gen)
         while True:
             try:
-                result = getattr(store, name)(*args)
+                if OTEL and name == "commit":
+                    with _commit_span(store, args) as span:
+                        store.commit(*args)
+                        span.set_attribute("convthread.outcome", "committed")
+                    result = None
+                else:
+                    result = getattr(store, name)(*args)
             except ConflictError as exc:
                 if name != "commit":
                     raise
@@ -231,7 +290,13 @@ async def _once_async(store: AsyncStore, factory: Callable[[], Op[T]]) -> T | _C
         name, args = next(gen)
         while True:
             try:
-                result = await getattr(store, name)(*args)
+                if OTEL and name == "commit":
+                    with _commit_span(store, args) as span:
+                        await store.commit(*args)
+                        span.set_attribute("convthread.outcome", "committed")
+                    result = None
+                else:
+                    result = await getattr(store, name)(*args)
             except ConflictError as exc:
                 if name != "commit":
                     raise
@@ -278,7 +343,12 @@ async def run_once_async(store: AsyncStore, op: Op[T]) -> T:
         return stop.value  # type: ignore[no-any-return]
 
 
-def run_sync(store: Store, factory: Callable[[], Op[T]], max_retries: int) -> T:
+def run_sync(
+    store: Store,
+    factory: Callable[[], Op[T]],
+    max_retries: int,
+    observe: Observer | None = None,
+) -> T:
     gate = _sync_gate(store) if max_retries > 0 else None
     if gate is not None and gate.mine():
         gate = None  # a writer nested in the holder's turn runs within it
@@ -297,6 +367,8 @@ def run_sync(store: Store, factory: Callable[[], Op[T]], max_retries: int) -> T:
                 outcome = _once_sync(store, factory)
             if not isinstance(outcome, _Conflicted):
                 return outcome
+            if observe is not None:
+                observe.conflicted(attempt + 1, attempt >= max_retries)
             if attempt >= max_retries:
                 raise _spent(outcome.error, attempt + 1) from outcome.error
             attempt += 1
@@ -314,7 +386,12 @@ def run_sync(store: Store, factory: Callable[[], Op[T]], max_retries: int) -> T:
             gate.leave()
 
 
-async def run_async(store: AsyncStore, factory: Callable[[], Op[T]], max_retries: int) -> T:
+async def run_async(
+    store: AsyncStore,
+    factory: Callable[[], Op[T]],
+    max_retries: int,
+    observe: Observer | None = None,
+) -> T:
     gate = _async_gate(store) if max_retries > 0 else None
     if gate is not None and gate.mine():
         gate = None  # a writer nested in the holder's turn runs within it
@@ -333,6 +410,8 @@ async def run_async(store: AsyncStore, factory: Callable[[], Op[T]], max_retries
                 outcome = await _once_async(store, factory)
             if not isinstance(outcome, _Conflicted):
                 return outcome
+            if observe is not None:
+                observe.conflicted(attempt + 1, attempt >= max_retries)
             if attempt >= max_retries:
                 raise _spent(outcome.error, attempt + 1) from outcome.error
             attempt += 1

@@ -14,6 +14,9 @@ its own retries (an import runs one per chunk): a generator that yields ``(facto
 max_retries)`` steps, is sent each step's result, and is thrown a step's error (so it may
 catch it and carry on).
 
+Every writing method (``retries=True``, and each procedure) runs observed: its log
+record, span and metrics come from :mod:`convthread.service._observe`, in one place.
+
 The generated methods carry the definition's name, docstring and parameters
 (``functools.wraps`` and an explicit ``__signature__``), with the return annotation of
 the op's result, so ``inspect.signature``, ``help()`` and the argument checks built from
@@ -32,7 +35,14 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 from convthread.ports import AsyncStore, Store
 from convthread.service._core import Op
-from convthread.service._drivers import run_async, run_once_async, run_once_sync, run_sync
+from convthread.service._drivers import (
+    Observer,
+    run_async,
+    run_once_async,
+    run_once_sync,
+    run_sync,
+)
+from convthread.service._observe import observed_async, observed_sync, watch_for
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -107,10 +117,12 @@ class Operation(_Defined[P, T]):
     def sync_method(self) -> Callable[..., Any]:
         fn = self.fn
         if self.retries:
+            watch = watch_for(fn.__name__)
 
             def method(service: Any, *args: Any, **kwargs: Any) -> Any:
                 factory = partial(fn, service, *args, **kwargs)
-                return run_sync(service.store, factory, service.config.max_retries)
+                run = partial(run_sync, service.store, factory, service.config.max_retries)
+                return observed_sync(watch, run, args, kwargs)
 
             return method
 
@@ -122,10 +134,12 @@ class Operation(_Defined[P, T]):
     def async_method(self) -> Callable[..., Any]:
         fn = self.fn
         if self.retries:
+            watch = watch_for(fn.__name__)
 
             async def method(service: Any, *args: Any, **kwargs: Any) -> Any:
                 factory = partial(fn, service, *args, **kwargs)
-                return await run_async(service.store, factory, service.config.max_retries)
+                run = partial(run_async, service.store, factory, service.config.max_retries)
+                return await observed_async(watch, run, args, kwargs)
 
             return method
 
@@ -140,17 +154,21 @@ class Procedure(_Defined[P, T]):
 
     def sync_method(self) -> Callable[..., Any]:
         fn = self.fn
+        watch = watch_for(fn.__name__)
 
         def method(service: Any, *args: Any, **kwargs: Any) -> Any:
-            return drive_sync(service.store, fn(service, *args, **kwargs))
+            run = partial(drive_sync, service.store, fn(service, *args, **kwargs))
+            return observed_sync(watch, run, args, kwargs)
 
         return method
 
     def async_method(self) -> Callable[..., Any]:
         fn = self.fn
+        watch = watch_for(fn.__name__)
 
         async def method(service: Any, *args: Any, **kwargs: Any) -> Any:
-            return await drive_async(service.store, fn(service, *args, **kwargs))
+            run = partial(drive_async, service.store, fn(service, *args, **kwargs))
+            return await observed_async(watch, run, args, kwargs)
 
         return method
 
@@ -172,13 +190,13 @@ def procedure(fn: Callable[Concatenate[Any, P], Steps[T]]) -> Procedure[P, T]:
     return Procedure(fn)
 
 
-def drive_sync(store: Store, steps: Steps[T]) -> T:
+def drive_sync(store: Store, steps: Steps[T], observe: Observer | None = None) -> T:
     """Run a procedure's steps one after the other with :func:`run_sync`."""
     try:
         factory, retries = next(steps)
         while True:
             try:
-                result = run_sync(store, factory, retries)
+                result = run_sync(store, factory, retries, observe)
             except Exception as exc:
                 factory, retries = steps.throw(exc)
             else:
@@ -189,13 +207,13 @@ def drive_sync(store: Store, steps: Steps[T]) -> T:
         steps.close()
 
 
-async def drive_async(store: AsyncStore, steps: Steps[T]) -> T:
+async def drive_async(store: AsyncStore, steps: Steps[T], observe: Observer | None = None) -> T:
     """Run a procedure's steps one after the other with :func:`run_async`."""
     try:
         factory, retries = next(steps)
         while True:
             try:
-                result = await run_async(store, factory, retries)
+                result = await run_async(store, factory, retries, observe)
             except Exception as exc:
                 factory, retries = steps.throw(exc)
             else:
