@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import email.errors
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any, Final, NoReturn, Protocol, runtime_checkable
@@ -41,6 +42,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
+from convthread._telemetry import logger
 from convthread.domain.model import Attachment, ensure_utc
 from convthread.domain.segments import SegmentCount
 from convthread.domain.updates import ChannelResult
@@ -308,6 +310,14 @@ _WRAPPED: Final = (
 )
 
 
+def _refused(channel: str) -> None:
+    """A payload refused: DEBUG on ``convthread.channels.<channel>``, with the channel
+    and the outcome only (the reason can quote the payload)."""
+    log = logger(f"channels.{channel}")
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("payload refused", extra={"channel": str(channel), "outcome": "parse_error"})
+
+
 @contextlib.contextmanager
 def guard(channel: str, what: str = "payload") -> Iterator[None]:
     """Turn any failure inside the block into :class:`ParseError` (ParseError passes)."""
@@ -317,11 +327,13 @@ def guard(channel: str, what: str = "payload") -> Iterator[None]:
         raise
     except _WRAPPED as exc:
         reason = str(exc) or type(exc).__name__
+        _refused(channel)
         raise ParseError(channel, f"{what}: {reason}") from exc
 
 
 def fail(channel: str, reason: str) -> NoReturn:
     """Raise ParseError for ``channel`` with ``reason``."""
+    _refused(channel)
     raise ParseError(channel, reason)
 
 
@@ -341,12 +353,14 @@ def load_json(channel: str, payload: Any) -> Any:
         try:
             return json.loads(data)
         except (ValueError, RecursionError) as exc:
+            _refused(channel)
             raise ParseError(channel, f"not JSON: {exc}") from None
     if isinstance(payload, str):
         check_size(channel, payload)
         try:
             return json.loads(payload)
         except (ValueError, RecursionError) as exc:
+            _refused(channel)
             raise ParseError(channel, f"not JSON: {exc}") from None
     fail(channel, f"expected JSON bytes, str, dict or list, not {type(payload).__name__}")
 
@@ -382,6 +396,7 @@ def load_form(channel: str, payload: Any) -> dict[str, list[str]]:
     try:
         pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=1000)
     except ValueError as exc:
+        _refused(channel)
         raise ParseError(channel, f"not form-encoded: {exc}") from None
     result: dict[str, list[str]] = {}
     for key, value in pairs:

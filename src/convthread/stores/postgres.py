@@ -88,6 +88,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import re
 import struct
 import threading
@@ -106,6 +107,7 @@ from psycopg.adapt import AdaptersMap, Dumper
 
 from convthread import codec
 from convthread._heads import head_of
+from convthread._telemetry import logger
 from convthread.errors import ConflictError, StoreError, StoreUnavailable
 from convthread.ports import (
     ABSENT,
@@ -134,6 +136,8 @@ __all__ = [
     "migrate",
     "schema_status",
 ]
+
+log = logger("stores.postgres")
 
 #: Releases up to 0.1 kept thread heads in these index namespaces (the layout of
 #: ``convthread.stores._kv``); step 4 moves them into thread_heads.
@@ -1013,7 +1017,27 @@ class _KeyOps:
 
 
 def _translate(exc: BaseException, what: str) -> BaseException:
-    """The library's error for a driver or pool error."""
+    """The library's error for a driver or pool error (logged at DEBUG with its type and
+    SQLSTATE, never its message: that can quote a key, and keys can hold identifiers)."""
+    error = _translated(exc, what)
+    if log.isEnabledFor(logging.DEBUG):
+        outcome = "conflict" if isinstance(error, ConflictError) else "error"
+        log.debug(
+            "%s refused: %s (%s)",
+            what,
+            outcome,
+            type(error).__name__,
+            extra={
+                "outcome": outcome,
+                "error": type(error).__name__,
+                "sqlstate": str(getattr(exc, "sqlstate", "") or ""),
+                "during": what,
+            },
+        )
+    return error
+
+
+def _translated(exc: BaseException, what: str) -> BaseException:
     if isinstance(exc, psycopg_pool.PoolTimeout):
         return StoreUnavailable(f"PostgreSQL {what}: no connection available: {exc}")
     if isinstance(exc, psycopg.Error):
@@ -1100,6 +1124,12 @@ def _upgrade(conn: psycopg.Connection[Any], sql: _Sql, progress: MigrationProgre
             else:
                 step(conn, report)
             conn.execute(f"INSERT INTO {sql.q}.schema_version (version) VALUES (%s)", (version,))
+        log.info(
+            "schema %s migrated to version %d",
+            sql.schema,
+            version,
+            extra={"schema": sql.schema, "schema_version": version, "outcome": "migrated"},
+        )
 
 
 def schema_status(url: str, *, schema: str = "convthread") -> SchemaStatus:

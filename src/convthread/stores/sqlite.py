@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -40,6 +41,7 @@ from typing import Any, Final, Literal
 
 from convthread import codec
 from convthread._heads import head_of
+from convthread._telemetry import logger
 from convthread.errors import ConflictError, StoreError, StoreUnavailable
 from convthread.ports import (
     ABSENT,
@@ -63,6 +65,8 @@ from convthread.stores._migrate import (
 )
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "migrate", "schema_status"]
+
+log = logger("stores.sqlite")
 
 #: Chunk of rows a Python migration step copies per statement (progress is reported
 #: after each).
@@ -465,6 +469,7 @@ class SQLiteStore:
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            _log_refused(exc)
             if isinstance(exc, sqlite3.IntegrityError):
                 raise ConflictError(f"concurrent write detected: {exc}") from exc
             if isinstance(exc, sqlite3.OperationalError):
@@ -649,6 +654,19 @@ def _current_version(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
+def _log_refused(exc: BaseException) -> None:
+    """A commit refused: DEBUG, with its outcome and the error's type (its message can
+    quote a key, and keys can hold identifiers)."""
+    if log.isEnabledFor(logging.DEBUG):
+        conflict = isinstance(exc, (ConflictError, sqlite3.IntegrityError))
+        outcome = "conflict" if conflict else "error"
+        log.debug(
+            "commit refused: %s",
+            outcome,
+            extra={"outcome": outcome, "error": type(exc).__name__},
+        )
+
+
 def _upgrade(conn: sqlite3.Connection, path: Path, progress: MigrationProgress | None) -> None:
     """Apply every pending step, each in a transaction of its own that also records its
     version. Each transaction takes the write lock first (BEGIN IMMEDIATE) and reads the
@@ -673,6 +691,11 @@ def _upgrade(conn: sqlite3.Connection, path: Path, progress: MigrationProgress |
                 _run_step(conn, version, step, progress)
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                 conn.execute("COMMIT")
+                log.info(
+                    "schema migrated to version %d",
+                    version,
+                    extra={"schema_version": version, "outcome": "migrated"},
+                )
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
