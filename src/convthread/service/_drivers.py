@@ -227,7 +227,8 @@ def _system(store: object) -> str:
     kind = type(inner)
     system = _systems.get(kind)
     if system is None:
-        system = _systems[kind] = _SYSTEMS.get(kind.__name__, kind.__name__)
+        known = (_SYSTEMS[k.__name__] for k in kind.__mro__ if k.__name__ in _SYSTEMS)
+        system = _systems[kind] = next(known, kind.__name__)
     return system
 
 
