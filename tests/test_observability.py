@@ -496,9 +496,9 @@ def test_postgres_logs_migrations_and_refused_commits_without_personal_data(
     try:
         convs = ct.Conversations(store, clock=clock, ids=ct.SequentialIds())
         journey(convs, clock)
+        stale = Put(ns="ident", key=f"tel:{PHONE}", value=b"x", expected=3)
         with pytest.raises(ConflictError):
-            key = f"tel:{PHONE}"
-            store.commit(Batch(puts=(Put(ns="ident", key=key, value=b"x", expected=3),)))
+            store.commit(Batch(puts=(stale,)))
         records = [r for r in logs.records if r.name == "convthread.stores.postgres"]
         assert {r.outcome for r in records} == {"migrated", "conflict"}
         (refused,) = [r for r in records if r.outcome == "conflict"]
