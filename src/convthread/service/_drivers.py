@@ -60,6 +60,10 @@ from convthread.ports import (
 )
 from convthread.service._core import Op
 
+if OTEL:
+    from opentelemetry.context import attach, detach
+    from opentelemetry.trace import Status, StatusCode, get_current_span, set_span_in_context
+
 T = TypeVar("T")
 
 _rng = random.Random()
@@ -232,31 +236,37 @@ def _system(store: object) -> str:
     return system
 
 
-@contextlib.contextmanager
 def _commit_span(store: object, args: tuple[Any, ...]) -> Any:
-    """The span of one store commit: the database, the events appended, the outcome
-    (``committed``, ``conflict`` or ``error``, with ``error.type``)."""
-    with tm.TRACER.start_as_current_span(
-        "convthread.store.commit", record_exception=False, set_status_on_exception=False
-    ) as span:
-        if span.is_recording():
-            batch = args[0] if args else None
-            appends = batch.appends if isinstance(batch, Batch) else ()
-            span.set_attribute("db.system.name", _system(store))
-            span.set_attribute("convthread.events", sum(len(a.events) for a in appends))
-        try:
-            yield span
-        except ConflictError:
-            span.set_attribute("convthread.outcome", "conflict")
-            raise
-        except Exception as exc:
-            from opentelemetry.trace import Status, StatusCode
+    """Start the span of one store commit, made current: the database and the events
+    appended; :func:`_commit_ended` adds the outcome (``committed``, ``conflict`` or
+    ``error``, with ``error.type``) and ends it. Opened only under a recording span."""
+    batch = args[0] if args else None
+    appends = batch.appends if isinstance(batch, Batch) else ()
+    span = tm.TRACER.start_span(
+        "convthread.store.commit",
+        attributes={
+            "db.system.name": _system(store),
+            "convthread.events": sum(len(a.events) for a in appends),
+        },
+    )
+    return span, attach(set_span_in_context(span))
 
-            error = type(exc).__name__
-            span.set_attribute("convthread.outcome", "error")
-            span.set_attribute("error.type", error)
-            span.set_status(Status(StatusCode.ERROR, error))
-            raise
+
+def _commit_failed(opened: Any, exc: BaseException) -> None:
+    span = opened[0]
+    if isinstance(exc, ConflictError):
+        span.set_attribute("convthread.outcome", "conflict")
+        return
+    error = type(exc).__name__
+    span.set_attribute("convthread.outcome", "error")
+    span.set_attribute("error.type", error)
+    span.set_status(Status(StatusCode.ERROR, error))
+
+
+def _commit_ended(opened: Any) -> None:
+    span, token = opened
+    detach(token)
+    span.end()
 
 
 # --------------------------------------------------------------------------- drivers
@@ -268,10 +278,17 @@ def _once_sync(store: Store, factory: Callable[[], Op[T]]) -> T | _Conflicted:
         name, args = next(gen)
         while True:
             try:
-                if OTEL and name == "commit":
-                    with _commit_span(store, args) as span:
+                if OTEL and name == "commit" and get_current_span().is_recording():
+                    span = _commit_span(store, args)
+                    try:
                         store.commit(*args)
-                        span.set_attribute("convthread.outcome", "committed")
+                    except BaseException as exc:
+                        _commit_failed(span, exc)
+                        raise
+                    else:
+                        span[0].set_attribute("convthread.outcome", "committed")
+                    finally:
+                        _commit_ended(span)
                     result = None
                 else:
                     result = getattr(store, name)(*args)
@@ -291,10 +308,17 @@ async def _once_async(store: AsyncStore, factory: Callable[[], Op[T]]) -> T | _C
         name, args = next(gen)
         while True:
             try:
-                if OTEL and name == "commit":
-                    with _commit_span(store, args) as span:
+                if OTEL and name == "commit" and get_current_span().is_recording():
+                    span = _commit_span(store, args)
+                    try:
                         await store.commit(*args)
-                        span.set_attribute("convthread.outcome", "committed")
+                    except BaseException as exc:
+                        _commit_failed(span, exc)
+                        raise
+                    else:
+                        span[0].set_attribute("convthread.outcome", "committed")
+                    finally:
+                        _commit_ended(span)
                     result = None
                 else:
                     result = await getattr(store, name)(*args)

@@ -29,6 +29,10 @@ from convthread.service._drivers import Observer
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
+if OTEL:
+    from opentelemetry.context import attach, detach
+    from opentelemetry.trace import Status, StatusCode, set_span_in_context
+
 T = TypeVar("T")
 
 log: Final = tm.logger("service")
@@ -38,8 +42,8 @@ Value = str | int | bool
 Fields = dict[str, Value]
 #: Builds an operation's fields from its public arguments and its result.
 Describe = Callable[[tuple[Any, ...], Mapping[str, Any], Any], Fields]
-#: Records an operation's metrics from its fields and its duration (seconds).
-Record = Callable[[Fields, float], None]
+#: Records an operation's metrics from its result and its duration (seconds).
+Record = Callable[[Any, float], None]
 
 
 def _arg(args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str) -> Any:
@@ -197,49 +201,52 @@ def _done(args: tuple[Any, ...], kwargs: Mapping[str, Any], r: Any) -> Fields:
 
 
 # --------------------------------------------------------------------------- metrics
+# From the result itself, not the fields: a span that is not recording (no SDK, or
+# sampled out) and a log record nobody wants cost no fields.
 
 
-def _record_ingest(fields: Fields, seconds: float) -> None:
-    channel = fields.get("channel", "")
-    tm.INGEST_DURATION.record(seconds, {"channel": channel, "outcome": fields["outcome"]})
-    if fields.get("duplicate"):
+def _record_ingest(r: Any, seconds: float) -> None:
+    channel = r.event.channel
+    outcome = "duplicate" if r.duplicate else "new_thread" if r.new_thread else "continued"
+    tm.INGEST_DURATION.record(seconds, {"channel": channel, "outcome": outcome})
+    if r.duplicate:
         tm.DUPLICATES.add(1, {"channel": channel, "operation": "ingest"})
 
 
-def _record_ingest_many(fields: Fields, seconds: float) -> None:
-    duplicates = fields.get("duplicates", 0)
-    if isinstance(duplicates, int) and duplicates:
-        tm.DUPLICATES.add(duplicates, {"channel": "", "operation": "ingest_many"})
+def _record_ingest_many(r: Any, seconds: float) -> None:
+    for one in r:
+        if one.duplicate:
+            tm.DUPLICATES.add(1, {"channel": one.event.channel, "operation": "ingest_many"})
 
 
-def _record_duplicate(operation: str) -> Record:
-    def record(fields: Fields, seconds: float) -> None:
-        if fields.get("duplicate"):
-            tm.DUPLICATES.add(1, {"channel": fields.get("channel", ""), "operation": operation})
+def _record_apply(r: Any, seconds: float) -> None:
+    if r.outcome == "duplicate" and r.ingest is not None:
+        tm.DUPLICATES.add(1, {"channel": r.ingest.event.channel, "operation": "apply"})
 
-    return record
+
+def _record_send(r: Any, seconds: float) -> None:
+    if r.duplicate:
+        tm.DUPLICATES.add(1, {"channel": r.event.channel, "operation": "send"})
 
 
 def _record_handoff(operation: str) -> Record:
-    def record(fields: Fields, seconds: float) -> None:
-        if not fields.get("repeat", False) and "status" in fields:
-            tm.HANDOFFS.add(1, {"operation": operation, "status": fields["status"]})
+    def record(r: Any, seconds: float) -> None:
+        if not r.repeat:
+            tm.HANDOFFS.add(1, {"operation": operation, "status": r.record.status.value})
 
     return record
 
 
-def _record_expired(fields: Fields, seconds: float) -> None:
-    expired = fields.get("expired", 0)
-    if isinstance(expired, int) and expired:
-        tm.HANDOFFS.add(expired, {"operation": "expire_handoffs", "status": "expired"})
+def _record_expired(r: Any, seconds: float) -> None:
+    if r:
+        tm.HANDOFFS.add(len(r), {"operation": "expire_handoffs", "status": "expired"})
 
 
-def _record_snapshot(fields: Fields, seconds: float) -> None:
-    messages = fields.get("messages", 0)
-    tm.SNAPSHOT_MESSAGES.record(int(messages), {"audience": fields.get("audience", "")})
+def _record_snapshot(r: Any, seconds: float) -> None:
+    tm.SNAPSHOT_MESSAGES.record(len(r.messages), {"audience": r.audience})
 
 
-def _record_nothing(fields: Fields, seconds: float) -> None:
+def _record_nothing(r: Any, seconds: float) -> None:
     return None
 
 
@@ -333,8 +340,8 @@ def _handoffs(*names: str) -> dict[str, Watch]:
 WATCHES: Final[dict[str, Watch]] = {
     "ingest": Watch("ingest", _ingest, record=_record_ingest),
     "ingest_many": Watch("ingest_many", _ingest_many, record=_record_ingest_many),
-    "apply": Watch("apply", _apply, record=_record_duplicate("apply")),
-    "send": Watch("send", _send, record=_record_duplicate("send")),
+    "apply": Watch("apply", _apply, record=_record_apply),
+    "send": Watch("send", _send, record=_record_send),
     **_handoffs(
         "request_handoff",
         "offer_handoff",
@@ -362,31 +369,46 @@ def watch_for(operation: str) -> Watch:
 
 
 # --------------------------------------------------------------------------- running
+# Spans are started and made current by hand: the API's start_as_current_span costs
+# several times more, even as a no-op. A span that is not recording (no SDK installed,
+# or sampled out) is not made current, so the driver opens no commit span under it.
 
 
-def _finish(span: Span, watch: Watch, call: _Call, fields: Fields, seconds: float) -> None:
-    watch.record(fields, seconds)
-    if span.is_recording():
-        span.set_attribute("convthread.operation", watch.operation)
-        span.set_attribute("convthread.retries", call.conflicts)
-        for key, value in fields.items():
-            span.set_attribute(f"convthread.{key}", value)
+def _finished(
+    span: Span, recording: bool, watch: Watch, call: _Call, result: Any, args: Any, kwargs: Any
+) -> None:
+    wanted = log.isEnabledFor(watch.level)
+    if not (recording or wanted):
+        return
+    fields = watch.describe(args, kwargs, result)
+    if recording:
+        attributes = {f"convthread.{key}": value for key, value in fields.items()}
+        attributes["convthread.operation"] = watch.operation
+        attributes["convthread.retries"] = call.conflicts
+        span.set_attributes(attributes)
+    if wanted:
+        watch.logged(fields)
 
 
-def _fail(span: Span, watch: Watch, call: _Call, exc: BaseException, seconds: float) -> None:
-    from opentelemetry.trace import Status, StatusCode
-
+def _failed(
+    span: Span, recording: bool, watch: Watch, call: _Call, exc: BaseException, seconds: float
+) -> None:
     error = type(exc).__name__
     outcome = "contention" if isinstance(exc, Contention) else "error"
     if watch.operation == "ingest":
         tm.INGEST_DURATION.record(seconds, {"channel": "", "outcome": outcome})
-    if span.is_recording():
-        span.set_attribute("convthread.operation", watch.operation)
-        span.set_attribute("convthread.retries", call.conflicts)
-        span.set_attribute("convthread.outcome", outcome)
-        span.set_attribute("error.type", error)
+    if recording:
+        span.set_attributes(
+            {
+                "convthread.operation": watch.operation,
+                "convthread.retries": call.conflicts,
+                "convthread.outcome": outcome,
+                "error.type": error,
+            }
+        )
         # The class name only: an error's message can quote an identifier.
         span.set_status(Status(StatusCode.ERROR, error))
+    watch.failed(exc)
 
 
 def observed_sync(
@@ -403,23 +425,24 @@ def observed_sync(
         if log.isEnabledFor(watch.level):
             watch.logged(watch.describe(args, kwargs, result))
         return result
+    span = tm.TRACER.start_span(watch.span_name)
+    recording = span.is_recording()
+    token = attach(set_span_in_context(span)) if recording else None
     call = _Call(watch)
-    with tm.TRACER.start_as_current_span(
-        watch.span_name, record_exception=False, set_status_on_exception=False
-    ) as span:
-        start = perf_counter()
-        try:
-            result = run(call)
-        except Exception as exc:
-            _fail(span, watch, call, exc, perf_counter() - start)
-            watch.failed(exc)
-            raise
-        seconds = perf_counter() - start
-        fields = watch.describe(args, kwargs, result)
-        _finish(span, watch, call, fields, seconds)
-        if log.isEnabledFor(watch.level):
-            watch.logged(fields)
+    start = perf_counter()
+    try:
+        result = run(call)
+    except Exception as exc:
+        _failed(span, recording, watch, call, exc, perf_counter() - start)
+        raise
+    else:
+        watch.record(result, perf_counter() - start)
+        _finished(span, recording, watch, call, result, args, kwargs)
         return result
+    finally:
+        if token is not None:
+            detach(token)
+        span.end()
 
 
 async def observed_async(
@@ -438,20 +461,21 @@ async def observed_async(
         if log.isEnabledFor(watch.level):
             watch.logged(watch.describe(args, kwargs, result))
         return result
+    span = tm.TRACER.start_span(watch.span_name)
+    recording = span.is_recording()
+    token = attach(set_span_in_context(span)) if recording else None
     call = _Call(watch)
-    with tm.TRACER.start_as_current_span(
-        watch.span_name, record_exception=False, set_status_on_exception=False
-    ) as span:
-        start = perf_counter()
-        try:
-            result = await run(call)
-        except Exception as exc:
-            _fail(span, watch, call, exc, perf_counter() - start)
-            watch.failed(exc)
-            raise
-        seconds = perf_counter() - start
-        fields = watch.describe(args, kwargs, result)
-        _finish(span, watch, call, fields, seconds)
-        if log.isEnabledFor(watch.level):
-            watch.logged(fields)
+    start = perf_counter()
+    try:
+        result = await run(call)
+    except Exception as exc:
+        _failed(span, recording, watch, call, exc, perf_counter() - start)
+        raise
+    else:
+        watch.record(result, perf_counter() - start)
+        _finished(span, recording, watch, call, result, args, kwargs)
         return result
+    finally:
+        if token is not None:
+            detach(token)
+        span.end()
