@@ -417,7 +417,7 @@ def test_the_async_facade_is_traced_the_same_way(otel: Telemetry, clock: ct.Manu
     ingests = otel.spans("convthread.ingest")
     assert [s.attributes["convthread.outcome"] for s in ingests] == ["new_thread", "duplicate"]
     assert ingests[0].attributes["convthread.retries"] == 1
-    assert ingests[0].attributes["convthread.customer_id"] == first.customer_id
+    assert ingests[0].attributes["convthread.thread_id"] == first.thread_id
     commits = [
         s
         for s in otel.spans("convthread.store.commit")

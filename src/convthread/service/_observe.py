@@ -6,8 +6,9 @@ procedures) runs through :func:`observed_sync` or :func:`observed_async` with th
 outcome codes, counts, never personal data (no message text, identifier values, party
 names, or error messages, which can quote an identifier). The fields are the ``extra``
 of the operation's log record on the ``convthread.service`` logger and, prefixed with
-``convthread.``, the attributes of its span. Conflicts and retries are reported by the
-driver to the watch (:meth:`Watch.conflicted`) as they happen.
+``convthread.``, the attributes of its span (for ingest, the hot path, a few of them).
+Conflicts and retries are reported by the driver to the watch (:meth:`Watch.conflicted`)
+as they happen.
 
 Without OpenTelemetry (:data:`~convthread._telemetry.OTEL` false) an operation costs one
 flag test and one ``isEnabledFor`` more than the bare driver; the fields are built only
@@ -257,7 +258,7 @@ class Watch:
     """How one public operation is observed: its span name, how its result becomes
     fields, the level its log record is written at, and the metrics it records."""
 
-    __slots__ = ("describe", "level", "operation", "record", "span_name")
+    __slots__ = ("describe", "level", "operation", "record", "span_keys", "span_name")
 
     def __init__(
         self,
@@ -266,12 +267,16 @@ class Watch:
         *,
         level: int = logging.DEBUG,
         record: Record = _record_nothing,
+        span_keys: frozenset[str] | None = None,
     ) -> None:
         self.operation = operation
         self.span_name = f"convthread.{operation}"
         self.describe = describe
         self.level = level
         self.record = record
+        #: the fields that become span attributes (None: all); an SDK span's attribute
+        #: costs microseconds, and ingest is the hot path
+        self.span_keys = span_keys
 
     # What the driver calls (see run_sync): a commit of this operation conflicted.
     def conflicted(self, attempt: int, spent: bool) -> None:
@@ -338,7 +343,12 @@ def _handoffs(*names: str) -> dict[str, Watch]:
 
 
 WATCHES: Final[dict[str, Watch]] = {
-    "ingest": Watch("ingest", _ingest, record=_record_ingest),
+    "ingest": Watch(
+        "ingest",
+        _ingest,
+        record=_record_ingest,
+        span_keys=frozenset({"channel", "outcome", "duplicate", "thread_id", "decision"}),
+    ),
     "ingest_many": Watch("ingest_many", _ingest_many, record=_record_ingest_many),
     "apply": Watch("apply", _apply, record=_record_apply),
     "send": Watch("send", _send, record=_record_send),
@@ -382,8 +392,12 @@ def _finished(
         return
     fields = watch.describe(args, kwargs, result)
     if recording:
-        attributes = {f"convthread.{key}": value for key, value in fields.items()}
-        attributes["convthread.operation"] = watch.operation
+        keys = watch.span_keys
+        attributes = {
+            f"convthread.{key}": value
+            for key, value in fields.items()
+            if keys is None or key in keys
+        }
         attributes["convthread.retries"] = call.conflicts
         span.set_attributes(attributes)
     if wanted:
@@ -400,7 +414,6 @@ def _failed(
     if recording:
         span.set_attributes(
             {
-                "convthread.operation": watch.operation,
                 "convthread.retries": call.conflicts,
                 "convthread.outcome": outcome,
                 "error.type": error,
