@@ -27,6 +27,9 @@ drivers keep these promises:
   what the one before it wrote. Only those retries hold: the uncontended path, and a
   burst within one process that its queue resolves, cost nothing more. Nested writers do
   not hold, nor do streams new in the conflicted batch (version 0: a new id each time).
+* An :class:`Observer` passed to a writer hears of each conflict as it happens (the
+  service logs it and counts it). Where OpenTelemetry is importable, a commit run under
+  a recording span gets a ``convthread.store.commit`` span of its own.
 """
 
 from __future__ import annotations
