@@ -146,9 +146,9 @@ def erased_customer_event(event: CustomerEvent) -> CustomerEvent:
     if isinstance(event, CustomerCreated):
         return CustomerCreated(at=event.at) if event.decision is not None else event
     if isinstance(event, IdentifierLinked | IdentifierUnlinked | IdentifierVerified):
-        return CustomerErased(at=event.at, by="erasure")
+        return CustomerErased(at=event.at, by="erasure", original_type=_tag(event))
     if isinstance(event, MergeSuggested):
-        return CustomerErased(at=event.at, by="erasure")
+        return CustomerErased(at=event.at, by="erasure", original_type=_tag(event))
     if isinstance(event, CustomerMerged):
         return msgspec.structs.replace(event, identifiers=(), decision=None, pointers=(), by="")
     if isinstance(event, CustomerUnmerged):
@@ -215,6 +215,10 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
     heads: list[HeadWrite] = []
     identifiers: set[Identifier] = set()
     thread_ids: dict[str, None] = {}
+    # The members whose stream an erasure event closes (appended once the erased
+    # threads are known: the event names them, for the change feed's consumers).
+    closing: list[tuple[str, CustomerState, int]] = []
+    erased_threads: list[str] = []
 
     # 1. Identity streams and states.
     for cid, state, item_version in group:
@@ -228,10 +232,7 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
             if isinstance(ev, CustomerMerged) and ev.survivor == cid:
                 thread_ids.update(dict.fromkeys(ev.threads))
         if not state.erased or state.identifiers:
-            erased = CustomerErased(at=now, by=by)
-            appends.append(Append(cid, state.version, (codec.encode(erased),)))
-            new_state = evolve_customer(state, cid, state.version + 1, erased)
-            puts.append(Put(NS_CUSTOMER, cid, codec.encode(new_state), item_version))
+            closing.append((cid, state, item_version))
         thread_ids.update(dict.fromkeys((yield from core.customer_thread_ids(cid))))
         for ns in (NS_OPEN, NS_LATEST):
             entries = yield from _scan_all(ns, f"{cid}|")
@@ -254,6 +255,7 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
         old_thread, head_version = found
         if old_thread.customer_id not in member_ids:
             continue  # given back by an unmerge: another person's thread
+        erased_threads.append(tid)
         records = yield from core.read(tid)
         pairs: list[tuple[int, ThreadEvent]] = []
         channel_of: dict[int, str] = {}
@@ -280,6 +282,12 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
         for ns in (NS_MARK, NS_HSNAP):
             entries = yield from _scan_all(ns, f"{tid}|")
             deletes.extend(Delete(ns, key, ANY) for key in entries)
+
+    for cid, state, item_version in closing:
+        erased = CustomerErased(at=now, by=by, threads=tuple(erased_threads))
+        appends.append(Append(cid, state.version, (codec.encode(erased),)))
+        new_state = evolve_customer(state, cid, state.version + 1, erased)
+        puts.append(Put(NS_CUSTOMER, cid, codec.encode(new_state), item_version))
 
     # Handoff records keep the free-text reason a handoff was requested for (it may
     # quote the customer): blanked, like the reasons in the rewritten events.
