@@ -199,6 +199,7 @@ class _Service:
     defined once as the operation it runs (see :mod:`convthread.service._operation`)."""
 
     config: Config
+    store: Store | AsyncStore
 
     @operation(retries=False)
     def close(self) -> Op[None]:

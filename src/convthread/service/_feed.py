@@ -21,7 +21,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Union, get_args
@@ -63,7 +63,9 @@ DEFAULT_POLL: Final = 1.0
 ACK_EVERY: Final = 100
 
 _CUSTOMER_TYPES: Final = get_args(CustomerEvent)
-_decode: Final = codec.decoder(Union[ThreadEvent, CustomerEvent])  # type: ignore[arg-type]
+_decode: Final[Callable[[bytes], ThreadEvent | CustomerEvent]] = codec.decoder(
+    Union[ThreadEvent, CustomerEvent]  # type: ignore[arg-type]
+)
 
 
 class Checkpoint(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -128,13 +130,15 @@ def changes(after: int, limit: int) -> Op[list[Change]]:
     heads = yield from core.get_heads(threads)
     out: list[Change] = []
     for rec, event in decoded:
+        thread_id: str | None
+        customer_id: str | None
         if isinstance(event, _CUSTOMER_TYPES):
             thread_id, customer_id = None, rec.stream
         else:
             head = heads.get(rec.stream)
             thread_id = rec.stream
             if head is not None:
-                customer_id: str | None = head.customer_id
+                customer_id = head.customer_id
             elif isinstance(event, ThreadStarted):
                 customer_id = event.customer_id
             else:
@@ -217,9 +221,7 @@ def _version(item: Any) -> int:
 
 #: Namespaces a tracked batch may not write: the service's own.
 _RESERVED: Final = frozenset(
-    value
-    for name, value in vars(core).items()
-    if name.startswith("NS_") and isinstance(value, str)
+    value for name, value in vars(core).items() if name.startswith("NS_") and isinstance(value, str)
 ) | {NS_CONSUMER}
 
 
@@ -251,9 +253,7 @@ def commit_tracked(config: Config, batch: Batch, tracking: Tracking) -> Op[bool]
         return False
     value = codec.encode(Checkpoint(tracking.position, config.clock.now()))
     checkpoint = Put(NS_CONSUMER, key, value, _version(item))
-    yield from core.commit(
-        Batch(puts=(*batch.puts, checkpoint), deletes=batch.deletes)
-    )
+    yield from core.commit(Batch(puts=(*batch.puts, checkpoint), deletes=batch.deletes))
     return True
 
 
@@ -507,4 +507,3 @@ def has_feed(store: object) -> bool:
     if sync is not None:
         return isinstance(sync, FeedReader)
     return isinstance(store, FeedReader) or callable(getattr(store, "read_positions", None))
-
