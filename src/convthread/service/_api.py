@@ -913,6 +913,7 @@ class Conversations(_Service):
         consumer: str | None = None,
         limit: int = 100,
         poll: float = _feed.DEFAULT_POLL,
+        ack_every: int = _feed.ACK_EVERY,
     ) -> _feed.Follower:
         """The feed's changes after ``after``, then each new one as it is committed:
         an iterator that waits (use it in a thread of its own; ``close()`` it from
@@ -921,11 +922,12 @@ class Conversations(_Service):
         With ``consumer``, it starts after the consumer's checkpoint (unless ``after``
         is given) and acknowledges each change once the next one is asked for (in
         batches, and whenever it has caught up): every change is delivered at least
-        once, a change being handled when the process died is delivered again.
+        once, a change being handled when the process died is delivered again, with
+        up to ``ack_every`` before it (1: acknowledge every change, one write each).
         It waits on the store's watch (PostgreSQL LISTEN/NOTIFY, SQLite's data
         version, the memory store's condition) and reads again at least every
         ``poll`` seconds whatever the watch says. ``limit`` is the page size."""
-        return _feed.Follower(self, after, consumer, limit, poll)
+        return _feed.Follower(self, after, consumer, limit, poll, ack_every)
 
     def __enter__(self) -> Self:
         return self
@@ -989,11 +991,12 @@ class AsyncConversations(_Service):
         consumer: str | None = None,
         limit: int = 100,
         poll: float = _feed.DEFAULT_POLL,
+        ack_every: int = _feed.ACK_EVERY,
     ) -> _feed.AsyncFollower:
         """The asyncio form of :meth:`Conversations.follow`: an async iterator
         (``async for change in convs.follow(...)``); cancel its task or ``aclose()``
         it to stop. Nothing is read before the first ``__anext__``."""
-        return _feed.AsyncFollower(self, after, consumer, limit, poll)
+        return _feed.AsyncFollower(self, after, consumer, limit, poll, ack_every)
 
     async def __aenter__(self) -> Self:
         return self

@@ -58,8 +58,8 @@ MAX_LIMIT: Final = 10_000
 #: How long a follower waits before reading again when the store has no watch, and
 #: the longest it trusts a watch before reading anyway (seconds).
 DEFAULT_POLL: Final = 1.0
-#: A following consumer's acknowledgements are written at most this many changes apart
-#: (and whenever it has caught up).
+#: By default a following consumer's acknowledgements are written at most this many
+#: changes apart (and whenever it has caught up).
 ACK_EVERY: Final = 100
 
 _CUSTOMER_TYPES: Final = get_args(CustomerEvent)
@@ -264,7 +264,11 @@ class _Start:
     """What a follower starts from: the position after which it reads."""
 
     @staticmethod
-    def check(after: int | None, consumer: str | None, limit: int, poll: float) -> None:
+    def check(
+        after: int | None, consumer: str | None, limit: int, poll: float, ack_every: int
+    ) -> None:
+        if not isinstance(ack_every, int) or isinstance(ack_every, bool) or ack_every < 1:
+            raise ValidationError(f"ack_every must be an int >= 1, got {ack_every!r}")
         if after is not None:
             check_position(after)
         if consumer is not None:
@@ -286,8 +290,10 @@ class Follower(Iterator[Change]):
         consumer: str | None,
         limit: int,
         poll: float,
+        ack_every: int = ACK_EVERY,
     ) -> None:
-        _Start.check(after, consumer, limit, poll)
+        _Start.check(after, consumer, limit, poll, ack_every)
+        self._ack_every = ack_every
         require_feed(service.store)
         self._service = service
         self.consumer = consumer
@@ -329,7 +335,7 @@ class Follower(Iterator[Change]):
 
     def __next__(self) -> Change:
         # Asking for the next change says the previous one was handled.
-        if self.consumer is not None and self._handed >= ACK_EVERY:
+        if self.consumer is not None and self._handed >= self._ack_every:
             self._ack()
         while not self._closed.is_set():
             if self._pending:
@@ -379,8 +385,10 @@ class AsyncFollower(AsyncIterator[Change]):
         consumer: str | None,
         limit: int,
         poll: float,
+        ack_every: int = ACK_EVERY,
     ) -> None:
-        _Start.check(after, consumer, limit, poll)
+        _Start.check(after, consumer, limit, poll, ack_every)
+        self._ack_every = ack_every
         require_feed(service.store)
         self._service = service
         self.consumer = consumer
@@ -427,7 +435,7 @@ class AsyncFollower(AsyncIterator[Change]):
         try:
             if not self._started:
                 await self._start()
-            if self.consumer is not None and self._handed >= ACK_EVERY:
+            if self.consumer is not None and self._handed >= self._ack_every:
                 await self._ack()
             while not self._closed:
                 if self._pending:
