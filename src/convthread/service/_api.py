@@ -72,6 +72,7 @@ from convthread.service import (
 from convthread.service._core import NS_IDENT, Config, Op
 from convthread.service._drivers import InlineAsyncStore, ThreadedAsyncStore, threaded
 from convthread.service._erasure import ErasureReport
+from convthread.service._feed import AsyncFollower, Follower
 from convthread.service._identity import (
     Disclosure,
     Explanation,
@@ -914,7 +915,7 @@ class Conversations(_Service):
         limit: int = 100,
         poll: float = _feed.DEFAULT_POLL,
         ack_every: int = _feed.ACK_EVERY,
-    ) -> _feed.Follower:
+    ) -> Follower:
         """The feed's changes after ``after``, then each new one as it is committed:
         an iterator that waits (use it in a thread of its own; ``close()`` it from
         any thread, or leave its ``with`` block, to stop it).
@@ -992,7 +993,7 @@ class AsyncConversations(_Service):
         limit: int = 100,
         poll: float = _feed.DEFAULT_POLL,
         ack_every: int = _feed.ACK_EVERY,
-    ) -> _feed.AsyncFollower:
+    ) -> AsyncFollower:
         """The asyncio form of :meth:`Conversations.follow`: an async iterator
         (``async for change in convs.follow(...)``); cancel its task or ``aclose()``
         it to stop. Nothing is read before the first ``__anext__``."""
