@@ -113,7 +113,7 @@ def test_limits_and_positions_are_checked(feed_store: ct.Store) -> None:
     convs = service(feed_store)
     for bad in ({"after": -1}, {"limit": 0}, {"limit": 10_001}):
         with pytest.raises(ValidationError):
-            convs.changes(**bad)  # type: ignore[arg-type]
+            convs.changes(**bad)
     assert convs.changes() == [] and convs.last_position() == 0
 
 
