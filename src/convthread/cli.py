@@ -730,6 +730,10 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--dry-run", action="store_true", help="only print what would run")
     mig.add_argument("--json", action="store_true", help="print a summary as JSON")
     mig.set_defaults(func=_cmd_migrate)
+
+    from convthread import _cli_feed
+
+    _cli_feed.add_commands(sub)  # feed, consumers
     return parser
 
 
