@@ -50,7 +50,7 @@ def test_a_consumer_resumes_and_consumers_lists_its_lag(tmp_path: Path) -> None:
     last = store_with_messages(db)
     run("feed", "--store", str(db), "--consumer", "crm", "--limit", "2")
     status, text = run("feed", "--store", str(db), "--consumer", "crm", "--json")
-    assert [json.loads(line)["position"] for line in text.splitlines()][0] == 3
+    assert next(json.loads(line)["position"] for line in text.splitlines()) == 3
     run("feed", "--store", str(db), "--consumer", "bi", "--limit", "1")
     status, text = run("consumers", "--store", str(db))
     assert status == 0
@@ -70,8 +70,17 @@ def test_follow_prints_new_changes_and_ends_on_sigint(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     store_with_messages(db, 1)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "convthread", "feed", "--store", str(db), "--follow"]
-        + ["--consumer", "tail"],
+        [
+            sys.executable,
+            "-m",
+            "convthread",
+            "feed",
+            "--store",
+            str(db),
+            "--follow",
+            "--consumer",
+            "tail",
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
