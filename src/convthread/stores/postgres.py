@@ -433,6 +433,7 @@ class _Sql:
     """Every statement, with the schema name filled in."""
 
     schema: str
+    notify: bool = True
     q: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -550,7 +551,7 @@ class _Sql:
         return f"SELECT {self.q}.refuse_batch('{code}', %s)"
 
     def batch(self, shape: _Shape) -> str:
-        return _batch_sql(self.q, shape)
+        return _batch_sql(self.q, shape, self.notify)
 
     def migration(self) -> dict[int, Step]:
         def fill(step: Step) -> Step:
@@ -582,7 +583,7 @@ _INVALID_CODE: Final = f"'{_REFUSED_INVALID}'::text"
 
 
 @functools.lru_cache(maxsize=256)
-def _batch_sql(q: str, shape: _Shape) -> str:
+def _batch_sql(q: str, shape: _Shape, notify: bool = True) -> str:
     """The statement of a batch of ``shape``; its parameters, in order, are the arrays
     :func:`_plan` lists for each part present (see there)."""
     ctes: list[str] = []
@@ -746,9 +747,10 @@ def _batch_sql(q: str, shape: _Shape) -> str:
         # PostgreSQL delivers it only when, and if, this transaction commits, and only
         # once however many rows the statement writes. It is a wake-up hint; readers
         # read positions, never the notification's payload.
+        told = f", pg_notify('{feed_channel(q.strip(chr(34)))}', '') AS told" if notify else ""
         ctes.append(
             f"lk AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtext({_position_lock(q)}))"
-            f" AS held, pg_notify('{feed_channel(q.strip(chr(34)))}', '') AS told{after})"
+            f" AS held{told}{after})"
         )
         ctes.append(
             f"ev AS (INSERT INTO {q}.events (stream, seq, data) "
@@ -1333,7 +1335,9 @@ class PostgresStore:
     ``url`` is a libpq connection string or URL. ``schema`` names the PostgreSQL schema
     holding the tables (created if missing). ``min_size``/``max_size`` size the pool;
     ``timeout`` is how long a call waits for a free connection. Safe to share between
-    threads; open one per process (a pool must not cross ``fork()``).
+    threads; open one per process (a pool must not cross ``fork()``). ``notify``: each
+    commit that writes events wakes the schema's feed followers (``NOTIFY`` in the same
+    statement; see :meth:`watch`); with False, followers find new changes by polling.
     """
 
     def __init__(
@@ -1346,10 +1350,11 @@ class PostgresStore:
         timeout: float = 30.0,
         scrub_mode: ScrubMode = "vacuum",
         application_name: str = "convthread",
+        notify: bool = True,
     ) -> None:
         self.schema = _check_schema(schema)
         self.scrub_mode = _check_scrub(scrub_mode)
-        self._sql = _Sql(self.schema)
+        self._sql = _Sql(self.schema, bool(notify))
         self._url = url
         self._timeout = timeout
         self._closed = False
@@ -1726,10 +1731,11 @@ class AsyncPostgresStore:
         timeout: float = 30.0,
         scrub_mode: ScrubMode = "vacuum",
         application_name: str = "convthread",
+        notify: bool = True,
     ) -> None:
         self.schema = _check_schema(schema)
         self.scrub_mode = _check_scrub(scrub_mode)
-        self._sql = _Sql(self.schema)
+        self._sql = _Sql(self.schema, bool(notify))
         self._url = url
         self._min_size = min_size
         self._max_size = max(max_size, min_size)
