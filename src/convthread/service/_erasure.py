@@ -12,8 +12,10 @@ What goes, in one atomic batch, then ``store.scrub()`` so the bytes leave storag
   between parties, times) remains.
 * **identity**: every identifier the customer ever had is unlinked (its ``ident`` entry
   deleted, if it still points to this customer); the identity events that carry
-  identifiers or evidence are rewritten content-free (``CustomerErased``; merge and
-  unmerge records keep only ids); a ``CustomerErased`` event closes the stream.
+  identifiers or evidence are rewritten content-free (``CustomerErased``, the type it
+  replaces in ``original_type``; merge and unmerge records keep only ids); a
+  ``CustomerErased`` event closes the stream, naming the threads erased with it (the
+  change feed's consumers read it as ``customer.erased``).
 * **index entries that carry personal data**: ``msg`` and ``idem`` (their keys hold
   provider message ids; an e-mail Message-ID often embeds an address, and idempotency
   keys are the caller's free text), ``early`` (statuses waiting for those messages),
