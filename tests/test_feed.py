@@ -338,3 +338,39 @@ def test_kinds_of_lifecycle_and_erased_events() -> None:
     assert change_kind(ct.CustomerErased(at=at, original_type="identifier_verified")) == (
         "identifier.verified"
     )
+
+
+class _FailingWatch:
+    def wait(self, timeout: float) -> bool:
+        raise ct.errors.StoreUnavailable("the listening connection was lost")
+
+    def close(self) -> None:
+        pass
+
+
+class _NoWatchStore(MemoryStore):
+    watch = None  # type: ignore[assignment]  # a feed store that cannot wake followers
+
+
+class _BrokenWatchStore(MemoryStore):
+    def watch(self) -> _FailingWatch:  # type: ignore[override]
+        return _FailingWatch()
+
+
+@pytest.mark.parametrize("store_class", [_NoWatchStore, _BrokenWatchStore])
+def test_follow_polls_when_the_store_cannot_watch(store_class: type[MemoryStore]) -> None:
+    convs = service(store_class())
+    convs.ingest(message("p", 1))
+    seen: list[int] = []
+    feed = convs.follow(poll=0.01)
+    reader = threading.Thread(target=lambda: seen.extend(c.position for c in feed))
+    reader.start()
+    convs.ingest(message("p", 2))
+    last = convs.last_position()
+    for _ in range(1000):
+        if seen and seen[-1] == last:
+            break
+        threading.Event().wait(0.01)
+    feed.close()
+    reader.join(10)
+    assert seen == list(range(1, last + 1))

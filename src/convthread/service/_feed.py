@@ -18,20 +18,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Union, get_args
+from typing import TYPE_CHECKING, Any, Final, Union, cast, get_args
 
 import msgspec
 
 from convthread import codec
 from convthread.domain.events import CustomerEvent, ThreadEvent, ThreadStarted
 from convthread.domain.feed import Change, Consumer, Tracking, change_kind
-from convthread.errors import FeedUnavailable, ValidationError
+from convthread.errors import FeedUnavailable, StoreError, ValidationError
 from convthread.ports import (
     ABSENT,
     AsyncFeedWatch,
@@ -303,7 +304,7 @@ class Follower(Iterator[Change]):
         self._pending: deque[Change] = deque()
         store = service.store
         # The watch listens before the first read: a commit after it is signalled.
-        self._watch: FeedWatch | None = store.watch() if isinstance(store, FeedWatcher) else None
+        self._watch: FeedWatch | None = _open_watch(store)
         try:
             start = after
             if start is None:
@@ -349,11 +350,23 @@ class Follower(Iterator[Change]):
                 continue
             if self.consumer is not None and self._handed:
                 self._ack()
-            if self._watch is not None:
-                self._watch.wait(self._poll)
-            else:
-                self._closed.wait(self._poll)
+            self._wait()
         raise StopIteration
+
+    def _wait(self) -> None:
+        """Wait for a commit: on the watch, else (no watch, or it failed: a lost
+        connection) for ``poll`` seconds, trying to open a new watch next time."""
+        if self._watch is None and not self._closed.is_set():
+            with contextlib.suppress(StoreError):
+                self._watch = _open_watch(self._service.store)
+        watch = self._watch
+        if watch is not None:
+            try:
+                watch.wait(self._poll)
+                return
+            except StoreError:
+                self._close_watch()
+        self._closed.wait(self._poll)
 
     def _ack(self) -> None:
         assert self.consumer is not None
@@ -371,7 +384,8 @@ class Follower(Iterator[Change]):
     def _close_watch(self) -> None:
         watch, self._watch = self._watch, None
         if watch is not None:
-            watch.close()
+            with contextlib.suppress(StoreError):
+                watch.close()
 
 
 class AsyncFollower(AsyncIterator[Change]):
@@ -449,15 +463,26 @@ class AsyncFollower(AsyncIterator[Change]):
                     continue
                 if self.consumer is not None and self._handed:
                     await self._ack()
-                if self._watch is not None:
-                    await self._watch.wait(self._poll)
-                else:
-                    await asyncio.sleep(self._poll)
+                await self._wait()
         except BaseException:
             await self._close_watch()
             raise
         await self._close_watch()
         raise StopAsyncIteration
+
+    async def _wait(self) -> None:
+        """As :meth:`Follower._wait`."""
+        if self._watch is None:
+            with contextlib.suppress(StoreError):
+                self._watch = await _async_watch(self._service.store)
+        watch = self._watch
+        if watch is not None:
+            try:
+                await watch.wait(self._poll)
+                return
+            except StoreError:
+                await self._close_watch()
+        await asyncio.sleep(self._poll)
 
     async def _ack(self) -> None:
         assert self.consumer is not None
@@ -474,7 +499,8 @@ class AsyncFollower(AsyncIterator[Change]):
     async def _close_watch(self) -> None:
         watch, self._watch = self._watch, None
         if watch is not None:
-            await watch.close()
+            with contextlib.suppress(StoreError):
+                await watch.close()
 
 
 class _PolledWatch:
@@ -500,12 +526,19 @@ class _PolledWatch:
         self._watch.close()
 
 
+def _open_watch(store: object) -> FeedWatch | None:
+    """A new watch of ``store``, or None when it offers none."""
+    watch = getattr(store, "watch", None)
+    return cast("FeedWatcher", store).watch() if callable(watch) else None
+
+
 async def _async_watch(store: object) -> AsyncFeedWatch | _PolledWatch | None:
     sync = getattr(store, "sync", None)  # a blocking store run by an adapter
     if sync is not None:
-        return _PolledWatch(sync.watch()) if isinstance(sync, FeedWatcher) else None
-    if isinstance(store, AsyncFeedWatcher):
-        return await store.watch()
+        watch = _open_watch(sync)
+        return None if watch is None else _PolledWatch(watch)
+    if callable(getattr(store, "watch", None)):
+        return await cast("AsyncFeedWatcher", store).watch()
     return None
 
 
