@@ -33,7 +33,8 @@ the capability, and are skipped with the reason otherwise:
   rewritten bytes at the same position; that a reader paging while writers commit in
   threads sees every position once and never one below a position it has seen; and,
   where it is a :class:`~convthread.ports.FeedWatcher`, that a watch is woken by a
-  commit and ends its wait when closed from another thread.
+  commit and ends its wait when closed from another thread. The store state machine
+  compares the feed with the stored events after every step.
 * ``multi_get``: the store offers ``get_multi`` (:class:`~convthread.ports.MultiGet`),
   whose results must equal per-namespace ``get_many`` (missing keys, duplicates, empty
   input, odd keys, after deletes, on a closed store). The store state machine then
