@@ -74,10 +74,10 @@ def test_show_prints_a_thread_and_a_customer(tmp_path: Path) -> None:
     assert '"type":"message_received"' in as_json
 
 
-def test_show_unknown_thread_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_unknown_thread_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "empty.db"
     SQLiteStore(db).close()  # an existing store without that thread
-    assert main(["show", "thread", "th_nope", "--store", str(db)]) == 2
+    assert main(["show", "thread", "th_nope", "--store", str(db)]) == 1
     assert "no thread 'th_nope'" in capsys.readouterr().err
 
 
@@ -95,7 +95,7 @@ def test_show_refuses_a_sqlite_file_that_does_not_exist(
     if form == "environment":
         monkeypatch.setenv("CONVTHREAD_STORE", str(typo))
     out = io.StringIO()
-    assert main(["show", what, "x_1", *(["--store", *store] if store else [])], out=out) == 2
+    assert main(["show", what, "x_1", *(["--store", *store] if store else [])], out=out) == 1
     err = capsys.readouterr().err
     assert f"no SQLite store at {typo}" in err and "does not exist" in err
     assert out.getvalue() == ""
