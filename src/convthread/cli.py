@@ -28,7 +28,7 @@ Conventions (every command follows them; a new command gets them from the helper
   finished with messages it could not record; :data:`EXIT_FAILED` 4 the library or the
   store refused or failed (a schema newer than this release, an unreachable database,
   invalid input); :data:`EXIT_INTERRUPTED` 130 interrupted (Ctrl-C).
-* **Completion**: ``convthread completion bash|zsh|tcsh`` prints a completion script
+* **Completion**: ``convthread completion bash|zsh`` prints a completion script
   generated from the parsers (with ``shtab``, in the ``cli`` extra).
 """
 
@@ -61,8 +61,8 @@ from convthread.domain.events import (
     MessageReceived,
     MessageSent,
     ThreadEvent,
-    ThreadStatus,
     ThreadStarted,
+    ThreadStatus,
 )
 from convthread.domain.handoff import MovedToChannel
 from convthread.domain.identifiers import email as email_address
@@ -1235,13 +1235,13 @@ def _add_completion(sub: Any) -> None:
     completion = _command(
         sub,
         "completion",
-        help="print a shell completion script (bash, zsh or tcsh)",
+        help="print a shell completion script (bash or zsh)",
         description="Print a completion script for every command and option. Load it "
         "from your shell's start-up file (needs shtab: pip install 'convthread[cli]').",
         example='eval "$(convthread completion bash)"    # in ~/.bashrc\n'
         "convthread completion zsh > ~/.zfunc/_convthread",
     )
-    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    completion.add_argument("shell", choices=["bash", "zsh"])
     completion.set_defaults(func=_cmd_completion)
 
 
