@@ -240,6 +240,13 @@ def test_contention_and_a_spent_time_budget_are_503_with_retry_after(
     answer = client.post("/webhooks/whatsapp", content=body, headers=meta_signed(body))
     assert (answer.status_code, answer.headers["retry-after"]) == (503, "2")
 
+    async def down(result: object) -> None:
+        raise ct.errors.StoreUnavailable("connection refused")
+
+    monkeypatch.setattr(convs, "apply", down)
+    answer = client.post("/webhooks/whatsapp", content=body, headers=meta_signed(body))
+    assert (answer.status_code, answer.headers["retry-after"]) == (503, "5")
+
 
 def test_a_request_over_its_time_budget_is_503(tmp_path: Path) -> None:
     import asyncio

@@ -15,8 +15,8 @@ Routes:
 Errors (the same mapping for every route, see docs/production.md): a malformed payload
 or bad parameter is 400, a signature that does not verify 403, an unknown thread 404, a
 provider message id redelivered with a different payload 409, a thread that stayed busy
-through every retry (or a request over its time budget) 503 with ``Retry-After``, so the
-provider delivers again and the redelivery is stored once.
+through every retry, a database that cannot be reached, or a request over its time budget
+503 with ``Retry-After``, so the provider delivers again and the redelivery is stored once.
 """
 
 from __future__ import annotations
@@ -38,7 +38,13 @@ from pydantic import BaseModel
 from convthread import AsyncConversations, Contention, Snapshot
 from convthread.channels import sms, voice, whatsapp
 from convthread.domain.updates import ChannelResult
-from convthread.errors import IdempotencyError, NotFound, SignatureError, ValidationError
+from convthread.errors import (
+    IdempotencyError,
+    NotFound,
+    SignatureError,
+    StoreUnavailable,
+    ValidationError,
+)
 
 from .settings import Settings
 
@@ -154,6 +160,16 @@ def create_app(settings: Settings) -> FastAPI:
             {"detail": "busy, deliver again"},
             status_code=503,
             headers=_retry_after(exc.retry_after),
+        )
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_down(request: Request, exc: StoreUnavailable) -> Response:
+        # The database cannot be reached (a failover, a restart): nothing uncommitted
+        # remains, and a redelivery is stored once, so ask for one.
+        return JSONResponse(
+            {"detail": "storage unavailable, deliver again"},
+            status_code=503,
+            headers=_retry_after(5),
         )
 
     @app.exception_handler(asyncio.TimeoutError)
