@@ -39,6 +39,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -119,10 +120,11 @@ def _command(
 ) -> argparse.ArgumentParser:
     """A sub-command's parser: its one-line help, a description, and an example (shown
     last by ``--help``)."""
+    text = description or help[:1].upper() + help[1:] + "."
     parser: argparse.ArgumentParser = sub.add_parser(
         name,
         help=help,
-        description=description or help[:1].upper() + help[1:] + ".",
+        description=textwrap.fill(text, 80),
         epilog="example:\n  " + example.replace("\n", "\n  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
