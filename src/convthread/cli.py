@@ -35,6 +35,7 @@ Conventions (every command follows them; a new command gets them from the helper
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -594,7 +595,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             Path(str(path) + suffix).unlink(missing_ok=True)
         url = "sqlite:///" + str(path)
     clock = ManualClock(DEMO_T0)
-    text = io_sink() if args.json else out
+    text: TextIO = io.StringIO() if args.json else out  # under --json the text is dropped
     with demo_conversations(url, clock) as convs:
         text.write(f"Playing a cross-channel journey into {url}\n\n")
         run = demo_journey(convs, clock)
@@ -629,13 +630,6 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             out,
         )
     return EXIT_OK
-
-
-def io_sink() -> TextIO:
-    """A stream that forgets what is written (the demo's text under ``--json``)."""
-    import io
-
-    return io.StringIO()
 
 
 def _add_demo(sub: Any) -> None:
