@@ -418,3 +418,33 @@ def test_completion_without_shtab_says_how_to_get_it(
     monkeypatch.setitem(sys.modules, "shtab", None)
     assert main(["completion", "bash"]) == 4
     assert "pip install 'convthread[cli]'" in capsys.readouterr().err
+
+
+def test_threads_and_customer_over_every_durable_store(store_url: str) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from convthread.channels import sms
+
+    t0 = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+    with ct.Conversations(store_url) as convs:
+        for i in range(6):
+            form = {"MessageSid": f"SM{i}", "From": f"+1415555010{i % 3}", "Body": f"hi {i}"}
+            (inbound,) = sms.parse(form, received_at=t0 + timedelta(minutes=i))
+            convs.ingest(inbound)  # type: ignore[arg-type]
+        first = convs.find_customer(ct.phone("+14155550100"))
+        (thread,) = convs.customer_threads(first or "")
+        convs.resolve(thread.id, reason="answered")
+    doc = json.loads(run_cli("threads", "--store", store_url, "--json", "--all"))
+    assert len(doc["threads"]) == 3
+    assert [t["message_count"] for t in doc["threads"]] == [2, 2, 2]
+    open_only = json.loads(run_cli("threads", "--store", store_url, "--json", "--status", "open"))
+    assert thread.id not in {t["id"] for t in open_only["threads"]}
+    assert len(open_only["threads"]) == 2
+    late = json.loads(
+        run_cli("threads", "--store", store_url, "--json", "--active-since", "2026-05-01T12:04")
+    )
+    assert len(late["threads"]) == 2  # the second and third customers wrote last at :04, :05
+    who = json.loads(run_cli("customer", "-i", "phone:+14155550100", "--store", store_url,
+                             "--json"))  # fmt: skip
+    assert who["id"] == first and [t["id"] for t in who["threads"]] == [thread.id]
+    assert who["identifiers"][0]["evidence"]["channel"] == "sms"

@@ -36,9 +36,9 @@ CORPUS = Path(__file__).parent / "corpora" / "whatsapp" / "message.json"
 ENVELOPES: dict[str, Any] = json.loads(CORPUS.read_text(encoding="utf-8"))
 
 
-def settings(tmp_path: Path, **changes: Any) -> Settings:
+def settings(tmp_path: Path | None = None, **changes: Any) -> Settings:
     base: dict[str, Any] = {
-        "store": f"sqlite:///{tmp_path / 'support.db'}",
+        "store": f"sqlite:///{tmp_path / 'support.db'}" if tmp_path else "memory://",
         "public_url": PUBLIC,
         "twilio_auth_token": TOKEN,
         "whatsapp_app_secret": SECRET,
@@ -342,14 +342,16 @@ def test_settings_from_the_environment() -> None:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[str]:
-    """The app under a real uvicorn server on 127.0.0.1, on a port the OS chose."""
+def served(store_url: str) -> Iterator[str]:
+    """The app under a real uvicorn server on 127.0.0.1, on a port the OS chose, over a
+    SQLite file or a PostgreSQL schema (``store_url``)."""
     uvicorn = pytest.importorskip("uvicorn")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings(tmp_path)), log_level="warning", lifespan="on")
+    app = create_app(settings(store=store_url))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -376,7 +378,7 @@ def deliver(http: httpx.Client, path: str, request: dict[str, Any]) -> httpx.Res
     return answer
 
 
-def test_concurrent_signed_deliveries_under_uvicorn(served: str, tmp_path: Path) -> None:
+def test_concurrent_signed_deliveries_under_uvicorn(served: str, store_url: str) -> None:
     whatsapp_cases = [c for c in ENVELOPES if c not in ("order", "unsupported_with_type")][:12]
     requests: list[tuple[str, dict[str, Any], str]] = []
     for i, case in enumerate(whatsapp_cases):
@@ -419,9 +421,9 @@ def test_concurrent_signed_deliveries_under_uvicorn(served: str, tmp_path: Path)
             texts += len(ct.Snapshot.from_json(snap.content).messages)
         assert texts == len(outcomes) // 2
 
-    # Every text is in the file once, in its sender's one thread (read by another process
-    # would do the same: this is a second connection to the server's SQLite file).
-    with ct.Conversations(settings(tmp_path).store) as convs:
+    # Every text is stored once, in its sender's one thread (read over a connection of
+    # its own, as another process would).
+    with ct.Conversations(store_url) as convs:
         where = {i: convs.find_message("sms", f"SM{i:03d}") for i in range(16)}
         assert all(loc is not None for loc in where.values())
         for sender in range(4):
