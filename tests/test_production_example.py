@@ -168,7 +168,7 @@ def test_a_call_and_its_words_join_the_callers_sms_thread(client: TestClient) ->
     }
     answer = client.post("/webhooks/twilio/voice", **twilio("/webhooks/twilio/voice", ringing))
     assert answer.status_code == 200, answer.text
-    assert '<Gather input="speech" action="/webhooks/twilio/voice"' in answer.text
+    assert f'<Gather input="speech" action="{PUBLIC}/webhooks/twilio/voice"' in answer.text
     spoken = {**ringing, "CallStatus": "in-progress", "SpeechResult": "About my refund"}
     spoken["Confidence"] = "0.91"
     answer = client.post("/webhooks/twilio/voice", **twilio("/webhooks/twilio/voice", spoken))

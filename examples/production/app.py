@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from enum import Enum
 from typing import Annotated, Any, TypeVar
+from xml.sax.saxutils import quoteattr
 
 import msgspec
 from fastapi import FastAPI, Query, Request
@@ -240,10 +241,11 @@ def create_app(settings: Settings) -> FastAPI:
             if spoken or b"SpeechResult" in body
             else "Hello. Please tell us how we can help you."
         )
-        action = request.url.path
+        # The caller's answer comes back here: the public URL, which Twilio signs.
+        action = quoteattr(public_url(request, settings).split("?", 1)[0])
         twiml = (
             '<?xml version="1.0" encoding="UTF-8"?><Response>'
-            f'<Gather input="speech" action="{action}" method="POST"><Say>{say}</Say></Gather>'
+            f'<Gather input="speech" action={action} method="POST"><Say>{say}</Say></Gather>'
             "</Response>"
         )
         return Response(twiml, media_type=_TWIML)

@@ -96,6 +96,8 @@ EXIT_USAGE = 2
 EXIT_SOME_FAILED = 3
 EXIT_FAILED = 4
 EXIT_INTERRUPTED = 130
+#: Exit status of a read command whose SQLite file does not exist (not found).
+EXIT_NO_STORE = EXIT_NOT_FOUND
 
 #: The environment variable read when ``--store`` is not given.
 STORE_VARIABLE = "CONVTHREAD_STORE"
