@@ -432,3 +432,39 @@ def test_concurrent_signed_deliveries_under_uvicorn(served: str, store_url: str)
             assert sorted(e.event.provider_message_id for e in received) == sorted(
                 f"SM{i:03d}" for i in range(sender, 16, 4)
             )
+
+
+def test_the_documented_command_serves_the_app(tmp_path: Path) -> None:
+    """``uvicorn --factory examples.production.app:from_environment``, as the guide says,
+    with the settings in the environment and a port the OS chooses."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    pytest.importorskip("uvicorn")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, CONVTHREAD_STORE=f"sqlite:///{tmp_path / 'env.db'}",
+               WHATSAPP_VERIFY_TOKEN=VERIFY, PYTHONPATH=str(root))  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "examples.production.app:from_environment",
+         "--host", "127.0.0.1", "--port", "0", "--log-level", "info", "--no-access-log"],
+        cwd=root, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            found = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
+            if found:
+                break
+        else:
+            raise AssertionError("".join(seen))
+        query = {"hub.mode": "subscribe", "hub.verify_token": VERIFY, "hub.challenge": "42"}
+        answer = httpx.get(f"http://127.0.0.1:{found.group(1)}/webhooks/whatsapp", params=query)
+        assert (answer.status_code, answer.text) == (200, "42")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert (tmp_path / "env.db").is_file()  # the store from CONVTHREAD_STORE was opened
