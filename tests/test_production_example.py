@@ -370,7 +370,7 @@ def served(store_url: str) -> Iterator[str]:
 
 def deliver(http: httpx.Client, path: str, request: dict[str, Any]) -> httpx.Response:
     """POST as a provider does: on 503, deliver again after Retry-After (shortened)."""
-    for _ in range(30):
+    for _ in range(100):
         answer = http.post(path, **request)
         if answer.status_code != 503:
             return answer
