@@ -63,6 +63,7 @@ from convthread.domain.events import (
     ThreadStarted,
     ThreadStatus,
 )
+from convthread.domain.feed import Change, Consumer, Tracking
 from convthread.domain.graph import BulkReport, IdentityGraph
 from convthread.domain.handoff import (
     AsksForHuman,
@@ -156,6 +157,7 @@ from convthread.ports import (
 from convthread.service import (
     ApplyResult,
     AsyncConversations,
+    AsyncFollower,
     ContinuationToken,
     Conversations,
     CustomerView,
@@ -163,6 +165,7 @@ from convthread.service import (
     ErasureReport,
     ExplainStep,
     Explanation,
+    Follower,
     HandoffResult,
     History,
     HistoryReply,
@@ -195,6 +198,7 @@ __all__ = [
     "ApplyResult",
     "AsksForHuman",
     "AsyncConversations",
+    "AsyncFollower",
     "AsyncStore",
     "Attachment",
     "AttributeEquals",
@@ -202,10 +206,12 @@ __all__ = [
     "Audience",
     "BotFailures",
     "BulkReport",
+    "Change",
     "Channel",
     "ChannelResult",
     "Choice",
     "Clock",
+    "Consumer",
     "Content",
     "Contention",
     "ContinuationIssued",
@@ -234,6 +240,7 @@ __all__ = [
     "Evidence",
     "ExplainStep",
     "Explanation",
+    "Follower",
     "HandoffAccepted",
     "HandoffContext",
     "HandoffDeclined",
@@ -312,6 +319,7 @@ __all__ = [
     "ThreadView",
     "TimeSource",
     "TimelineEntry",
+    "Tracking",
     "Trust",
     "UnmergeResult",
     "Unsupported",
