@@ -140,6 +140,7 @@ def add_feed(sub: Any) -> None:
         "--limit",
         type=positive,
         default=1000,
+        metavar="N",
         help="changes to print without --follow (%(default)s)",
     )
     feed.add_argument("--follow", action="store_true", help="then wait for new changes")
