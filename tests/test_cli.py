@@ -192,7 +192,7 @@ def subcommands() -> dict[str, Any]:
 def test_every_command_follows_the_conventions() -> None:
     commands = subcommands()
     assert set(commands) >= {"demo", "show", "threads", "customer", "schema", "import",
-                             "migrate", "completion"}  # fmt: skip
+                             "migrate", "completion", "feed", "consumers"}  # fmt: skip
     for name, parser in commands.items():
         options = {o for a in parser._actions for o in a.option_strings}
         assert "example:\n  " in (parser.epilog or ""), name
@@ -201,16 +201,35 @@ def test_every_command_follows_the_conventions() -> None:
             assert "--json" in options, name
         if name not in ("schema", "completion"):
             assert "--store" in options, name
-        if name in ("show", "threads", "customer", "import"):
+        if name in ("show", "threads", "customer", "import", "feed", "consumers"):
             assert "--tenant" in options, name
 
 
 @pytest.mark.parametrize("name", ["demo", "show", "threads", "customer", "schema", "import",
-                                  "migrate", "completion"])  # fmt: skip
+                                  "migrate", "completion", "feed", "consumers"])  # fmt: skip
 def test_help_shows_an_example_and_exits_0(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([name, "--help"]) == 0
     text = capsys.readouterr().out
     assert "example:\n  " in text and f"convthread {name}" in text.split("example:", 1)[1]
+
+
+def test_the_package_exports_main_only_and_help_imports_nothing_heavy() -> None:
+    import convthread.cli
+
+    assert convthread.cli.__all__ == ["main"]
+    probe = (
+        "import contextlib, io, json, sys\n"
+        "from convthread.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['--help']) == 0 and main(['threads', '--help']) == 0\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    loaded = set(json.loads(proc.stdout))
+    for heavy in ("rich", "shtab", "convthread.channels", "convthread.importing"):
+        assert heavy not in loaded, heavy
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import convthread as ct
 from convthread.cli import main
 from convthread.stores import SQLiteStore
@@ -56,17 +58,82 @@ def test_a_consumer_resumes_and_consumers_lists_its_lag(tmp_path: Path) -> None:
     assert status == 0
     rows = [line.split() for line in text.splitlines()[1:]]
     assert [r[:3] for r in rows] == [["bi", "1", str(last - 1)], ["crm", str(last), "0"]]
+    assert rows[0] and text.splitlines()[0].split() == ["CONSUMER", "POSITION", "LAG", "UPDATED"]
     status, text = run("consumers", "--store", str(db), "--json")
-    assert [c["name"] for c in json.loads(text)] == ["bi", "crm"]
+    doc = json.loads(text)
+    assert set(doc) == {"consumers", "last_position"} and doc["last_position"] == last
+    assert [c["name"] for c in doc["consumers"]] == ["bi", "crm"]
+    assert set(doc["consumers"][0]) == {"name", "tenant", "position", "lag", "updated_at"}
 
 
-def test_a_missing_file_is_refused(tmp_path: Path) -> None:
-    for command in ("feed", "consumers"):
-        assert run(command, "--store", str(tmp_path / "none.db"))[0] == 2
-    assert not (tmp_path / "none.db").exists()
+def test_no_consumers_and_an_empty_feed(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    SQLiteStore(db).close()
+    assert run("consumers", "--store", str(db)) == (0, "no consumers\n")
+    assert run("feed", "--store", str(db)) == (0, "")
 
 
-def test_follow_prints_new_changes_and_ends_on_sigint(tmp_path: Path) -> None:
+def test_feed_pages_past_one_read_and_stops_at_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from convthread.cli import _feed
+
+    db = tmp_path / "s.db"
+    last = store_with_messages(db, 4)
+    monkeypatch.setattr(_feed, "_PAGE", 3)
+    status, text = run("feed", "--store", str(db), "--json", "--consumer", "etl")
+    assert [json.loads(line)["position"] for line in text.splitlines()] == list(range(1, last + 1))
+    with ct.Conversations(SQLiteStore(db)) as convs:
+        assert convs.consumer_position("etl") == last
+    assert status == 0
+    status, text = run("feed", "--store", str(db), "--limit", "5")
+    assert status == 0 and len(text.splitlines()) == 5
+
+
+@pytest.mark.parametrize("command", ["feed", "consumers"])
+def test_a_missing_file_is_not_found(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(command, "--store", str(tmp_path / "none.db"))[0] == 1
+    assert "no SQLite store at" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+@pytest.mark.parametrize("command", ["feed", "consumers"])
+def test_the_store_from_the_environment_and_the_conventions_errors(
+    tmp_path: Path,
+    command: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = tmp_path / "s.db"
+    store_with_messages(db, 1)
+    monkeypatch.setenv("CONVTHREAD_STORE", str(db))
+    assert run(command)[0] == 0
+    assert run(command, "--tenant", "acme")[0] == 2
+    assert "default tenant only" in capsys.readouterr().err
+    monkeypatch.delenv("CONVTHREAD_STORE")
+    assert run(command)[0] == 2
+    assert "pass --store URL or set CONVTHREAD_STORE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [["--after", "-1"], ["--after", "x"], ["--limit", "0"]])
+def test_bad_positions_and_limits_are_usage_errors(tmp_path: Path, bad: list[str]) -> None:
+    db = tmp_path / "s.db"
+    store_with_messages(db, 1)
+    assert run("feed", "--store", str(db), *bad)[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 0)],
+    ids=["ctrl-c-is-130", "sigterm-is-0"],
+)
+def test_follow_prints_new_changes_and_stops_on_a_signal_after_acknowledging(
+    tmp_path: Path, signum: int, status: int
+) -> None:
+    """Ctrl-C is an interruption (130, as for every command); SIGTERM, how a service
+    manager stops a follower, is a requested stop (0). Both acknowledge first."""
     db = tmp_path / "s.db"
     store_with_messages(db, 1)
     proc = subprocess.Popen(
@@ -96,12 +163,16 @@ def test_follow_prints_new_changes_and_ends_on_sigint(tmp_path: Path) -> None:
         seen = [first]
         while str(last) not in seen[-1].split()[0]:
             seen.append(proc.stdout.readline())
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err
+    assert proc.returncode == status, err
+    if signum == signal.SIGINT:
+        assert f"interrupted; consumer 'tail' is at position {last}" in err
+    else:
+        assert err == ""
     with ct.Conversations(SQLiteStore(db)) as convs:
         for _ in range(50):  # the acknowledgement is written as the follower stops
             if convs.consumer_position("tail") == last:

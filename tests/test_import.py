@@ -16,7 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import convthread as ct
-from convthread.cli import _ProgressBar, main
+from convthread.cli import main
+from convthread.cli._common import ProgressBar
 from convthread.errors import OutOfOrderError, ValidationError
 from convthread.importing import read_email_folder, read_jsonl, read_twitter_csv
 from convthread.stores import SQLiteStore
@@ -418,7 +419,7 @@ def test_readers_refuse_what_they_cannot_read(tmp_path) -> None:
 
 def test_progress_bar_draws_counts_on_one_line() -> None:
     stream = io.StringIO()
-    bar = _ProgressBar(stream, total=10, width=10)
+    bar = ProgressBar(stream, total=10, width=10)
     bar(ct.ImportSummary(read=5, imported=4, skipped=1))
     bar.end()
     assert stream.getvalue() == ("\rimporting [#####-----] 5/10 (4 new, 1 already in, 0 failed)\n")

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from convthread import Conversations, ManualClock, codec
-from convthread.cli import demo_conversations, main
+from convthread.cli import main
+from convthread.cli._demo import demo_conversations
 from convthread.errors import SchemaError
 from convthread.ports import Store
 from convthread.stores import SQLiteStore, migrate, schema_status

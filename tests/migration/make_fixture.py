@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from convthread import Content, Inbound, ManualClock, SenderIdentifier, Trust, codec, phone
-from convthread.cli import DEMO_T0, demo_conversations, demo_journey
+from convthread.cli._demo import DEMO_T0, demo_conversations, demo_journey
 from convthread.domain.identifiers import email as email_address
 
 
@@ -92,7 +92,7 @@ def main(folder: Path) -> None:
 
 def run_customer(convs: object, run: object) -> str:
     from convthread import Conversations
-    from convthread.cli import DemoRun
+    from convthread.cli._demo import DemoRun
 
     assert isinstance(convs, Conversations) and isinstance(run, DemoRun)
     return convs.thread_state(run.threads[0]).customer_id
