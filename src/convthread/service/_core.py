@@ -181,7 +181,8 @@ class Config:
     handoff_rules: Sequence[HandoffRule] = ()
     redaction: Mapping[str, RedactionPolicy] = field(default_factory=lambda: DEFAULT_POLICIES)
     token_keys: KeyRing | None = None
-    # Set by the API from the store: it offers get_multi, so ingest prefetches its reads.
+    # Set by the API from the store: it offers get_multi_heads, so each round of ingest's
+    # load (see _load) is one call.
     prefetch: bool = False
     hints: Hints = field(default_factory=Hints)
 
