@@ -7,9 +7,10 @@ threads it refers to, its topic). :func:`load` then reads, for every message of 
 batch at once, *round by round*: the deduplication keys and identifiers, then the
 owners' customer states and open pointers, then the live (or newest) threads, then the
 checkpoints of threads long enough to need one. Keys already known cost nothing, and a
-round with nothing left to ask makes no call; on a store that offers
-``get_multi_heads`` each round is one call (index entries and heads in one round trip),
-on any other store one ``get_many`` per namespace and one ``get_heads``.
+round with nothing left to ask makes no call. Each round is one ``get_multi_heads`` call
+(index entries and heads in one round trip); a store that does not offer it (the memory
+store, whose every call is a lookup in this process, or a store of the old protocol
+over a plain key-value store) is read as ingest goes, a few calls per message.
 
 The hints (:class:`~convthread.service._core.Hints`: where this process's recent
 messages went) let the first round ask for what the later rounds would: in the steady
@@ -26,8 +27,7 @@ merge's threads, a pending suggestion).
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from convthread import codec
@@ -37,6 +37,7 @@ from convthread.errors import ValidationError
 from convthread.ports import Item, ThreadHead
 from convthread.service import _core as core
 from convthread.service._core import (
+    CHECKPOINT_EVERY,
     NS_CUSTOMER,
     NS_IDEM,
     NS_IDENT,
@@ -45,6 +46,7 @@ from convthread.service._core import (
     NS_OPEN,
     Config,
     Op,
+    checkpoint_key,
 )
 
 if TYPE_CHECKING:
@@ -129,26 +131,16 @@ def query(config: Config, inbound: object) -> IngestQuery:
     return IngestQuery(config, inbound)
 
 
-def _fetch(config: Config, cache: Cache, keys: Iterable[tuple[str, str]]) -> Op[None]:
-    """Add ``keys`` not yet in ``cache`` to it, index entries and heads together."""
-    want = [k for k in dict.fromkeys(keys) if k not in cache]
+def _fetch(config: Config, cache: Cache, want: list[tuple[str, str]]) -> Op[None]:
+    """Add ``want`` (keys not in ``cache``) to it, index entries and heads together."""
+    want = list(dict.fromkeys(want))
     for i in range(0, len(want), CHUNK):
         part = want[i : i + CHUNK]
         pairs = [k for k in part if k[0] != HEAD]
         tids = [k[1] for k in part if k[0] == HEAD]
         items: dict[tuple[str, str], Item]
         found: dict[str, ThreadHead]
-        if config.prefetch:
-            items, found = yield ("get_multi_heads", (pairs, core.TENANT, tids))
-        else:
-            items = {}
-            by_ns: dict[str, list[str]] = {}
-            for ns, key in pairs:
-                by_ns.setdefault(ns, []).append(key)
-            for ns, keys_of in by_ns.items():
-                got: dict[str, Item] = yield ("get_many", (ns, keys_of))
-                items.update(((ns, k), it) for k, it in got.items())
-            found = (yield from core.get_heads(tids)) if tids else {}
+        items, found = yield ("get_multi_heads", (pairs, core.TENANT, tids))
         for k in pairs:
             cache[k] = items.get(k)
         for t in tids:
@@ -163,16 +155,23 @@ def _item(cache: Cache, ns: str, key: str) -> Item | None:
 def load(config: Config, queries: Sequence[IngestQuery]) -> Op[Cache]:
     """Read, round by round, what ingesting ``queries`` in order will read (rounds the
     hints foresaw cost no call of their own)."""
-    from convthread.service._snapshots import CHECKPOINT_EVERY, checkpoint_key
-
     cache: Cache = {}
+    if not config.prefetch:
+        # Each read is a call into this process or a round trip of its own whatever
+        # it asks: reading ahead saves nothing, ingest reads what it needs when it does.
+        return cache
     hints = config.hints
+    # Each message appends one or two events (a wake-up) to a thread of its customer: in
+    # a batch a thread may grow by twice its customer's messages before its checkpoint
+    # is probed. A thread whose last seq is ``near`` or more may need it then.
+    near = CHECKPOINT_EVERY - 2
+    many = len(queries) > 1
+    hinted: dict[str, int] = {}  # customer -> its messages, as the hints say (batches)
+    threads: list[tuple[str, str, int]] = []  # (customer, hinted thread, its last seq)
     # Round 1: deduplication, identifiers, referenced messages; and what the hints say
     # rounds 2 to 4 will want (the customer, its open pointer, the live thread and its
     # checkpoint).
     level: list[tuple[str, str]] = []
-    hinted: list[str] = []  # the customer of each hint (an over-count probes a key more)
-    threads: list[tuple[str, str, int]] = []  # (customer, hinted thread, its last seq)
     for q in queries:
         level.append((NS_MSG, q.msg_key))
         if q.inbound.idempotency_key is not None:
@@ -184,44 +183,47 @@ def load(config: Config, queries: Sequence[IngestQuery]) -> Op[Cache]:
                 okey = core.open_key(cid, q.topic)
                 level.append((NS_CUSTOMER, cid))
                 level.append((NS_OPEN, okey))
-                hinted.append(cid)
+                if many:
+                    hinted[cid] = hinted.get(cid, 0) + 1
                 thread = hints.thread(okey)
                 if thread is not None:
                     level.append((HEAD, thread[0]))
                     threads.append((cid, *thread))
-        level.extend((NS_MSG, k) for k in q.ref_keys)
-    if threads:
-        messages = Counter(hinted)
-        level.extend(
-            (core.NS_HSNAP, checkpoint_key(tid))
-            for cid, tid, seq in threads
-            if seq + 2 * messages[cid] >= CHECKPOINT_EVERY
-        )
+        if q.ref_keys:
+            level.extend((NS_MSG, k) for k in q.ref_keys)
+    for cid, tid, seq in threads:
+        if seq + 2 * hinted.get(cid, 1) >= CHECKPOINT_EVERY:
+            level.append((core.NS_HSNAP, checkpoint_key(tid)))
     yield from _fetch(config, cache, level)
     # Round 2: the owners' states and open pointers; referenced and named threads.
-    owned: list[str] = []  # the owners of each message (once per message)
-    okeys: dict[str, None] = {}  # their open keys (customer and topic), first seen first
+    okeys: dict[str, None] = {}  # the owners' open keys (customer and topic)
+    owners: dict[str, int] = {}  # customer -> its messages (batches)
     level = []
     for q in queries:
         if cache.get((NS_MSG, q.msg_key)) is not None:
             continue  # a redelivery: ingest reads its outcome, nothing more
-        ids: dict[str, None] = {}
+        ids: set[str] = set()
         for k in q.ident_keys:
             item = _item(cache, NS_IDENT, k)
             if item is not None:
-                ids[core.decode_identref(item.value).customer_id] = None
-        owned.extend(ids)
-        for cid in ids:
-            okey = core.open_key(cid, q.topic)
-            okeys[okey] = None
-            level.append((NS_CUSTOMER, cid))
-            level.append((NS_OPEN, okey))
+                cid = core.decode_identref(item.value).customer_id
+                if many and cid not in ids:
+                    ids.add(cid)
+                    owners[cid] = owners.get(cid, 0) + 1
+                okey = core.open_key(cid, q.topic)
+                if okey not in okeys:
+                    okeys[okey] = None
+                    level.append((NS_CUSTOMER, cid))
+                    level.append((NS_OPEN, okey))
         for k in q.ref_keys:
             ref = _item(cache, NS_MSG, k)
             if ref is not None:
                 level.append((HEAD, core.decode_msgref(ref.value).thread_id))
-        level.extend((HEAD, t) for t in q.tokens)
-    yield from _fetch(config, cache, level)
+        if q.tokens:
+            level.extend((HEAD, t) for t in q.tokens)
+    want = [k for k in level if k not in cache]
+    if want:
+        yield from _fetch(config, cache, want)
     # Round 3: the live threads, or the newest ones where none is live.
     level = []
     for okey in okeys:
@@ -230,33 +232,37 @@ def load(config: Config, queries: Sequence[IngestQuery]) -> Op[Cache]:
             level.append((HEAD, live.value.decode()))
         else:
             level.append((NS_LATEST, okey))
-    yield from _fetch(config, cache, level)
-    # Round 4: the newest threads; checkpoints of threads long enough to need one. Each
-    # message appends one or two events (a wake-up) to a thread of its customer: in a
-    # batch a thread may grow by twice its customer's messages before its checkpoint is
-    # probed.
+    want = [k for k in level if k not in cache]
+    if want:
+        yield from _fetch(config, cache, want)
+    # Round 4: the newest threads; checkpoints of threads long enough to need one.
     level = []
     for okey in okeys:
         latest = _item(cache, NS_LATEST, okey)
         if latest is not None:
             level.append((HEAD, latest.value.decode()))
-    owners = Counter(owned)
-    for (ns, key), found in list(cache.items()):
+    want = [k for k in level if k not in cache]
+    for (ns, key), found in cache.items():
         if (
             ns == HEAD
             and isinstance(found, ThreadHead)
-            and found.last_seq + 2 * owners[found.customer_id] >= CHECKPOINT_EVERY
+            and found.last_seq >= near
+            and found.last_seq + 2 * owners.get(found.customer_id, 0 if many else 1)
+            >= CHECKPOINT_EVERY
         ):
-            level.append((core.NS_HSNAP, checkpoint_key(key)))
-    yield from _fetch(config, cache, level)
+            probe = (core.NS_HSNAP, checkpoint_key(key))
+            if probe not in cache:
+                want.append(probe)
+    if want:
+        yield from _fetch(config, cache, want)
     return cache
 
 
 def learn(config: Config, queries: Sequence[IngestQuery], results: Sequence[IngestResult]) -> None:
     """Remember where ``results`` went (the hints of the next loads); ``queries`` are
     those of the same messages."""
-    if len(queries) != len(results):
-        return  # (only when a message failed, and then there are no results)
+    if not config.prefetch or len(queries) != len(results):
+        return  # (no load reads ahead; a message failed, and then there are no results)
     hints = config.hints
     for q, r in zip(queries, results, strict=True):
         okey = core.open_key(r.customer_id, q.topic)
@@ -269,14 +275,21 @@ def learn(config: Config, queries: Sequence[IngestQuery], results: Sequence[Inge
 def entry(view: Overlay, ns: str, key: str) -> Op[Item | None]:
     """The entry at ``ns``/``key`` as the operation sees it: its own writes, then what
     was loaded, then the store."""
-    found, item = view.lookup(ns, key)
-    if found:
-        return item
-    return (yield from core.get(ns, key))
+    if not view.blank:
+        found, item = view.lookup(ns, key)
+        if found:
+            return item
+    got: Item | None = yield ("get", (ns, key))
+    return got
 
 
 def entries(view: Overlay, ns: str, keys: Sequence[str]) -> Op[dict[str, Item]]:
     """:func:`entry` for several keys (one store call for those only the store knows)."""
+    if view.blank:
+        if not keys:
+            return {}
+        every: dict[str, Item] = yield ("get_many", (ns, list(keys)))
+        return every
     out: dict[str, Item] = {}
     missing: list[str] = []
     for k in keys:
@@ -286,7 +299,8 @@ def entries(view: Overlay, ns: str, keys: Sequence[str]) -> Op[dict[str, Item]]:
         elif item is not None:
             out[k] = item
     if missing:
-        out.update((yield from core.get_many(ns, missing)))
+        got: dict[str, Item] = yield ("get_many", (ns, missing))
+        out.update(got)
     return out
 
 

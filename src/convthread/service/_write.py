@@ -36,6 +36,9 @@ from convthread.service._load import HEAD, Cache
 __all__ = ["Overlay", "commit", "ingest_writes", "through"]
 
 
+_UNKNOWN: Any = object()
+
+
 class Overlay:
     """The writes of a batch in progress, seen by the operations that follow in it."""
 
@@ -48,26 +51,31 @@ class Overlay:
         self._fake = 1 << 40
         self.heads: dict[str, tuple[int, ThreadHead]] = {}  # thread -> (first exp., head)
         self.taken = False  # whether a batch was taken (else batch() is empty)
+        self.blank = not self.cache  # nothing read ahead, nothing taken: answers nothing
 
     def head(self, thread_id: str) -> tuple[bool, ThreadHead | None]:
         """As :meth:`lookup`, for a thread's head."""
-        written = self.heads.get(thread_id)
-        if written is not None:
-            return True, written[1]
-        key = (HEAD, thread_id)
-        if key in self.cache:
-            return True, cast("ThreadHead | None", self.cache[key])
-        return False, None
+        if self.heads:
+            written = self.heads.get(thread_id)
+            if written is not None:
+                return True, written[1]
+        found = self.cache.get((HEAD, thread_id), _UNKNOWN)
+        if found is _UNKNOWN:
+            return False, None
+        return True, cast("ThreadHead | None", found)
 
     def lookup(self, ns: str, key: str) -> tuple[bool, Item | None]:
         """(True, the entry or None for absent) if the batch wrote the key or it was read
         ahead; (False, None) if only the store knows."""
-        written = self.kv.get((ns, key))
-        if written is not None:
-            return True, written[1]
-        if (ns, key) in self.cache:
-            return True, cast("Item | None", self.cache[(ns, key)])
-        return False, None
+        k = (ns, key)
+        if self.kv:
+            written = self.kv.get(k)
+            if written is not None:
+                return True, written[1]
+        found = self.cache.get(k, _UNKNOWN)
+        if found is _UNKNOWN:
+            return False, None
+        return True, cast("Item | None", found)
 
     def version(self, stream: str) -> int | None:
         entry = self.streams.get(stream)
@@ -75,6 +83,7 @@ class Overlay:
 
     def take(self, batch: Batch) -> None:
         self.taken = True
+        self.blank = False
         for a in batch.appends:
             entry = self.streams.get(a.stream)
             if entry is None:
@@ -137,6 +146,8 @@ def through(overlay: Overlay, op: Op[Any]) -> Op[Any]:
             if name == "commit":
                 overlay.take(args[0])
                 result: Any = None
+            elif overlay.blank:
+                result = yield call  # nothing read ahead or written yet: the store answers
             elif name == "get":
                 found, item = overlay.lookup(args[0], args[1])
                 result = item if found else (yield call)

@@ -257,25 +257,6 @@ class MemoryStore:
         with self._lock:
             return {t: h for t in thread_ids if (h := heads.get((tenant, t))) is not None}
 
-    def get_multi_heads(
-        self, keys: Sequence[tuple[str, str]], tenant: str, thread_ids: Sequence[str]
-    ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
-        """Index entries of any namespaces and thread heads, read under one hold of the
-        lock (:class:`~convthread.ports.MultiGetHeads`): what ingest loads in one call."""
-        self._check_open()
-        kv = self._kv
-        heads = self._heads
-        items: dict[tuple[str, str], Item] = {}
-        with self._lock:
-            for pair in keys:
-                table = kv.get(pair[0])
-                if table is not None:
-                    item = table.get(pair[1])
-                    if item is not None:
-                        items[pair] = item
-            found = {t: h for t in thread_ids if (h := heads.get((tenant, t))) is not None}
-        return items, found
-
     def find_heads(self, query: HeadQuery) -> list[ThreadHead]:
         self._check_open()
         t, desc, limit = query.tenant, query.newest_first, query.limit
