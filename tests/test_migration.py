@@ -191,12 +191,12 @@ def test_migrate_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     conn.execute("INSERT INTO schema_version (version) VALUES (999)")
     conn.commit()
     conn.close()
-    assert main(["migrate", str(newer), "--dry-run"]) == 1
+    assert main(["migrate", str(newer), "--dry-run"]) == 4  # refused: see cli exit statuses
     err = capsys.readouterr().err
     assert "SchemaError" in err and "schema version 999" in err and "Upgrade convthread" in err
     with pytest.raises(SchemaError):
         SQLiteStore(newer)
-    assert main(["migrate", "memory://"]) == 1
+    assert main(["migrate", "memory://"]) == 4
     assert "no schema" in capsys.readouterr().err
 
 

@@ -23,6 +23,7 @@ PUBLIC_MODULES = [
     "convthread.domain.model",
     "convthread.domain.identifiers",
     "convthread.domain.events",
+    "convthread.domain.feed",
     "convthread.domain.thread",
     "convthread.domain.continuity",
     "convthread.domain.segments",
@@ -94,6 +95,12 @@ def _public_methods(cls: type) -> dict[str, Any]:
     return {n: f for n, f in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")}
 
 
+#: Methods that return an iterator rather than a result: (sync, async) return types.
+ITERATORS: dict[str, tuple[type, type]] = {
+    "follow": (convthread.Follower, convthread.AsyncFollower),
+}
+
+
 def test_sync_and_async_services_offer_the_same_operations() -> None:
     """Each public method is defined once: both services have it, with the same
     parameters, return annotation (the async one's is what awaiting it gives), type
@@ -104,6 +111,13 @@ def test_sync_and_async_services_offer_the_same_operations() -> None:
     assert len(sync) > 40
     for name, fn in sync.items():
         other = async_[name]
+        if name in ITERATORS:  # a plain method returning an iterator, of each kind
+            assert inspect.signature(fn).parameters == inspect.signature(other).parameters
+            hints, other_hints = typing.get_type_hints(fn), typing.get_type_hints(other)
+            assert (hints.pop("return"), other_hints.pop("return")) == ITERATORS[name], name
+            assert hints == other_hints, name
+            assert not inspect.iscoroutinefunction(other), name
+            continue
         assert inspect.signature(fn) == inspect.signature(other), name
         assert typing.get_type_hints(fn) == typing.get_type_hints(other), name
         doc = inspect.getdoc(fn)

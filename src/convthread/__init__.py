@@ -61,6 +61,7 @@ from convthread.domain.events import (
     ThreadStarted,
     ThreadStatus,
 )
+from convthread.domain.feed import Change, Consumer, Tracking
 from convthread.domain.graph import BulkReport, IdentityGraph
 from convthread.domain.handoff import (
     AsksForHuman,
@@ -154,6 +155,7 @@ from convthread.ports import (
 from convthread.service import (
     ApplyResult,
     AsyncConversations,
+    AsyncFollower,
     ContinuationToken,
     Conversations,
     CustomerView,
@@ -161,6 +163,7 @@ from convthread.service import (
     ErasureReport,
     ExplainStep,
     Explanation,
+    Follower,
     HandoffResult,
     History,
     HistoryReply,
@@ -189,6 +192,7 @@ __all__ = [
     "ApplyResult",
     "AsksForHuman",
     "AsyncConversations",
+    "AsyncFollower",
     "AsyncStore",
     "Attachment",
     "AttributeEquals",
@@ -196,10 +200,12 @@ __all__ = [
     "Audience",
     "BotFailures",
     "BulkReport",
+    "Change",
     "Channel",
     "ChannelResult",
     "Choice",
     "Clock",
+    "Consumer",
     "Content",
     "Contention",
     "ContinuationIssued",
@@ -228,6 +234,7 @@ __all__ = [
     "Evidence",
     "ExplainStep",
     "Explanation",
+    "Follower",
     "HandoffAccepted",
     "HandoffContext",
     "HandoffDeclined",
@@ -306,6 +313,7 @@ __all__ = [
     "ThreadView",
     "TimeSource",
     "TimelineEntry",
+    "Tracking",
     "Trust",
     "UnmergeResult",
     "Unsupported",

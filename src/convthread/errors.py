@@ -38,6 +38,7 @@ __all__ = [
     "Contention",
     "ConvthreadError",
     "ErasedError",
+    "FeedUnavailable",
     "HandoffTaken",
     "IdempotencyError",
     "InvalidIdentifier",
@@ -196,6 +197,11 @@ class StoreError(ConvthreadError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached, or the connection was lost mid-operation."""
+
+
+class FeedUnavailable(StoreError):
+    """The store offers no change feed (it cannot read events by position; see
+    :class:`convthread.ports.FeedReader`)."""
 
 
 class SchemaError(StoreError):

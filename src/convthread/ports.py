@@ -74,6 +74,19 @@ and commits while other holders of those streams wait, across processes. The ser
 enters it only to retry a write whose commit conflicted on those streams, so a busy
 thread's writers queue in the database instead of racing. A hold never replaces the
 compare-and-set: a commit inside one checks every expectation as always.
+
+Optional capability: the **change feed** reads events by position
+(:class:`FeedReader` / :class:`AsyncFeedReader`): ``read_positions(tenant, after,
+limit)`` returns the tenant's events with a position greater than ``after``, in
+position order, at most ``limit``; ``last_position(tenant)`` the greatest position of
+the tenant's events (0 if none). Because positions grow in commit order (semantics 6),
+a reader that pages on with the last position it saw misses no event. A store may
+also offer ``watch()`` (:class:`FeedWatcher` / :class:`AsyncFeedWatcher`): a
+:class:`FeedWatch` whose ``wait(timeout)`` returns as soon as a commit may have been
+made since the watch was opened or last returned (a hint, never a promise: the service
+reads the feed again after every wait, and waits again when it finds nothing). A store
+without a watch is polled. The service's feed API needs a :class:`FeedReader`; the
+conformance kit checks one where a store offers it.
 """
 
 from __future__ import annotations
@@ -96,6 +109,9 @@ __all__ = [
     "ANY",
     "DEFAULT_TENANT",
     "Append",
+    "AsyncFeedReader",
+    "AsyncFeedWatch",
+    "AsyncFeedWatcher",
     "AsyncKVStore",
     "AsyncMultiGet",
     "AsyncMultiGetHeads",
@@ -104,6 +120,9 @@ __all__ = [
     "Batch",
     "Clock",
     "Delete",
+    "FeedReader",
+    "FeedWatch",
+    "FeedWatcher",
     "HeadQuery",
     "HeadWrite",
     "IdSource",
@@ -449,6 +468,67 @@ class AsyncStreamHold(Protocol):
     """The asyncio form of :class:`StreamHold` (for the calling task)."""
 
     def hold(self, streams: Sequence[str]) -> AbstractAsyncContextManager[None]: ...
+
+
+@runtime_checkable
+class FeedReader(Protocol):
+    """Optional: events by global position, for the change feed (see the module notes)."""
+
+    def read_positions(self, tenant: str, after: int, limit: int) -> list[Recorded]:
+        """The events of ``tenant`` with a position greater than ``after``, in position
+        order, at most ``limit`` (each with its stream, seq, bytes and position)."""
+        ...
+
+    def last_position(self, tenant: str) -> int:
+        """The greatest position among ``tenant``'s events (0 if it has none)."""
+        ...
+
+
+@runtime_checkable
+class AsyncFeedReader(Protocol):
+    """The asyncio form of :class:`FeedReader`."""
+
+    async def read_positions(self, tenant: str, after: int, limit: int) -> list[Recorded]: ...
+
+    async def last_position(self, tenant: str) -> int: ...
+
+
+class FeedWatch(Protocol):
+    """A wake-up hint for feed readers (see the module notes). Safe to close from
+    another thread than the one waiting: the wait then returns promptly."""
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds (0: do not block) for a commit made since the
+        watch was opened or last returned True; True if one may have been made."""
+        ...
+
+    def close(self) -> None:
+        """Release the watch's connection or thread; a wait in progress returns."""
+        ...
+
+
+@runtime_checkable
+class FeedWatcher(Protocol):
+    """Optional: a store that can tell feed readers when to look again."""
+
+    def watch(self) -> FeedWatch:
+        """A new watch, already listening: a commit made after this returns is signalled."""
+        ...
+
+
+class AsyncFeedWatch(Protocol):
+    """The asyncio form of :class:`FeedWatch` (cancel the waiting task to stop it)."""
+
+    async def wait(self, timeout: float) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncFeedWatcher(Protocol):
+    """The asyncio form of :class:`FeedWatcher`."""
+
+    async def watch(self) -> AsyncFeedWatch: ...
 
 
 # --------------------------------------------------------------------------- clock, ids

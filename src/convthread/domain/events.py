@@ -447,7 +447,13 @@ class MergeSuggestionResolved(
 
 
 class CustomerErased(_CustomerEventBase, tag="customer_erased", frozen=True, kw_only=True):
+    """The customer was erased (appended: ``threads`` are the threads erased with it),
+    or, with ``original_type``, what an identity event that carried personal data was
+    rewritten as (its type tag, e.g. ``"identifier_linked"``)."""
+
     by: str = ""
+    threads: tuple[str, ...] = ()
+    original_type: str = ""
 
 
 CustomerEvent = Union[

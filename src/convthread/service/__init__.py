@@ -4,6 +4,7 @@ from convthread.service._api import AsyncConversations, Conversations
 from convthread.service._erasure import (
     ErasureReport,
 )
+from convthread.service._feed import AsyncFollower, Follower
 from convthread.service._identity import (
     Disclosure,
     ExplainStep,
@@ -41,6 +42,7 @@ from convthread.service._threads import (
 __all__ = [
     "ApplyResult",
     "AsyncConversations",
+    "AsyncFollower",
     "ContinuationToken",
     "Conversations",
     "CustomerView",
@@ -48,6 +50,7 @@ __all__ = [
     "ErasureReport",
     "ExplainStep",
     "Explanation",
+    "Follower",
     "HandoffResult",
     "History",
     "HistoryReply",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final, Union, cast, get_args, get_origin, get_
 
 from convthread.domain.continuity import ContinuityPolicy
 from convthread.domain.events import ThreadStatus
+from convthread.domain.feed import Change, Consumer, Tracking
 from convthread.domain.handoff import HandoffRecord, HandoffRule
 from convthread.domain.identifiers import IdentifierRegistry, default_registry
 from convthread.domain.identity import DisclosurePolicy
@@ -46,6 +47,7 @@ from convthread.ports import (
     AsyncKVStore,
     AsyncMultiGetHeads,
     AsyncStore,
+    Batch,
     Clock,
     IdSource,
     KVStore,
@@ -56,6 +58,7 @@ from convthread.ports import (
 )
 from convthread.service import (
     _erasure,
+    _feed,
     _handoff,
     _identity,
     _import,
@@ -68,6 +71,7 @@ from convthread.service import (
 from convthread.service._core import NS_IDENT, Config, Op
 from convthread.service._drivers import InlineAsyncStore, ThreadedAsyncStore, threaded
 from convthread.service._erasure import ErasureReport
+from convthread.service._feed import AsyncFollower, Follower
 from convthread.service._identity import (
     Disclosure,
     Explanation,
@@ -195,6 +199,7 @@ class _Service:
     defined once as the operation it runs (see :mod:`convthread.service._operation`)."""
 
     config: Config
+    store: Store | AsyncStore
 
     @operation(retries=False)
     def close(self) -> Op[None]:
@@ -293,6 +298,58 @@ class _Service:
     def customer_threads(self, customer_id: str) -> Op[list[ThreadState]]:
         """A customer's threads, oldest first."""
         return _reads.customer_threads(customer_id)
+
+    # -- the change feed
+
+    @operation(retries=False)
+    def changes(self, *, after: int = 0, limit: int = 100) -> Op[list[Change]]:
+        """The changes recorded after position ``after``, at most ``limit`` (1 to
+        10,000), in commit order: every event the service stored, as a
+        :class:`~convthread.domain.feed.Change`. Page on with the last one's position.
+        The store must offer the feed (:class:`~convthread.ports.FeedReader`), else
+        :class:`~convthread.errors.FeedUnavailable`. See docs/feed.md."""
+        _feed.require_feed(self.store)
+        return _feed.changes(_feed.check_position(after), _feed.check_limit(limit))
+
+    @operation(retries=False)
+    def last_position(self) -> Op[int]:
+        """The position of the feed's last change (0 while it is empty)."""
+        _feed.require_feed(self.store)
+        return _feed.last_position()
+
+    @operation(retries=True)
+    def ack(self, consumer: str, position: int) -> Op[int]:
+        """Record that the named ``consumer`` has handled every change up to
+        ``position`` (its checkpoint, kept in the store). A position at or below the
+        recorded one changes nothing; one beyond the feed's last position is a
+        ValidationError. Returns the consumer's position."""
+        _feed.require_feed(self.store)
+        return _feed.ack(self.config, consumer, position)
+
+    @operation(retries=False)
+    def consumer_position(self, consumer: str) -> Op[int]:
+        """The last position ``consumer`` acknowledged (0 if it never did)."""
+        return _feed.consumer_position(consumer)
+
+    @operation(retries=False)
+    def consumers(self) -> Op[list[Consumer]]:
+        """Every named consumer of the feed, by name: position, lag and last move."""
+        _feed.require_feed(self.store)
+        return _feed.consumers()
+
+    @operation(retries=True)
+    def commit_tracked(self, batch: Batch, tracking: Tracking) -> Op[bool]:
+        """Commit a consumer's own writes and its checkpoint in one transaction.
+
+        ``batch`` holds puts and deletes of index entries in the consumer's own
+        namespaces (not the service's); ``tracking`` says the consumer has handled
+        every change up to its position. If the checkpoint is already there or beyond,
+        nothing is written and the result is False (the change was applied before:
+        a redelivery); else both are written together and the result is True. A
+        consumer that keeps its results this way applies each change exactly once."""
+        _feed.require_feed(self.store)
+        _feed.check_tracked_batch(batch)
+        return _feed.commit_tracked(self.config, batch, tracking)
 
     # -- erasure
 
@@ -849,6 +906,29 @@ class Conversations(_Service):
         """The id of the customer an identifier is linked to, or None."""
         return _reads.owner_of(self.store.get(NS_IDENT, _reads.ident_key(self.config, identifier)))
 
+    def follow(
+        self,
+        *,
+        after: int | None = None,
+        consumer: str | None = None,
+        limit: int = 100,
+        poll: float = _feed.DEFAULT_POLL,
+        ack_every: int = _feed.ACK_EVERY,
+    ) -> Follower:
+        """The feed's changes after ``after``, then each new one as it is committed:
+        an iterator that waits (use it in a thread of its own; ``close()`` it from
+        any thread, or leave its ``with`` block, to stop it).
+
+        With ``consumer``, it starts after the consumer's checkpoint (unless ``after``
+        is given) and acknowledges each change once the next one is asked for (in
+        batches, and whenever it has caught up): every change is delivered at least
+        once, a change being handled when the process died is delivered again, with
+        up to ``ack_every`` before it (1: acknowledge every change, one write each).
+        It waits on the store's watch (PostgreSQL LISTEN/NOTIFY, SQLite's data
+        version, the memory store's condition) and reads again at least every
+        ``poll`` seconds whatever the watch says. ``limit`` is the page size."""
+        return _feed.Follower(self, after, consumer, limit, poll, ack_every)
+
     def __enter__(self) -> Self:
         return self
 
@@ -903,6 +983,20 @@ class AsyncConversations(_Service):
         """The id of the customer an identifier is linked to, or None."""
         key = _reads.ident_key(self.config, identifier)
         return _reads.owner_of(await self.store.get(NS_IDENT, key))
+
+    def follow(
+        self,
+        *,
+        after: int | None = None,
+        consumer: str | None = None,
+        limit: int = 100,
+        poll: float = _feed.DEFAULT_POLL,
+        ack_every: int = _feed.ACK_EVERY,
+    ) -> AsyncFollower:
+        """The asyncio form of :meth:`Conversations.follow`: an async iterator
+        (``async for change in convs.follow(...)``); cancel its task or ``aclose()``
+        it to stop. Nothing is read before the first ``__anext__``."""
+        return _feed.AsyncFollower(self, after, consumer, limit, poll, ack_every)
 
     async def __aenter__(self) -> Self:
         return self

@@ -378,6 +378,12 @@ class InlineAsyncStore:
         """Only where the wrapped store offers it (:class:`~convthread.ports.MultiGetHeads`)."""
         return self.sync.get_multi_heads(keys, tenant, thread_ids)  # type: ignore[attr-defined,no-any-return]
 
+    async def read_positions(self, tenant: str, after: int, limit: int) -> list[Recorded]:
+        return self.sync.read_positions(tenant, after, limit)  # type: ignore[attr-defined,no-any-return]
+
+    async def last_position(self, tenant: str) -> int:
+        return self.sync.last_position(tenant)  # type: ignore[attr-defined,no-any-return]
+
     async def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]:
         return self.sync.get_heads(tenant, thread_ids)
 
@@ -443,6 +449,12 @@ class ThreadedAsyncStore:
     ) -> tuple[dict[tuple[str, str], Item], dict[str, ThreadHead]]:
         """Only where the wrapped store offers it (:class:`~convthread.ports.MultiGetHeads`)."""
         return await self._call(self.sync.get_multi_heads, keys, tenant, thread_ids)  # type: ignore[attr-defined]
+
+    async def read_positions(self, tenant: str, after: int, limit: int) -> list[Recorded]:
+        return await self._call(self.sync.read_positions, tenant, after, limit)  # type: ignore[attr-defined]
+
+    async def last_position(self, tenant: str) -> int:
+        return await self._call(self.sync.last_position, tenant)  # type: ignore[attr-defined]
 
     async def get_heads(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, ThreadHead]:
         return await self._call(self.sync.get_heads, tenant, thread_ids)

@@ -12,8 +12,10 @@ What goes, in one atomic batch, then ``store.scrub()`` so the bytes leave storag
   between parties, times) remains.
 * **identity**: every identifier the customer ever had is unlinked (its ``ident`` entry
   deleted, if it still points to this customer); the identity events that carry
-  identifiers or evidence are rewritten content-free (``CustomerErased``; merge and
-  unmerge records keep only ids); a ``CustomerErased`` event closes the stream.
+  identifiers or evidence are rewritten content-free (``CustomerErased``, the type it
+  replaces in ``original_type``; merge and unmerge records keep only ids); a
+  ``CustomerErased`` event closes the stream, naming the threads erased with it (the
+  change feed's consumers read it as ``customer.erased``).
 * **index entries that carry personal data**: ``msg`` and ``idem`` (their keys hold
   provider message ids; an e-mail Message-ID often embeds an address, and idempotency
   keys are the caller's free text), ``early`` (statuses waiting for those messages),
@@ -146,9 +148,9 @@ def erased_customer_event(event: CustomerEvent) -> CustomerEvent:
     if isinstance(event, CustomerCreated):
         return CustomerCreated(at=event.at) if event.decision is not None else event
     if isinstance(event, IdentifierLinked | IdentifierUnlinked | IdentifierVerified):
-        return CustomerErased(at=event.at, by="erasure")
+        return CustomerErased(at=event.at, by="erasure", original_type=_tag(event))
     if isinstance(event, MergeSuggested):
-        return CustomerErased(at=event.at, by="erasure")
+        return CustomerErased(at=event.at, by="erasure", original_type=_tag(event))
     if isinstance(event, CustomerMerged):
         return msgspec.structs.replace(event, identifiers=(), decision=None, pointers=(), by="")
     if isinstance(event, CustomerUnmerged):
@@ -215,6 +217,10 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
     heads: list[HeadWrite] = []
     identifiers: set[Identifier] = set()
     thread_ids: dict[str, None] = {}
+    # The members whose stream an erasure event closes (appended once the erased
+    # threads are known: the event names them, for the change feed's consumers).
+    closing: list[tuple[str, CustomerState, int]] = []
+    erased_threads: list[str] = []
 
     # 1. Identity streams and states.
     for cid, state, item_version in group:
@@ -228,10 +234,7 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
             if isinstance(ev, CustomerMerged) and ev.survivor == cid:
                 thread_ids.update(dict.fromkeys(ev.threads))
         if not state.erased or state.identifiers:
-            erased = CustomerErased(at=now, by=by)
-            appends.append(Append(cid, state.version, (codec.encode(erased),)))
-            new_state = evolve_customer(state, cid, state.version + 1, erased)
-            puts.append(Put(NS_CUSTOMER, cid, codec.encode(new_state), item_version))
+            closing.append((cid, state, item_version))
         thread_ids.update(dict.fromkeys((yield from core.customer_thread_ids(cid))))
         for ns in (NS_OPEN, NS_LATEST):
             entries = yield from _scan_all(ns, f"{cid}|")
@@ -254,6 +257,7 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
         old_thread, head_version = found
         if old_thread.customer_id not in member_ids:
             continue  # given back by an unmerge: another person's thread
+        erased_threads.append(tid)
         records = yield from core.read(tid)
         pairs: list[tuple[int, ThreadEvent]] = []
         channel_of: dict[int, str] = {}
@@ -280,6 +284,12 @@ def erase_customer(config: Config, customer_id: str, by: str = "") -> Op[Erasure
         for ns in (NS_MARK, NS_HSNAP):
             entries = yield from _scan_all(ns, f"{tid}|")
             deletes.extend(Delete(ns, key, ANY) for key in entries)
+
+    for cid, state, item_version in closing:
+        erased = CustomerErased(at=now, by=by, threads=tuple(erased_threads))
+        appends.append(Append(cid, state.version, (codec.encode(erased),)))
+        new_state = evolve_customer(state, cid, state.version + 1, erased)
+        puts.append(Put(NS_CUSTOMER, cid, codec.encode(new_state), item_version))
 
     # Handoff records keep the free-text reason a handoff was requested for (it may
     # quote the customer): blanked, like the reasons in the rewritten events.

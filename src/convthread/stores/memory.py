@@ -32,7 +32,16 @@ from typing import Final
 import msgspec
 
 from convthread.errors import ConflictError, StoreError
-from convthread.ports import ABSENT, ANY, Batch, HeadQuery, Item, Recorded, ThreadHead
+from convthread.ports import (
+    ABSENT,
+    ANY,
+    DEFAULT_TENANT,
+    Batch,
+    HeadQuery,
+    Item,
+    Recorded,
+    ThreadHead,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -184,6 +193,11 @@ class MemoryStore:
         # lock makes a commit's positions a block after every earlier commit's.
         self._positions: dict[str, list[int]] = {}
         self._last_position = 0
+        # The feed: one block per append, in position order: the position of its first
+        # event (``_block_starts``), its stream and the seq of that event. Positions here
+        # have no gaps, so a block runs up to the next one's start.
+        self._block_starts: list[int] = []
+        self._blocks: list[tuple[str, int]] = []
         self._kv: dict[str, dict[str, Item]] = {}
         self._keys: dict[str, _SortedKeys] = {}  # keys per namespace, for scan
         self._heads: dict[tuple[str, str], ThreadHead] = {}  # (tenant, thread id) -> head
@@ -195,6 +209,8 @@ class MemoryStore:
         self._head_entries: dict[tuple[str, str], set[tuple[tuple[str, ...], str]]] = {}
         self._moved: set[tuple[str, str]] = set()
         self._lock = threading.RLock()
+        # Feed watchers wait on this; every commit that appends notifies it.
+        self._appended = threading.Condition(self._lock)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -226,6 +242,38 @@ class MemoryStore:
         self._check_open()
         events = self._streams.get(stream)
         return 0 if events is None else len(events)
+
+    def read_positions(self, tenant: str, after: int, limit: int) -> list[Recorded]:
+        """Events by position (:class:`~convthread.ports.FeedReader`). Every event of
+        this store is the default tenant's (its appends name no tenant)."""
+        self._check_open()
+        if tenant != DEFAULT_TENANT or limit <= 0:
+            return []
+        out: list[Recorded] = []
+        with self._lock:
+            starts, blocks, streams = self._block_starts, self._blocks, self._streams
+            position = max(after, 0) + 1
+            stop = min(self._last_position, position + limit - 1)
+            b = bisect_right(starts, position) - 1
+            while position <= stop:
+                stream, first_seq = blocks[b]
+                end = starts[b + 1] - 1 if b + 1 < len(starts) else self._last_position
+                events = streams[stream]
+                for p in range(position, min(end, stop) + 1):
+                    seq = first_seq + p - starts[b]
+                    out.append(Recorded(stream, seq, events[seq - 1], p))
+                position = min(end, stop) + 1
+                b += 1
+        return out
+
+    def last_position(self, tenant: str) -> int:
+        self._check_open()
+        return self._last_position if tenant == DEFAULT_TENANT else 0
+
+    def watch(self) -> _MemoryWatch:
+        """A watch woken by every commit that appends (:class:`~convthread.ports.FeedWatcher`)."""
+        self._check_open()
+        return _MemoryWatch(self)
 
     def get(self, ns: str, key: str) -> Item | None:
         self._check_open()
@@ -355,6 +403,9 @@ class MemoryStore:
             for append in appends:
                 events = streams.get(append.stream)
                 first = self._last_position + 1
+                if append.events:
+                    self._block_starts.append(first)
+                    self._blocks.append((append.stream, append.expected + 1))
                 self._last_position += len(append.events)
                 numbers = range(first, self._last_position + 1)
                 if events is None:
@@ -394,12 +445,44 @@ class MemoryStore:
                         customers[(old_head.tenant, old_head.customer_id)].discard(slot[1])
                     customers.setdefault((slot[0], new.customer_id), set()).add(slot[1])
                 moved.add(slot)
+            if appends:
+                self._appended.notify_all()
 
     def scrub(self) -> None:
         self._check_open()
 
     def close(self) -> None:
         self._closed = True
+        with self._lock:
+            self._appended.notify_all()
+
+
+class _MemoryWatch:
+    """A :class:`~convthread.ports.FeedWatch` over the store's condition: it has seen
+    every position up to ``seen``; a wait returns once the store's last position is
+    beyond it (or the watch or store is closed)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._seen = store._last_position
+        self._closed = False
+
+    def wait(self, timeout: float) -> bool:
+        store = self._store
+        with store._appended:
+            changed = store._appended.wait_for(
+                lambda: store._last_position != self._seen or self._closed or store._closed,
+                timeout=max(timeout, 0.0),
+            )
+            fresh = store._last_position != self._seen
+            self._seen = store._last_position
+        return bool(changed) and fresh
+
+    def close(self) -> None:
+        store = self._store
+        with store._appended:
+            self._closed = True
+            store._appended.notify_all()
 
 
 def _start(query: HeadQuery) -> str | None:

@@ -91,6 +91,7 @@ import functools
 import re
 import struct
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -432,6 +433,7 @@ class _Sql:
     """Every statement, with the schema name filled in."""
 
     schema: str
+    notify: bool = True
     q: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -447,6 +449,24 @@ class _Sql:
     @property
     def version(self) -> str:
         return f"SELECT coalesce(max(seq), 0) FROM {self.q}.events WHERE stream = %s"
+
+    @property
+    def read_positions(self) -> str:
+        # The unique index on position serves the range; the tenant is a filter.
+        return (
+            f"SELECT stream, seq, data, position FROM {self.q}.events "
+            f"WHERE position > %s AND tenant = %s ORDER BY position LIMIT %s"
+        )
+
+    @property
+    def last_position(self) -> str:
+        return (
+            f"SELECT position FROM {self.q}.events WHERE tenant = %s ORDER BY position DESC LIMIT 1"
+        )
+
+    @property
+    def listen(self) -> str:
+        return f'LISTEN "{feed_channel(self.schema)}"'
 
     @property
     def get(self) -> str:
@@ -531,7 +551,7 @@ class _Sql:
         return f"SELECT {self.q}.refuse_batch('{code}', %s)"
 
     def batch(self, shape: _Shape) -> str:
-        return _batch_sql(self.q, shape)
+        return _batch_sql(self.q, shape, self.notify)
 
     def migration(self) -> dict[int, Step]:
         def fill(step: Step) -> Step:
@@ -563,7 +583,7 @@ _INVALID_CODE: Final = f"'{_REFUSED_INVALID}'::text"
 
 
 @functools.lru_cache(maxsize=256)
-def _batch_sql(q: str, shape: _Shape) -> str:
+def _batch_sql(q: str, shape: _Shape, notify: bool = True) -> str:
     """The statement of a batch of ``shape``; its parameters, in order, are the arrays
     :func:`_plan` lists for each part present (see there)."""
     ctes: list[str] = []
@@ -723,9 +743,14 @@ def _batch_sql(q: str, shape: _Shape) -> str:
         # data-modifying WITH query such as ev), so a refused batch serializes nothing.
         done = [f"(SELECT count(*) FROM {name})" for name in _written(shape)]
         after = f" WHERE {' + '.join(done)} >= 0" if done else ""
+        # The same one-time query queues a notification for feed watchers (LISTEN):
+        # PostgreSQL delivers it only when, and if, this transaction commits, and only
+        # once however many rows the statement writes. It is a wake-up hint; readers
+        # read positions, never the notification's payload.
+        told = f", pg_notify('{feed_channel(q.strip(chr(34)))}', '') AS told" if notify else ""
         ctes.append(
             f"lk AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtext({_position_lock(q)}))"
-            f" AS held{after})"
+            f" AS held{told}{after})"
         )
         ctes.append(
             f"ev AS (INSERT INTO {q}.events (stream, seq, data) "
@@ -748,6 +773,11 @@ def _written(shape: _Shape) -> list[str]:
     names = [("updates", "u"), ("inserts", "ins"), ("upserts", "up"), ("deletes", "d")]
     out = [name for part, name in names if getattr(shape, part)]
     return [*out, "r"] if shape.rewrites else out
+
+
+def feed_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel on which a schema's commits wake feed watchers."""
+    return f"convthread_feed_{schema}"[:63]
 
 
 def _position_lock(q: str) -> str:
@@ -1305,7 +1335,9 @@ class PostgresStore:
     ``url`` is a libpq connection string or URL. ``schema`` names the PostgreSQL schema
     holding the tables (created if missing). ``min_size``/``max_size`` size the pool;
     ``timeout`` is how long a call waits for a free connection. Safe to share between
-    threads; open one per process (a pool must not cross ``fork()``).
+    threads; open one per process (a pool must not cross ``fork()``). ``notify``: each
+    commit that writes events wakes the schema's feed followers (``NOTIFY`` in the same
+    statement; see :meth:`watch`); with False, followers find new changes by polling.
     """
 
     def __init__(
@@ -1318,10 +1350,11 @@ class PostgresStore:
         timeout: float = 30.0,
         scrub_mode: ScrubMode = "vacuum",
         application_name: str = "convthread",
+        notify: bool = True,
     ) -> None:
         self.schema = _check_schema(schema)
         self.scrub_mode = _check_scrub(scrub_mode)
-        self._sql = _Sql(self.schema)
+        self._sql = _Sql(self.schema, bool(notify))
         self._url = url
         self._timeout = timeout
         self._closed = False
@@ -1409,6 +1442,27 @@ class PostgresStore:
         else:
             rows = self._query(self._sql.read, (stream, after))
         return [Recorded(stream, int(seq), bytes(data), int(pos)) for seq, data, pos in rows]
+
+    def read_positions(self, tenant: str, after: int, limit: int) -> list[Recorded]:
+        """Events by position (:class:`~convthread.ports.FeedReader`). Positions are in
+        commit order: see the position lock in the batch statement."""
+        rows = self._query(self._sql.read_positions, (after, tenant, max(limit, 0)))
+        return [Recorded(st, int(seq), bytes(data), int(pos)) for st, seq, data, pos in rows]
+
+    def last_position(self, tenant: str) -> int:
+        rows = self._query(self._sql.last_position, (tenant,))
+        return int(rows[0][0]) if rows else 0
+
+    def watch(self) -> _PgWatch:
+        """A watch that LISTENs, on a connection of its own, for the notification every
+        commit with events sends (:class:`~convthread.ports.FeedWatcher`)."""
+        self._check_open()
+        try:
+            conn = psycopg.connect(self._url, autocommit=True)
+            conn.execute(self._sql.listen)
+        except psycopg.Error as exc:
+            raise _translate(exc, "watch") from exc
+        return _PgWatch(conn)
 
     def version(self, stream: str) -> int:
         return int(self._query(self._sql.version, (stream,))[0][0])
@@ -1581,6 +1635,75 @@ def _scan_args(
     return sql.scan(strict, False), (ns, lower, max(limit, 0))
 
 
+class _PgWatch:
+    """A :class:`~convthread.ports.FeedWatch` over a LISTENing connection. A wait takes
+    notifications in slices of :attr:`slice` seconds, so a close from another thread
+    (which only flags it: a connection is not shared while in use) ends it promptly;
+    the waiting thread, or the close when none waits, closes the connection."""
+
+    #: The longest a wait blocks before it looks at the closed flag.
+    slice = 0.1
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._closed = False
+        self._waiting = False
+
+    def wait(self, timeout: float) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._waiting = True
+        deadline = time.monotonic() + max(timeout, 0.0)
+        try:
+            while True:
+                left = max(0.0, deadline - time.monotonic())
+                got = False
+                for _note in self._conn.notifies(timeout=min(left, self.slice), stop_after=1):
+                    got = True
+                if got:
+                    return True
+                if self._closed or time.monotonic() >= deadline:
+                    return False
+        except psycopg.Error as exc:
+            raise _translate(exc, "watch") from exc
+        finally:
+            with self._lock:
+                self._waiting = False
+                if self._closed:
+                    self._conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if not self._waiting:
+                self._conn.close()
+
+
+class _AsyncPgWatch:
+    """The asyncio :class:`~convthread.ports.AsyncFeedWatch` over a LISTENing
+    connection: cancelling the waiting task stops a wait."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def wait(self, timeout: float) -> bool:
+        if self._conn.closed:
+            return False
+        got = False
+        try:
+            # stop_after=1 ends the generator itself (it holds the connection's lock).
+            async for _note in self._conn.notifies(timeout=max(timeout, 0.0), stop_after=1):
+                got = True
+        except psycopg.Error as exc:
+            raise _translate(exc, "watch") from exc
+        return got
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
 # --------------------------------------------------------------------------- async store
 
 # The store and connection of the calling task's hold (its commits run on it).
@@ -1608,10 +1731,11 @@ class AsyncPostgresStore:
         timeout: float = 30.0,
         scrub_mode: ScrubMode = "vacuum",
         application_name: str = "convthread",
+        notify: bool = True,
     ) -> None:
         self.schema = _check_schema(schema)
         self.scrub_mode = _check_scrub(scrub_mode)
-        self._sql = _Sql(self.schema)
+        self._sql = _Sql(self.schema, bool(notify))
         self._url = url
         self._min_size = min_size
         self._max_size = max(max_size, min_size)
@@ -1719,6 +1843,25 @@ class AsyncPostgresStore:
         else:
             rows = await self._query(self._sql.read, (stream, after))
         return [Recorded(stream, int(seq), bytes(data), int(pos)) for seq, data, pos in rows]
+
+    async def read_positions(self, tenant: str, after: int, limit: int) -> list[Recorded]:
+        """As :meth:`PostgresStore.read_positions`."""
+        rows = await self._query(self._sql.read_positions, (after, tenant, max(limit, 0)))
+        return [Recorded(st, int(seq), bytes(data), int(pos)) for st, seq, data, pos in rows]
+
+    async def last_position(self, tenant: str) -> int:
+        rows = await self._query(self._sql.last_position, (tenant,))
+        return int(rows[0][0]) if rows else 0
+
+    async def watch(self) -> _AsyncPgWatch:
+        """As :meth:`PostgresStore.watch` (:class:`~convthread.ports.AsyncFeedWatcher`)."""
+        await self._ready()
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+            await conn.execute(self._sql.listen)
+        except psycopg.Error as exc:
+            raise _translate(exc, "watch") from exc
+        return _AsyncPgWatch(conn)
 
     async def version(self, stream: str) -> int:
         return int((await self._query(self._sql.version, (stream,)))[0][0])

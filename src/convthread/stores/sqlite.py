@@ -33,6 +33,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -360,6 +361,38 @@ class SQLiteStore:
         rows = self._query(sql, args)
         return [Recorded(stream, seq, data, pos) for seq, data, pos in rows]
 
+    def read_positions(self, tenant: str, after: int, limit: int) -> list[Recorded]:
+        """Events by position (:class:`~convthread.ports.FeedReader`): a range of the
+        table's rowid, which is the position.
+
+        Positions are in commit order because SQLite has one writer per file: a
+        commit takes the write lock (``BEGIN IMMEDIATE``) before its first insert and
+        holds it until it has committed, and AUTOINCREMENT hands each insert a rowid
+        above every one ever used. So the positions of a commit are all above those of
+        every earlier commit, and a reader's snapshot (WAL: it sees whole commits
+        only) holds every position up to its greatest one."""
+        rows = self._query(
+            "SELECT stream, seq, data, position FROM events WHERE position > ? AND tenant = ? "
+            "ORDER BY position LIMIT ?",
+            (after, tenant, max(limit, 0)),
+        )
+        return [Recorded(stream, seq, data, pos) for stream, seq, data, pos in rows]
+
+    def last_position(self, tenant: str) -> int:
+        rows = self._query(
+            "SELECT position FROM events WHERE tenant = ? ORDER BY position DESC LIMIT 1",
+            (tenant,),
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def watch(self) -> _SQLiteWatch:
+        """A watch that polls ``PRAGMA data_version`` on a connection of its own
+        (:class:`~convthread.ports.FeedWatcher`): it changes when another connection, in
+        this process or another, commits to the file."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        return _SQLiteWatch(self.path, self.timeout)
+
     def version(self, stream: str) -> int:
         rows = self._query("SELECT max(seq) FROM events WHERE stream = ?", (stream,))
         return int(rows[0][0] or 0)
@@ -620,6 +653,51 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
+
+
+class _SQLiteWatch:
+    """A :class:`~convthread.ports.FeedWatch`: polls the file's data version every
+    :attr:`interval` seconds (a read of the WAL index in shared memory: microseconds,
+    no disk read). Closing it from another thread ends a wait within one interval."""
+
+    #: Seconds between two checks of the data version.
+    interval = 0.002
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        try:
+            self._conn = sqlite3.connect(
+                path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            self._seen = self._version()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot watch SQLite file {path}: {exc}") from exc
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+
+    def _version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            with self._lock:
+                if self._closed.is_set():
+                    return False
+                try:
+                    now = self._version()
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(f"SQLite watch failed: {exc}") from exc
+            if now != self._seen:
+                self._seen = now
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or self._closed.wait(min(self.interval, left)):
+                return False
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._conn.close()
 
 
 def _connect(path: Path, timeout: float, synchronous: Synchronous) -> sqlite3.Connection:

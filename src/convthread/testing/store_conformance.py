@@ -27,6 +27,14 @@ the capability, and are skipped with the reason otherwise:
   store's commit order, semantics 6 of :mod:`convthread.ports`): positive, unique,
   growing with each commit and with seq, kept by rewrites and reopening. The store
   state machine checks them wherever a store reports them, declared or not.
+* the change feed, detected: where the store is a :class:`~convthread.ports.FeedReader`
+  (``read_positions``, ``last_position``), :class:`FeedConformance` checks that it reads
+  every event by position, in order, paged by ``after`` and ``limit``, per tenant, with
+  rewritten bytes at the same position; that a reader paging while writers commit in
+  threads sees every position once and never one below a position it has seen; and,
+  where it is a :class:`~convthread.ports.FeedWatcher`, that a watch is woken by a
+  commit and ends its wait when closed from another thread. The store state machine
+  compares the feed with the stored events after every step.
 * ``multi_get``: the store offers ``get_multi`` (:class:`~convthread.ports.MultiGet`),
   whose results must equal per-namespace ``get_many`` (missing keys, duplicates, empty
   input, odd keys, after deletes, on a closed store). The store state machine then
@@ -84,6 +92,8 @@ from convthread.ports import (
     Append,
     Batch,
     Delete,
+    FeedReader,
+    FeedWatcher,
     HeadQuery,
     HeadWrite,
     Item,
@@ -103,6 +113,7 @@ __all__ = [
     "NAMESPACES",
     "STREAMS",
     "THREADS",
+    "FeedConformance",
     "HeadConformance",
     "MultiGetConformance",
     "ServiceMachine",
@@ -391,6 +402,120 @@ class MultiGetConformance(_StoreKit):
             multi.get_multi([("ns", "k")])
 
 
+class FeedConformance(_StoreKit):
+    """The cases of the change feed's store tier, run where the store reads events by
+    position (:class:`~convthread.ports.FeedReader`; detected, not declared). They run
+    as part of :class:`StoreConformance`; subclass this class alone to run only them."""
+
+    def feed(self, store: KVStore) -> FeedReader:
+        if not isinstance(store, FeedReader):
+            pytest.skip("not offered: the change feed (read_positions, last_position)")
+        return store
+
+    @staticmethod
+    def read_all(feed: FeedReader, limit: int = 3) -> list[Recorded]:
+        out: list[Recorded] = []
+        while page := feed.read_positions(DEFAULT_TENANT, out[-1].position if out else 0, limit):
+            out.extend(page)
+        return out
+
+    def test_feed_reads_every_event_by_position(self, store: KVStore) -> None:
+        feed = self.feed(store)
+        assert feed.read_positions(DEFAULT_TENANT, 0, 10) == []
+        assert feed.last_position(DEFAULT_TENANT) == 0
+        store.commit(Batch(appends=(Append("a", 0, (b"1", b"2")), Append("b", 0, (b"3",)))))
+        with pytest.raises(ConflictError):
+            store.commit(Batch(appends=(Append("a", 0, (b"no",)),)))
+        store.commit(Batch(appends=(Append("a", 2, (b"4",)),)))
+        every = self.read_all(feed, limit=1)
+        assert [(r.stream, r.seq, r.data) for r in every if r.stream == "a"] == [
+            ("a", 1, b"1"),
+            ("a", 2, b"2"),
+            ("a", 3, b"4"),
+        ]
+        assert sorted(r.data for r in every) == [b"1", b"2", b"3", b"4"]
+        positions = [r.position for r in every]
+        assert positions == sorted(set(positions)) and positions[0] > 0
+        assert feed.last_position(DEFAULT_TENANT) == positions[-1]
+        assert every[-1].data == b"4"  # the later commit's event comes last
+        by_stream = {(r.stream, r.seq): r.position for s in ("a", "b") for r in store.read(s)}
+        assert {(r.stream, r.seq): r.position for r in every} == by_stream
+        # Paging: after a position, at most limit.
+        assert feed.read_positions(DEFAULT_TENANT, positions[0], 2) == every[1:3]
+        assert feed.read_positions(DEFAULT_TENANT, positions[-1], 5) == []
+        assert feed.read_positions(DEFAULT_TENANT, 0, 0) == []
+
+    def test_feed_is_per_tenant(self, store: KVStore) -> None:
+        feed = self.feed(store)
+        store.commit(Batch(appends=(Append("s", 0, (b"x",)),)))
+        assert feed.read_positions("another tenant", 0, 10) == []
+        assert feed.last_position("another tenant") == 0
+
+    def test_feed_reads_rewritten_bytes_at_the_same_position(self, store: KVStore) -> None:
+        feed = self.feed(store)
+        store.commit(Batch(appends=(Append("s", 0, (b"keep", b"secret")),)))
+        before = self.read_all(feed)
+        store.commit(Batch(rewrites=(Rewrite("s", 2, b"gone"),)))
+        after = self.read_all(feed)
+        assert [r.position for r in after] == [r.position for r in before]
+        assert [r.data for r in after] == [b"keep", b"gone"]
+
+    def test_feed_reader_never_sees_a_position_after_a_higher_one(self, store: KVStore) -> None:
+        """Writers in threads commit while a reader pages on from the last position it
+        saw: it sees every event once, in position order, none skipped."""
+        feed = self.feed(store)
+        writers, commits = 4, 25
+        done = threading.Event()
+        seen: list[int] = []
+        errors: list[BaseException] = []
+
+        def write(n: int) -> None:
+            for i in range(commits):
+                store.commit(Batch(appends=(Append(f"w{n}", 2 * i, (b"e", b"f")),)))
+
+        def read() -> None:
+            try:
+                while True:
+                    last = done.is_set()
+                    while page := feed.read_positions(DEFAULT_TENANT, seen[-1] if seen else 0, 7):
+                        seen.extend(r.position for r in page)
+                    if last:
+                        return
+            except BaseException as exc:  # the test must fail, not lose the reader
+                errors.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        outcomes = _race(writers, write)
+        done.set()
+        reader.join(timeout=120)
+        assert outcomes == [None] * writers and not errors
+        full = [r.position for r in self.read_all(feed, limit=1000)]
+        assert len(full) == writers * commits * 2
+        assert seen == full
+
+    def test_feed_watch_wakes_on_a_commit_and_closes_from_another_thread(
+        self, store: KVStore
+    ) -> None:
+        self.feed(store)
+        if not isinstance(store, FeedWatcher):
+            pytest.skip("not offered: feed watches (watch)")
+        watch = store.watch()
+        try:
+            store.commit(Batch(appends=(Append("s", 0, (b"x",)),)))
+            assert watch.wait(10.0)
+        finally:
+            watch.close()
+        watch = store.watch()
+        woke: list[bool] = []
+        waiter = threading.Thread(target=lambda: woke.append(watch.wait(60.0)))
+        waiter.start()
+        threading.Event().wait(0.05)
+        watch.close()
+        waiter.join(timeout=10)
+        assert not waiter.is_alive() and woke == [False]
+
+
 class HeadConformance(_StoreKit):
     """The cases of thread heads: head writes with compare-and-set, reads and queries.
     Part of :class:`StoreConformance`."""
@@ -575,7 +700,7 @@ class HeadConformance(_StoreKit):
         assert head.last_seq == 20 and head.version == 21
 
 
-class StoreConformance(HeadConformance, MultiGetConformance):
+class StoreConformance(HeadConformance, MultiGetConformance, FeedConformance):
     """Test cases every store must pass. Subclass and implement :meth:`make_store`."""
 
     # -- required: reads of an empty store
@@ -1333,6 +1458,14 @@ class StoreMachine(RuleBasedStateMachine):
             assert self.store.version(stream) == self.ref.version(stream), stream
             records += got
         self.check_positions(records)
+        if isinstance(self.store, FeedReader):
+            # The feed holds exactly the stored events, in position order.
+            feed, after = [], 0
+            while page := self.store.read_positions(DEFAULT_TENANT, after, 50):
+                feed += page
+                after = page[-1].position
+            assert feed == sorted(records, key=lambda r: r.position), "the feed differs"
+            assert self.store.last_position(DEFAULT_TENANT) == (feed[-1].position if feed else 0)
         for ns in NAMESPACES:
             assert self.store.scan(ns) == self.ref.scan(ns), ns
             assert self.store.get_many(ns, list(KEYS)) == self.ref.get_many(ns, list(KEYS))
