@@ -59,6 +59,7 @@ from convthread.ports import Batch, Put
 from convthread.service._core import NS_CUSTOMER, NS_IDENT, IdentRef
 from convthread.service._drivers import run_sync
 from convthread.service._identity import resolve_sender
+from convthread.service._write import Overlay
 from convthread.stores import MemoryStore
 
 KIND = "member"  # a custom kind: no per-kind limit, trivial normalizer
@@ -141,7 +142,7 @@ def bench_resolve(n: int, samples: int, repeats: int) -> None:
     for p in picks:
         sender = (SenderIdentifier(p, Trust.ASSERTED),)
         t = clock()
-        run_sync(store, lambda s=sender: resolve_sender(config, s), 0)
+        run_sync(store, lambda s=sender: resolve_sender(config, s, Overlay()), 0)
         step.append(clock() - t)
     print(f"resolve a known identifier among {n:,} (memory store, {samples:,} samples)")
     print(

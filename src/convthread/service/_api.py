@@ -63,7 +63,6 @@ from convthread.service import (
     _identity,
     _import,
     _messages,
-    _prefetch,
     _reads,
     _snapshots,
     _threads,
@@ -212,7 +211,7 @@ class _Service:
     @operation(retries=True)
     def ingest(self, inbound: Inbound) -> Op[IngestResult]:
         """Store an inbound message: deduplicate, resolve the customer, choose the thread."""
-        return _ingest_op(self.config)(self.config, inbound)
+        return _messages.ingest(self.config, inbound)
 
     @operation(retries=True)
     def send(
@@ -1009,11 +1008,6 @@ class AsyncConversations(_Service):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-def _ingest_op(config: Config) -> Callable[[Config, Inbound], Op[IngestResult]]:
-    """Ingest with its reads prefetched where the store offers get_multi."""
-    return _prefetch.ingest if config.prefetch else _messages.ingest
 
 
 def _has_multi(store: AsyncStore) -> bool:

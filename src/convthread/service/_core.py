@@ -80,6 +80,17 @@ NS_HANDOFF: Final = "handoff"  # handoff id -> HandoffRecord (thread, status, pa
 NS_OFFERS: Final = "offers"  # "{expires at time_key}|{handoff id}" -> thread id (live offers)
 NS_HSNAP: Final = "hsnap"  # "{thread}|{handoff}" -> Snapshot JSON handed to the receiver;
 # "{thread}|" (empty handoff id) -> SnapshotState checkpoint (message text: erased with them)
+#: A thread's snapshot checkpoint moves forward once it is this many events behind.
+CHECKPOINT_EVERY: Final = 64
+
+
+def checkpoint_key(thread_id: str) -> str:
+    """Where a thread's checkpoint lives: NS_HSNAP ``"{thread}|"`` (an empty handoff id),
+    so erasing the customer, which deletes every ``"{thread}|..."`` key of NS_HSNAP,
+    deletes the checkpoint (which holds message text) with the handoff snapshots."""
+    return f"{thread_id}|"
+
+
 NS_TOKEN: Final = "token"  # token id -> TokenRecord (thread, customer, expiry, use)
 NS_TOKCODE: Final = "tokcode"  # "{key id}:{HMAC of code}" -> token id
 NS_TOKFAIL: Final = "tokfail"  # "{key id}:{HMAC of sender}" -> TokenFailures (attempts)
@@ -181,7 +192,8 @@ class Config:
     handoff_rules: Sequence[HandoffRule] = ()
     redaction: Mapping[str, RedactionPolicy] = field(default_factory=lambda: DEFAULT_POLICIES)
     token_keys: KeyRing | None = None
-    # Set by the API from the store: it offers get_multi, so ingest prefetches its reads.
+    # Set by the API from the store: it offers get_multi_heads, so each round of ingest's
+    # load (see _load) is one call.
     prefetch: bool = False
     hints: Hints = field(default_factory=Hints)
 

@@ -58,9 +58,11 @@ from convthread.errors import (
     ValidationError,
 )
 from convthread.service import _core as core
-from convthread.service import _messages, _prefetch
+from convthread.service import _load, _messages
 from convthread.service._core import Config, Op
-from convthread.service._threads import _Overlay, _through, find_message
+from convthread.service._threads import find_message
+from convthread.service._write import Overlay as _Overlay
+from convthread.service._write import through as _through
 
 __all__ = [
     "HistoryReply",
@@ -169,7 +171,10 @@ def _record(config: Config, overlay: _Overlay, item: Item) -> Op[tuple[bool, boo
     """Record one message through the chunk's overlay: (duplicate, new thread)."""
     cfg = _at_message_time(config, item)
     if isinstance(item, Inbound):
-        r = yield from _through(overlay, _messages.ingest(cfg, item))
+        q = _load.query(cfg, item)
+        r, w = yield from _through(overlay, _messages.ingest_in(cfg, q, overlay))
+        if w is not None:
+            overlay.take(w.batch())
         duplicate, new_thread, thread_id = r.duplicate, r.new_thread, r.thread_id
     else:
         loc = yield from _through(overlay, find_message(item.channel, item.reply_to))
@@ -205,9 +210,13 @@ def import_chunk(config: Config, items: Sequence[Item]) -> Op[list[tuple[bool, b
     """Record ``items`` in one transaction; a message's typed error leaves as
     :class:`ItemFailed` (nothing of the chunk is written)."""
     inbounds = [i for i in items if isinstance(i, Inbound)]
-    cache: _prefetch.Cache | None = None
-    if config.prefetch and inbounds:
-        cache, _plans = yield from _prefetch.plan_ingest(config, inbounds)
+    queries: list[_load.IngestQuery] = []
+    for inbound in inbounds:
+        try:
+            queries.append(_load.query(config, inbound))
+        except Exception:
+            continue
+    cache = (yield from _load.load(config, queries)) if queries else None
     overlay = _Overlay(cache)
     out: list[tuple[bool, bool]] = []
     for position, item in enumerate(items):

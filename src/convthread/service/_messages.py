@@ -1,51 +1,43 @@
 """Ingest and send: the message pipeline as store-call generators.
 
-ingest: validate -> deduplicate -> resolve identity -> choose thread -> append -> outcome,
-all written in one batch (one store transaction).
+ingest is three stanzas: *load* (:mod:`~convthread.service._load`: the message's context,
+one read in the steady state), *decide* (deduplicate; resolve identity, whose automatic
+merges join the batch; :func:`~convthread.domain.ingest.decide_ingest` for the thread
+and what it writes), *write* (:mod:`~convthread.service._write`: one batch, one commit).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Final
 
 import msgspec
 
 from convthread import codec
-from convthread.domain.continuity import (
-    Choice,
-    ContinuityContext,
-    find_reference_tokens,
-    reference_token,
-)
+from convthread._heads import state_of
+from convthread.domain.continuity import ContinuityContext, reference_token
 from convthread.domain.events import (
     Decision,
-    LifecycleChanged,
     MessageReceived,
     MessageSent,
     ThreadEvent,
-    ThreadStarted,
     ThreadStatus,
 )
 from convthread.domain.identity import Resolution
+from convthread.domain.ingest import IngestContext, NeedMore, decide_ingest
 from convthread.domain.model import Content, Inbound, Party, SenderIdentifier, TimeSource
-from convthread.domain.thread import (
-    CustomerState,
-    ThreadState,
-    evolve,
-    start_state,
-    wake_on_inbound,
-)
+from convthread.domain.thread import CustomerState, ThreadState, evolve
 from convthread.domain.timeline import MessageMark
 from convthread.errors import (
     ErasedError,
     IdempotencyError,
     InvalidTransition,
+    NotFound,
     StaleControllerError,
-    ValidationError,
 )
-from convthread.ports import ABSENT, ANY, Item
+from convthread.ports import ABSENT, Item
 from convthread.service import _core as core
-from convthread.service import _handoff, _identity
+from convthread.service import _handoff, _identity, _load, _write
 from convthread.service._core import (
     NS_EARLY,
     NS_IDEM,
@@ -58,63 +50,61 @@ from convthread.service._core import (
     Op,
 )
 from convthread.service._core import Writes as _Writes
+from convthread.service._load import normalize_sender
 from convthread.service._marks import decode_early, early_events
 from convthread.service._results import IngestResult, SendResult
-
-#: What _continuity_context loaded for _append_message: the open pointer's entry (if
-#: any) and the index versions of the threads it loaded.
-_Loaded = tuple["Item | None", dict[str, int]]
-
-
-def normalize_sender(config: Config, inbound: Inbound) -> tuple[SenderIdentifier, ...]:
-    """Re-normalize every sender identifier (cached), rejecting unknown kinds."""
-    out: list[SenderIdentifier] = []
-    seen: set[str] = set()
-    registry = config.identifiers
-    for s in inbound.sender:
-        if not isinstance(s, SenderIdentifier):
-            raise ValidationError(
-                f"sender entries must be SenderIdentifier, not {type(s).__name__}"
-            )
-        ident = registry.renormalize(s.identifier)
-        if ident.key in seen:
-            continue
-        seen.add(ident.key)
-        out.append(s if ident == s.identifier else SenderIdentifier(ident, s.trust, s.method))
-    return tuple(out)
+from convthread.service._write import Overlay, through
 
 
 def ingest(config: Config, inbound: Inbound) -> Op[IngestResult]:
-    if not isinstance(inbound, Inbound):
-        raise ValidationError(f"ingest() takes an Inbound, not {type(inbound).__name__}")
-    sender = normalize_sender(config, inbound)
-    fp = codec.fingerprint(inbound)
-    msg_key = f"{inbound.channel}|{inbound.provider_message_id}"
+    """Ingest one message: load (one read in the steady state), decide, write one batch
+    (with the automatic merges its resolution made, if any)."""
+    q = _load.query(config, inbound)
+    cache = yield from _load.load(config, [q])
+    overlay = Overlay(cache)
+    result: IngestResult
+    writes: _Writes | None
+    result, writes = yield from through(overlay, ingest_in(config, q, overlay))
+    if writes is not None:
+        yield from _write.commit(overlay, writes.batch())
+    _load.learn(config, [q], [result])
+    return result
+
+
+def ingest_in(
+    config: Config, q: _load.IngestQuery, view: Overlay
+) -> Op[tuple[IngestResult, _Writes | None]]:
+    """Ingest ``q`` on the batch ``view`` collects (run it through
+    :func:`~convthread.service._write.through`): the result, and the message's writes
+    (None for a redelivery), which the caller commits or adds to its batch. Reads ask
+    ``view`` first (what was loaded, and what the batch wrote before)."""
+    inbound = q.inbound
+    sender = q.sender
+    fp = q.fingerprint
     custom_key = inbound.idempotency_key
 
     # 1. Deduplicate: a redelivery returns the original outcome.
-    existing = yield from core.get(NS_MSG, msg_key)
+    existing = yield from _load.entry(view, NS_MSG, q.msg_key)
     if existing is None and custom_key is not None:
-        existing = yield from core.get(NS_IDEM, custom_key)
+        existing = yield from _load.entry(view, NS_IDEM, custom_key)
     if existing is not None:
-        return (yield from _original_outcome(existing.value, fp, inbound))
+        return (yield from _original_outcome(existing.value, fp, inbound)), None
 
     now = config.clock.now()
     writes = _Writes()
 
-    # 2. Resolve identity (the merge policy's automatic merges commit first, each in its
-    # own batch; links, upgrades and merge suggestions go into this batch).
-    resolution, customers, cust_items = yield from _identity.resolve_sender(config, sender)
+    # 2. Resolve identity (the merge policy's automatic merges go into the batch first;
+    # links, upgrades and merge suggestions follow them in it).
+    resolution, customers, cust_items = yield from _identity.resolve_sender(config, sender, view)
     customer_id, new_customer = _apply_resolution(
         config, resolution, customers, cust_items, writes, inbound, now
     )
 
-    # 3. Choose the thread.
-    topic = config.continuity.topic_of(inbound)
-    ctx, open_item = yield from _continuity_context(inbound, customer_id, topic, new_customer)
-    choice = config.continuity.decide(ctx)
-
-    # 4. Append.
+    # 3. Choose the thread and decide what the message writes.
+    topic = q.topic
+    cctx, open_item, threads = yield from _continuity_context(
+        q, view, customer_id, topic, new_customer
+    )
     event = MessageReceived(
         at=now,
         channel=inbound.channel,
@@ -128,20 +118,42 @@ def ingest(config: Config, inbound: Inbound) -> Op[IngestResult]:
         reply_to=inbound.reply_to,
         references=inbound.references,
         subject=inbound.subject,
-        decision=choice.decision,
+        decision=_PENDING,
         resolution=resolution.decision,
     )
-    thread_id, seq, new_thread = yield from _append_message(
-        config, choice, ctx, open_item, customer_id, topic, event, writes, now
+    ctx = IngestContext(
+        continuity=cctx,
+        event=event,
+        threads=threads,
+        open_version=open_item.version if open_item is not None else None,
     )
+    decision = decide_ingest(ctx, config.continuity, now, config.ids.new_id)
+    while isinstance(decision, NeedMore):
+        # a thread a custom rule found: load it
+        found = yield from _load.heads(view, decision.threads)
+        more = dict(threads)
+        for tid in decision.threads:
+            head = found.get(tid)
+            if head is None:
+                raise NotFound("thread", tid)
+            more[tid] = (state_of(head), head.version)
+        ctx = msgspec.structs.replace(
+            ctx, threads=more, choice=decision.choice, fetched=decision.threads
+        )
+        decision = decide_ingest(ctx, config.continuity, now, config.ids.new_id)
+
+    # 4. Write.
+    _write.ingest_writes(writes, decision)
+    thread_id, seq, new_thread = decision.thread_id, decision.seq, decision.new_thread
+    event = decision.event
     ref = MsgRef(thread_id, seq, customer_id, new_thread, new_customer)
-    writes.put(NS_MSG, msg_key, ref, ABSENT)
+    writes.put(NS_MSG, q.msg_key, ref, ABSENT)
     if custom_key is not None:
         writes.put(NS_IDEM, custom_key, ref, ABSENT)
     # 5. Handoff rules and the snapshot checkpoint, in the same batch.
+    choice = decision.choice
     handoff = yield from _handoff.after_ingest(config, writes, choice.thread, thread_id, event, seq)
-    yield from core.commit(writes.batch())
-    return IngestResult(
+    result = IngestResult(
         customer_id=customer_id,
         thread_id=thread_id,
         seq=seq,
@@ -153,6 +165,11 @@ def ingest(config: Config, inbound: Inbound) -> Op[IngestResult]:
         resolution=resolution.decision,
         handoff=handoff,
     )
+    return result, writes
+
+
+#: The continuity decision of a message event until decide_ingest sets it.
+_PENDING: Final = Decision.text("pending", "not decided yet")
 
 
 def _sender_of(sender: tuple[SenderIdentifier, ...], resolution: Resolution) -> SenderIdentifier:
@@ -218,25 +235,30 @@ def _apply_resolution(
     return customer_id, new
 
 
+#: The threads loaded for the continuity rules: id -> (state, version of its head).
+_Threads = dict[str, tuple[ThreadState, int]]
+
+
 def _continuity_context(
-    inbound: Inbound, customer_id: str, topic: str | None, new_customer: bool
-) -> Op[tuple[ContinuityContext, _Loaded | None]]:
+    q: _load.IngestQuery, view: Overlay, customer_id: str, topic: str | None, new_customer: bool
+) -> Op[tuple[ContinuityContext, Item | None, _Threads]]:
     """Load what the continuity rules look at: referenced threads (reply-to, references,
     reference tokens), the live and the latest thread for the customer and topic, and
-    the live threads of the referenced threads' topics."""
+    the live threads of the referenced threads' topics. Returns the context, the open
+    pointer's entry (if any) and the threads loaded."""
+    inbound = q.inbound
     if new_customer:
-        return ContinuityContext(inbound=inbound, customer_id=customer_id, topic=topic), None
+        return ContinuityContext(inbound=inbound, customer_id=customer_id, topic=topic), None, {}
     okey = core.open_key(customer_id, topic)
-    token_ids = find_reference_tokens(inbound)
-    if not (inbound.reply_to or inbound.references or token_ids):
-        return (yield from _live_context(inbound, customer_id, topic, okey))
-    ref_ids = ([inbound.reply_to] if inbound.reply_to else []) + list(inbound.references)
-    ref_keys = [f"{inbound.channel}|{r}" for r in ref_ids]
-    refs = yield from core.get_many(NS_MSG, ref_keys)
-    open_item = yield from core.get(NS_OPEN, okey)
+    token_ids = q.tokens
+    if not (q.ref_ids or token_ids):
+        return (yield from _live_context(inbound, view, customer_id, topic, okey))
+    ref_ids, ref_keys = q.ref_ids, q.ref_keys
+    refs = yield from _load.entries(view, NS_MSG, ref_keys)
+    open_item = yield from _load.entry(view, NS_OPEN, okey)
     # The newest thread for the topic matters only when none is live (to reopen it or
     # to name it as predecessor): skip that read in the common case.
-    latest_item = None if open_item is not None else (yield from core.get(NS_LATEST, okey))
+    latest_item = None if open_item is not None else (yield from _load.entry(view, NS_LATEST, okey))
     wanted: dict[str, str] = {}
     for rid, rkey in zip(ref_ids, ref_keys, strict=True):
         if rkey in refs:
@@ -246,9 +268,9 @@ def _continuity_context(
     ids = list(
         dict.fromkeys([*wanted.values(), *token_ids, *(x for x in (live_id, latest_id) if x)])
     )
-    found = yield from core.get_threads(ids)
-    states = {tid: st for tid, (st, _v) in found.items()}
-    versions = {tid: v for tid, (_st, v) in found.items()}
+    found = yield from _load.heads(view, ids)
+    threads: _Threads = {tid: (state_of(h), h.version) for tid, h in found.items()}
+    states = {tid: st for tid, (st, _v) in threads.items()}
     mine = {tid: st for tid, st in states.items() if st.customer_id == customer_id}
     referenced = {rid: mine[tid] for rid, tid in wanted.items() if tid in mine}
     tokens = {tid: mine[tid] for tid in token_ids if tid in mine}
@@ -267,12 +289,13 @@ def _continuity_context(
         if not st.is_open and st.topic_key != (topic or "")
     }
     if other_keys:
-        more = yield from core.get_many(NS_OPEN, list(other_keys))
+        more = yield from _load.entries(view, NS_OPEN, list(other_keys))
         sib_ids = [it.value.decode() for it in more.values()]
-        siblings = yield from core.get_threads([i for i in sib_ids if i not in states])
-        for tid, (st, v) in siblings.items():
+        siblings = yield from _load.heads(view, [i for i in sib_ids if i not in states])
+        for tid, h in siblings.items():
+            st = state_of(h)
             states[tid] = st
-            versions[tid] = v
+            threads[tid] = (st, h.version)
         for key, item in more.items():
             sib = states.get(item.value.decode())
             if sib is not None and sib.is_open and sib.customer_id == customer_id:
@@ -287,24 +310,29 @@ def _continuity_context(
         tokens=tokens,
         live_by_topic=live_by_topic,
     )
-    return ctx, (open_item, versions)
+    return ctx, open_item, threads
 
 
 def _live_context(
-    inbound: Inbound, customer_id: str, topic: str | None, okey: str
-) -> Op[tuple[ContinuityContext, _Loaded]]:
+    inbound: Inbound, view: Overlay, customer_id: str, topic: str | None, okey: str
+) -> Op[tuple[ContinuityContext, Item | None, _Threads]]:
     """_continuity_context for a message with no reference of any kind (the common case):
     only the live thread matters, or the newest one when none is live."""
-    open_item = yield from core.get(NS_OPEN, okey)
-    pointer = open_item if open_item is not None else (yield from core.get(NS_LATEST, okey))
+    open_item = yield from _load.entry(view, NS_OPEN, okey)
+    pointer = open_item
+    if pointer is None:
+        pointer = yield from _load.entry(view, NS_LATEST, okey)
     live: ThreadState | None = None
     latest: ThreadState | None = None
-    versions: dict[str, int] = {}
+    threads: _Threads = {}
     if pointer is not None:
-        found = yield from core.get_thread(pointer.value.decode())
-        state = found[0] if found is not None else None
-        if found is not None and state is not None and state.customer_id == customer_id:
-            versions[state.id] = found[1]
+        tid = pointer.value.decode()
+        found, head = view.head(tid)
+        if not found:
+            head = (yield from core.get_heads([tid])).get(tid)
+        if head is not None and head.customer_id == customer_id:
+            state = state_of(head)
+            threads[tid] = (state, head.version)
             if open_item is not None and state.is_open:
                 live = state
             else:
@@ -319,95 +347,7 @@ def _live_context(
         latest=latest,
         live_by_topic={live.topic_key: live} if live is not None else {},
     )
-    return ctx, (open_item, versions)
-
-
-def _append_message(
-    config: Config,
-    choice: Choice,
-    ctx: ContinuityContext,
-    loaded: _Loaded | None,
-    customer_id: str,
-    topic: str | None,
-    event: MessageReceived,
-    writes: _Writes,
-    now: datetime,
-) -> Op[tuple[str, int, bool]]:
-    open_item, versions = loaded if loaded is not None else (None, {})
-    okey = core.open_key(customer_id, topic)
-    if choice.thread is not None:
-        thread = choice.thread
-        item_version = versions.get(thread.id)
-        if item_version is None:  # a thread a custom rule found: load it
-            thread, item_version = yield from core.load_thread(thread.id)
-        events: list[ThreadEvent] = []
-        if choice.reopen:
-            events.append(
-                LifecycleChanged(
-                    at=now,
-                    status=ThreadStatus.OPEN,
-                    reason=f"reopened: {choice.decision.reason}",
-                    reopened=True,
-                )
-            )
-        else:
-            wake = wake_on_inbound(thread, now, event.channel)
-            if wake is not None:
-                events.append(wake)
-        events.append(event)
-        state = thread
-        seq = thread.version
-        for ev in events:
-            seq += 1
-            state = evolve(state, seq, ev)
-        writes.append(thread.id, thread.version, events)
-        writes.thread(thread, state, item_version)
-        if choice.reopen:
-            # The thread becomes live again for its topic: claim the open pointer.
-            reopen_key = core.open_key(thread.customer_id, thread.topic)
-            expected = open_item.version if reopen_key == okey and open_item else ABSENT
-            writes.put(NS_OPEN, reopen_key, thread.id.encode(), expected)
-        return thread.id, seq, False
-
-    # A new thread.
-    thread_id = config.ids.new_id("th")
-    predecessor = choice.predecessor
-    if choice.supersede is not None:
-        old = choice.supersede
-        old_version = versions.get(old.id)
-        if old_version is None:
-            old, old_version = yield from core.load_thread(old.id)
-        resolved = LifecycleChanged(
-            at=now,
-            status=ThreadStatus.RESOLVED,
-            reason=f"superseded by {thread_id}: {choice.decision.reason}",
-        )
-        old_state = evolve(old, old.version + 1, resolved)
-        writes.append(old.id, old.version, [resolved])
-        writes.thread(old, old_state, old_version)
-        old_key = core.open_key(old.customer_id, old.topic)
-        if old_key != okey:
-            writes.delete(NS_OPEN, old_key, ANY)
-    started = ThreadStarted(
-        at=now,
-        customer_id=customer_id,
-        channel=event.channel,
-        topic=topic,
-        predecessor=predecessor,
-        decision=choice.decision,
-    )
-    state = start_state(thread_id, started)
-    state = evolve(state, 2, event)
-    writes.append(thread_id, 0, [started, event])
-    writes.thread(None, state, ABSENT)
-    if open_item is not None:
-        # The open pointer names a thread that is being superseded, or that is no longer
-        # live (resolved through a path that kept the pointer): take it over atomically.
-        writes.put(NS_OPEN, okey, thread_id.encode(), open_item.version)
-    else:
-        writes.put(NS_OPEN, okey, thread_id.encode(), ABSENT)
-    writes.put(NS_LATEST, okey, thread_id.encode(), ANY)
-    return thread_id, 2, True
+    return ctx, open_item, threads
 
 
 def send(
@@ -508,4 +448,4 @@ def _original_send(value: bytes, fp: str, key: str) -> Op[SendResult]:
     return SendResult(thread_id=ref.thread_id, seq=ref.seq, event=event, duplicate=True)
 
 
-__all__ = ["ingest", "send"]
+__all__ = ["ingest", "ingest_in", "normalize_sender", "send"]

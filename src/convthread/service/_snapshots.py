@@ -32,11 +32,13 @@ from convthread.ports import ABSENT, Append, Item, Put
 from convthread.service import _core as core
 from convthread.service import _identity
 from convthread.service._core import (
+    CHECKPOINT_EVERY,
     NS_CUSTOMER,
     NS_HSNAP,
     Config,
     Op,
     Writes,
+    checkpoint_key,
 )
 from convthread.service._results import IngestResult
 
@@ -51,7 +53,6 @@ __all__ = [
 ]
 
 #: Events folded after a checkpoint before a new checkpoint is written.
-CHECKPOINT_EVERY: Final = 64
 
 _state_decoder: Final = codec.decoder(SnapshotState)
 _snapshot_json: Final = msgspec.json.Decoder(Snapshot)
@@ -70,13 +71,6 @@ _seq_only: Final = codec.decoder(_SeqOnly)  # reads a checkpoint's seq, skips th
 
 def decode_snapshot_state(data: bytes) -> SnapshotState:
     return _state_decoder(data)
-
-
-def checkpoint_key(thread_id: str) -> str:
-    """Where a thread's checkpoint lives: NS_HSNAP ``"{thread}|"`` (an empty handoff id),
-    so erasing the customer, which deletes every ``"{thread}|..."`` key of NS_HSNAP,
-    deletes the checkpoint (which holds message text) with the handoff snapshots."""
-    return f"{thread_id}|"
 
 
 def origin_of(first_event: bytes) -> str:

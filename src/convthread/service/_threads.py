@@ -25,7 +25,7 @@ import base64
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import msgspec
 
@@ -65,7 +65,6 @@ from convthread.domain.updates import (
     Unsupported,
 )
 from convthread.errors import (
-    ConflictError,
     IdempotencyError,
     InvalidTransition,
     NotFound,
@@ -73,25 +72,18 @@ from convthread.errors import (
 )
 from convthread.ports import (
     ABSENT,
-    Append,
-    Batch,
-    Delete,
     HeadQuery,
-    HeadWrite,
     Item,
-    Put,
     Recorded,
-    ThreadHead,
 )
 from convthread.service import _core as core
-from convthread.service import _messages, _prefetch
+from convthread.service import _load, _messages
 from convthread.service._core import (
     NS_EARLY,
     NS_MARK,
     NS_MSG,
     NS_OPEN,
     NS_UNSUPPORTED,
-    Call,
     Config,
     MsgRef,
     Op,
@@ -105,8 +97,8 @@ from convthread.service._marks import (
     early_events,
     hold,
 )
-from convthread.service._prefetch import Cache
 from convthread.service._results import IngestResult
+from convthread.service._write import Overlay, through
 
 __all__ = [
     "ApplyResult",
@@ -304,8 +296,7 @@ def _sweep_one(config: Config, thread_id: str, now: datetime, policy: LifecycleP
 
 def apply(config: Config, result: object) -> Op[ApplyResult]:
     if isinstance(result, Inbound):
-        ingest = _prefetch.ingest if config.prefetch else _messages.ingest
-        r = yield from ingest(config, result)
+        r = yield from _messages.ingest(config, result)
         return ApplyResult(
             kind="inbound",
             outcome="duplicate" if r.duplicate else "ingested",
@@ -644,221 +635,34 @@ def threads(
 # --------------------------------------------------------------------------- batches
 
 
-class _Overlay:
-    """The writes of a batch in progress, seen by the operations that follow in it."""
-
-    def __init__(self, cache: Cache | None = None) -> None:
-        self.streams: dict[str, tuple[int, list[bytes]]] = {}  # stream -> (base, events)
-        self.kv: dict[tuple[str, str], tuple[int, Item | None]] = {}  # -> (first exp., item)
-        # Entries read ahead of the batch (see _prefetch): consulted after the batch's own
-        # writes, before the store.
-        self.cache: Cache = cache if cache is not None else {}
-        self._fake = 1 << 40
-        self.heads: dict[str, tuple[int, ThreadHead]] = {}  # thread -> (first exp., head)
-
-    def head(self, thread_id: str) -> tuple[bool, ThreadHead | None]:
-        """As :meth:`lookup`, for a thread's head."""
-        written = self.heads.get(thread_id)
-        if written is not None:
-            return True, written[1]
-        key = (_prefetch.HEAD, thread_id)
-        if key in self.cache:
-            return True, cast("ThreadHead | None", self.cache[key])
-        return False, None
-
-    def lookup(self, ns: str, key: str) -> tuple[bool, Item | None]:
-        """(True, the entry or None for absent) if the batch wrote the key or it was read
-        ahead; (False, None) if only the store knows."""
-        written = self.kv.get((ns, key))
-        if written is not None:
-            return True, written[1]
-        if (ns, key) in self.cache:
-            return True, cast("Item | None", self.cache[(ns, key)])
-        return False, None
-
-    def version(self, stream: str) -> int | None:
-        entry = self.streams.get(stream)
-        return None if entry is None else entry[0] + len(entry[1])
-
-    def take(self, batch: Batch) -> None:
-        for a in batch.appends:
-            entry = self.streams.get(a.stream)
-            if entry is None:
-                self.streams[a.stream] = (a.expected, list(a.events))
-            else:
-                base, events = entry
-                if a.expected != base + len(events):
-                    raise ConflictError(f"stream {a.stream!r} moved inside the batch")
-                events.extend(a.events)
-        ops: list[Put | Delete] = [*batch.puts, *batch.deletes]
-        for op in ops:
-            key = (op.ns, op.key)
-            entry2 = self.kv.get(key)
-            if entry2 is not None:
-                first, item = entry2
-                if op.expected == ABSENT and item is not None:
-                    raise ConflictError(f"{op.ns}/{op.key} was created inside the batch")
-                if op.expected > 0 and (item is None or item.version != op.expected):
-                    raise ConflictError(f"{op.ns}/{op.key} moved inside the batch")
-            else:
-                first = op.expected
-            if isinstance(op, Put):
-                self._fake += 1
-                version = op.expected + 1 if op.expected >= 0 else self._fake
-                if entry2 is not None and entry2[1] is not None:
-                    version = entry2[1].version + 1
-                self.kv[key] = (first, Item(op.value, version))
-            else:
-                self.kv[key] = (first, None)
-        for hw in batch.heads:
-            tid = hw.head.thread_id
-            entry3 = self.heads.get(tid)
-            if entry3 is not None:
-                first, head = entry3
-                if hw.expected != head.version:
-                    raise ConflictError(f"thread head {tid} moved inside the batch")
-            else:
-                first = hw.expected
-            self.heads[tid] = (first, msgspec.structs.replace(hw.head, version=hw.expected + 1))
-
-    def batch(self) -> Batch:
-        appends = tuple(Append(s, base, tuple(ev)) for s, (base, ev) in self.streams.items())
-        puts: list[Put] = []
-        deletes: list[Delete] = []
-        for (ns, key), (first, item) in self.kv.items():
-            if item is None:
-                deletes.append(Delete(ns, key, first))
-            else:
-                puts.append(Put(ns, key, item.value, first))
-        heads = tuple(HeadWrite(head, first) for first, head in self.heads.values())
-        return Batch(appends=appends, puts=tuple(puts), deletes=tuple(deletes), heads=heads)
-
-
-def _through(overlay: _Overlay, op: Op[Any]) -> Op[Any]:
-    """Run ``op`` with its reads answered through ``overlay`` and its commit taken into it."""
-    try:
-        call: Call = next(op)
-        while True:
-            name, args = call
-            if name == "commit":
-                overlay.take(args[0])
-                result: Any = None
-            elif name == "get":
-                found, item = overlay.lookup(args[0], args[1])
-                result = item if found else (yield call)
-            elif name == "get_many":
-                ns, keys = args
-                result = {}
-                missing = []
-                for k in keys:
-                    found, item = overlay.lookup(ns, k)
-                    if not found:
-                        missing.append(k)
-                    elif item is not None:
-                        result[k] = item
-                if missing:
-                    result.update((yield ("get_many", (ns, missing))))
-            elif name == "read":
-                result = yield from _overlay_read(overlay, *args)
-            elif name == "version":
-                v = overlay.version(args[0])
-                result = v if v is not None else (yield call)
-            elif name == "scan":
-                result = yield from _overlay_scan(overlay, *args)
-            elif name == "get_heads":
-                tenant, ids = args
-                result = {}
-                missing = []
-                for tid in ids:
-                    found, head = overlay.head(tid)
-                    if not found:
-                        missing.append(tid)
-                    elif head is not None:
-                        result[tid] = head
-                if missing:
-                    result.update((yield ("get_heads", (tenant, missing))))
-            elif name == "find_heads":
-                result = yield from _overlay_find(overlay, args[0])
-            else:
-                result = yield call
-            call = op.send(result)
-    except StopIteration as stop:
-        return stop.value
-
-
-def _overlay_read(
-    overlay: _Overlay, stream: str, after: int, limit: int | None
-) -> Op[list[Recorded]]:
-    entry = overlay.streams.get(stream)
-    if entry is None:
-        return (yield from core.read(stream, after, limit))
-    base, events = entry
-    out: list[Recorded] = []
-    if after < base:
-        take = base - after if limit is None else min(limit, base - after)
-        out = yield from core.read(stream, after, take)
-    for i, data in enumerate(events, start=base + 1):
-        if i > after and (limit is None or len(out) < limit):
-            out.append(Recorded(stream, i, data))
-    return out
-
-
-def _overlay_scan(
-    overlay: _Overlay, ns: str, prefix: str, after: str, limit: int
-) -> Op[list[tuple[str, Item]]]:
-    mine = {
-        k: v
-        for (n, k), (_f, v) in overlay.kv.items()
-        if n == ns and k.startswith(prefix) and k > after
-    }
-    # Ask for as many more as the batch deleted, so a full page stays full.
-    extra = sum(1 for v in mine.values() if v is None)
-    page = yield from core.scan(ns, prefix, after, limit + extra)
-    if not mine:
-        return page
-    merged = {k: it for k, it in page if k not in mine}
-    merged.update({k: v for k, v in mine.items() if v is not None})
-    if len(page) == limit + extra and page:
-        # Overlay keys beyond the store page's last key may hide store keys before them.
-        last = page[-1][0]
-        merged = {k: v for k, v in merged.items() if k <= last}
-    keys = sorted(merged)[:limit]
-    return [(k, merged[k]) for k in keys]
-
-
-def _overlay_find(overlay: _Overlay, query: HeadQuery) -> Op[list[ThreadHead]]:
-    """``find_heads`` as the store will answer it once the batch is committed."""
-    if not overlay.heads:
-        return (yield from core.find_heads(query))
-    # Ask for as many more as the batch wrote, so a full page stays full.
-    asked = msgspec.structs.replace(query, limit=query.limit + len(overlay.heads))
-    page = yield from core.find_heads(asked)
-    mine = [h for _f, h in overlay.heads.values() if query.matches(h) and query.beyond(h)]
-    merged = [h for h in page if h.thread_id not in overlay.heads] + mine
-    merged.sort(key=lambda h: (h.last_activity, h.thread_id), reverse=query.newest_first)
-    return merged[: query.limit]
-
-
 def ingest_many(config: Config, inbounds: Sequence[Inbound]) -> Op[list[IngestResult]]:
     """Ingest ``inbounds`` in order, committing them in one store transaction.
 
     Each message sees the ones before it (a redelivery inside the batch is a duplicate;
     the second message of a new customer continues its thread). Atomic: an error in any
     message (a typed error such as IdempotencyError or ValidationError) writes nothing;
-    a conflict with another writer retries the whole batch.
+    a conflict with another writer retries the whole batch. What the messages need is
+    loaded for all of them at once (:mod:`~convthread.service._load`).
     """
-    cache: Cache | None = None
-    plans: list[_prefetch.Plan] = []
-    if config.prefetch:
-        cache, plans = yield from _prefetch.plan_ingest(config, inbounds)
-    overlay = _Overlay(cache)
-    results: list[IngestResult] = []
+    queries: list[_load.IngestQuery | Exception] = []
     for inbound in inbounds:
-        r = yield from _through(overlay, _messages.ingest(config, inbound))
+        try:
+            queries.append(_load.query(config, inbound))
+        except Exception as exc:
+            queries.append(exc)
+    valid = [q for q in queries if isinstance(q, _load.IngestQuery)]
+    cache = yield from _load.load(config, valid)
+    overlay = Overlay(cache)
+    results: list[IngestResult] = []
+    for q in queries:
+        if isinstance(q, Exception):
+            raise q
+        r, w = yield from through(overlay, _messages.ingest_in(config, q, overlay))
+        if w is not None:
+            overlay.take(w.batch())
         results.append(r)
     batch = overlay.batch()
     if not batch.is_empty:
         yield from core.commit(batch)
-    if config.prefetch:
-        _prefetch.learn(config, plans, results)
+    _load.learn(config, valid, results)
     return results

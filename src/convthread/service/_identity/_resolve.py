@@ -1,13 +1,15 @@
 """The identity steps of ingest: :func:`resolve_sender` reads the sender's identifiers
 and their owners, lets the domain resolve them, and commits the automatic merges the
-policy allows; :func:`resolution_writes` turns the resolution into the writes of the
-message's batch.
+policy allows into the message's batch; :func:`resolution_writes` turns the resolution
+into the writes of that batch.
 
 Resolution is pure (:func:`~convthread.domain.identity.resolve`); this module only reads
-and writes. Each automatic merge is its own batch, after which resolution runs again (at
-most ``MAX_IDENTIFIERS + 1`` rounds). A claim never captures a holder: an identifier its
-owner only claimed is taken over by compare-and-set on its index entry, with the
-claimant's ``IdentifierUnlinked`` in the same batch.
+and writes. Each automatic merge commits into the batch the message is written with (one
+commit for both), after which resolution runs again on what it wrote (at most
+``MAX_IDENTIFIERS + 1`` rounds, reading from the store none of what the merge wrote).
+A claim never captures a holder: an identifier its owner only claimed is taken over by
+compare-and-set on its index entry, with the claimant's ``IdentifierUnlinked`` in the
+same batch.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from convthread.domain.reasons import nest
 from convthread.domain.thread import CustomerState
 from convthread.ports import ABSENT, Append, Item, Put
 from convthread.service import _core as core
+from convthread.service import _load
 from convthread.service._core import (
     NS_CUSTOMER,
     NS_IDENT,
@@ -46,6 +49,7 @@ from convthread.service._identity._merge import merge
 from convthread.service._identity._records import SuggestionRef, _pair_key, _taken_detail
 from convthread.service._identity._results import MergeResult
 from convthread.service._identity._suggest import _suggest
+from convthread.service._write import Overlay
 
 
 def sender_first(inbound: Inbound) -> Identifier:
@@ -59,18 +63,19 @@ def _ident_slot(key: str) -> str:
 
 
 def resolve_sender(
-    config: Config, sender: tuple[SenderIdentifier, ...]
+    config: Config, sender: tuple[SenderIdentifier, ...], view: Overlay
 ) -> Op[tuple[Resolution, dict[str, CustomerState], dict[str, Item]]]:
-    """Step 2 of ingest: resolve, commit the automatic merges the policy allows (each in
-    its own batch, then resolve again), and drop suggestions already on record."""
+    """Step 2 of ingest: resolve, make the automatic merges the policy allows (each
+    commits into the batch ``view`` collects, then resolution runs again on what it
+    wrote), and drop suggestions already on record. Reads ask ``view`` first."""
     policy = config.merge_policy
     merged: list[MergeResult] = []
+    keys = [s.identifier.key for s in sender]
     for _round in range(MAX_IDENTIFIERS + 1):
-        keys = [s.identifier.key for s in sender]
-        owned = yield from core.get_many(NS_IDENT, keys)
+        owned = yield from _load.entries(view, NS_IDENT, keys)
         owners = {k: core.decode_identref(it.value).customer_id for k, it in owned.items()}
         owner_ids = list(dict.fromkeys(owners.values()))
-        items = yield from core.get_many(NS_CUSTOMER, owner_ids)
+        items = yield from _load.entries(view, NS_CUSTOMER, owner_ids)
         customers = {cid: core.decode_customer_state(it.value) for cid, it in items.items()}
         # Identifiers proven here that their owner only claimed may be taken over: the
         # takeover replaces their index entry by compare-and-set (its version goes to
@@ -81,7 +86,7 @@ def resolve_sender(
         if proven:
             claimants = {owners[s.identifier.key] for s in proven}
             pairs = sorted({_pair_key(c, o) for c in claimants for o in owner_ids if o != c})
-            on_record = yield from core.get_many(NS_SUGGEST_PAIR, pairs)
+            on_record = yield from _load.entries(view, NS_SUGGEST_PAIR, pairs)
             suggested = {frozenset(k.split("|", 1)) for k in on_record}
             for s in proven:
                 items[_ident_slot(s.identifier.key)] = owned[s.identifier.key]
@@ -99,7 +104,7 @@ def resolve_sender(
         merged.append(result)
     if resolution.suggestions:
         pairs = sorted({_pair_key(v.survivor, v.absorbed) for v in resolution.suggestions})
-        known = yield from core.get_many(NS_SUGGEST_PAIR, pairs)
+        known = yield from _load.entries(view, NS_SUGGEST_PAIR, pairs)
         keep = tuple(
             v
             for v in resolution.verdicts

@@ -1,8 +1,9 @@
-"""Prefetching ingest's reads (stores with ``get_multi``): same outcomes, fewer calls.
+"""Loading ingest's context ahead (stores with ``get_multi``): same outcomes, fewer calls.
 
-A memory store that also offers ``get_multi`` makes the service prefetch; the plain
-memory store does not. Every journey must come out the same on both, and the
-prefetching one must make its reads in a handful of ``get_multi`` calls.
+A memory store that also offers ``get_multi`` makes the service load each message's (or
+batch's) context before deciding; the plain memory store reads as ingest goes. Every
+journey must come out the same on both, and the loading one must make its reads in a
+handful of ``get_multi`` calls.
 """
 
 from __future__ import annotations

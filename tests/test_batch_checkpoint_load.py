@@ -15,7 +15,7 @@ from convthread.ports import Item, ThreadHead
 from convthread.service._core import NS_HSNAP
 from convthread.service._snapshots import CHECKPOINT_EVERY, checkpoint_key
 
-from .test_prefetch import T0, CountingStore, MultiGetStore, msg
+from .test_load import T0, CountingStore, MultiGetStore, msg
 
 
 class KeyLog(MultiGetStore):
